@@ -1,0 +1,256 @@
+//! Configuration: read the YAML file, substitute `${ENV}` references, parse every section strictly and
+//! collect every error with its YAML path. `compile` then builds the runtime model from the parsed file.
+
+pub mod compile;
+pub mod schema;
+pub mod units;
+
+use std::fmt;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+pub use schema::*;
+
+/// One problem in the configuration, located by its YAML path (`routes[2].match.path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one pass over the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "  {error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The file as written, parsed into the schema.
+#[derive(Debug, Default)]
+pub struct GatewayConfig {
+    pub server: ServerSection,
+    pub admin: Option<AdminSection>,
+    pub listeners: Vec<ListenerSection>,
+    pub clusters: Vec<ClusterSection>,
+    pub routes: Vec<RouteSection>,
+}
+
+const SECTIONS: &str = "`server`, `admin`, `listeners`, `clusters`, `routes`";
+
+/// Read and parse a config file; every error found is returned at once.
+pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new(
+            "",
+            format!("cannot read config file {}: {e}", path.display()),
+        )])
+    })?;
+    parse_str(&text)
+}
+
+/// Parse config text (already read from a file).
+pub fn parse_str(text: &str) -> Result<GatewayConfig, ConfigErrors> {
+    let mut document: Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError::new("", format!("not valid YAML: {e}"))])
+    })?;
+    let mut errors = Vec::new();
+    interpolate_env(&mut document, &mut String::new(), &mut errors);
+    let mut config = GatewayConfig::default();
+    let Value::Mapping(top) = document else {
+        return Err(ConfigErrors(vec![ConfigError::new(
+            "",
+            format!("the file must be a mapping with the sections {SECTIONS}"),
+        )]));
+    };
+    for (key, value) in top {
+        let Some(name) = key.as_str() else {
+            errors.push(ConfigError::new("", format!("section names must be strings, got {key:?}")));
+            continue;
+        };
+        match name {
+            "server" => {
+                if let Some(server) = parse_item(value, "server", &mut errors) {
+                    config.server = server;
+                }
+            }
+            "admin" => config.admin = parse_item(value, "admin", &mut errors),
+            "listeners" => config.listeners = parse_list(value, "listeners", &mut errors),
+            "clusters" => config.clusters = parse_list(value, "clusters", &mut errors),
+            "routes" => config.routes = parse_list(value, "routes", &mut errors),
+            other => errors.push(ConfigError::new(
+                other,
+                format!("unknown section; expected one of {SECTIONS}"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Deserialize one value, reporting the path of the offending field inside it.
+fn parse_item<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(item) => Some(item),
+        Err(error) => {
+            let inner = error.path().to_string();
+            let full = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            errors.push(ConfigError::new(full, error.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Deserialize a list item by item so that every bad item is reported, not just the first.
+fn parse_list<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<T> {
+    match value {
+        Value::Sequence(items) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, item)| parse_item(item, &format!("{path}[{i}]"), errors))
+            .collect(),
+        Value::Null => Vec::new(),
+        _ => {
+            errors.push(ConfigError::new(path, "must be a list (`- name: ...` items)"));
+            Vec::new()
+        }
+    }
+}
+
+/// Replace `${NAME}` and `${NAME:-default}` in every string scalar with the environment's value.
+fn interpolate_env(value: &mut Value, path: &mut String, errors: &mut Vec<ConfigError>) {
+    match value {
+        Value::String(text) if text.contains("${") => match substitute_env(text, |name| std::env::var(name).ok()) {
+            Ok(replaced) => *text = replaced,
+            Err(message) => errors.push(ConfigError::new(path.clone(), message)),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                interpolate_env(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(map) => {
+            for (key, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key.as_str().unwrap_or("?"));
+                interpolate_env(item, path, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(tagged) => interpolate_env(&mut tagged.value, path, errors),
+        _ => {}
+    }
+}
+
+/// Expand `${NAME}` / `${NAME:-default}` using `lookup`; an unset variable without default is an error.
+pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unclosed `${{` in `{text}`"));
+        };
+        let reference = &after[..end];
+        let (name, default) = match reference.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (reference, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{reference}}}` is not a valid environment variable reference"));
+        }
+        match (lookup(name), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(default)) => out.push_str(default),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set; export it or write `${{{name}:-default}}`"
+                ))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_references_are_expanded_with_defaults() {
+        let lookup = |name: &str| (name == "SET").then(|| "value".to_string());
+        assert_eq!(substitute_env("a-${SET}-b", lookup).unwrap(), "a-value-b");
+        assert_eq!(substitute_env("${UNSET:-fallback}", lookup).unwrap(), "fallback");
+        assert!(substitute_env("${UNSET}", lookup).unwrap_err().contains("UNSET is not set"));
+        assert!(substitute_env("${oops", lookup).is_err());
+    }
+
+    #[test]
+    fn every_bad_item_is_reported_with_its_path() {
+        let text = r#"
+routes:
+  - name: a
+    match: { hots: [x] }
+    respond: { status: 200 }
+  - name: b
+    respond: { status: "many" }
+clusters:
+  - name: c
+    backends: [{ address: "127.0.0.1:1", wieght: 2 }]
+bogus: 1
+"#;
+        let errors = parse_str(text).unwrap_err().0;
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"routes[0].match.hots"), "{paths:?}");
+        assert!(paths.contains(&"routes[1].respond.status"), "{paths:?}");
+        assert!(paths.contains(&"clusters[0].backends[0].wieght"), "{paths:?}");
+        assert!(paths.contains(&"bogus"), "{paths:?}");
+        assert!(errors[0].message.contains("unknown field `hots`"), "{}", errors[0].message);
+    }
+}

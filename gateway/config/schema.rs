@@ -1,0 +1,471 @@
+//! The YAML schema: strict serde structs that mirror `conf/gateway.yaml`. Nothing here is used at run time;
+//! `compile.rs` turns these into the runtime model.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, HumanDuration};
+
+/// `server:` process-wide settings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Worker threads per listener (default: number of CPUs).
+    pub threads: Option<usize>,
+    /// On SIGTERM, how long in-flight requests get to finish (default `10s`).
+    pub grace_period: Option<HumanDuration>,
+    /// After the grace period, how long runtimes get to stop (default `5s`).
+    pub graceful_shutdown_timeout: Option<HumanDuration>,
+    /// PID file, also used by `--daemon` (default `/tmp/gateway.pid`).
+    pub pid_file: Option<String>,
+    /// Socket the old process hands its listeners over for `--upgrade` (default `/tmp/gateway_upgrade.sock`).
+    pub upgrade_sock: Option<String>,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` and `X-Request-ID` are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Largest request body a route accepts unless it says otherwise (default `10MiB`).
+    pub max_body_size: Option<ByteSize>,
+    /// Idle upstream connections kept per process (default 128).
+    pub upstream_keepalive_pool: Option<usize>,
+    /// Where access log lines go.
+    #[serde(default)]
+    pub access_log: AccessLogSection,
+}
+
+/// `server.access_log:` one JSON line per request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// `stdout`, `off`, or a file path (appended to).
+    #[serde(default = "default_access_log_target")]
+    pub target: String,
+}
+
+impl Default for AccessLogSection {
+    fn default() -> Self {
+        AccessLogSection { target: default_access_log_target() }
+    }
+}
+
+fn default_access_log_target() -> String {
+    "stdout".to_string()
+}
+
+/// `admin:` the loopback listener for `/healthz`, `/readyz` and `/metrics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `ip:port`, e.g. `127.0.0.1:9901`.
+    pub address: String,
+}
+
+/// `listeners[]:` one socket the gateway accepts connections on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// `ip:port` to bind, e.g. `0.0.0.0:8443`.
+    pub address: String,
+    /// Accept HTTP/2 without TLS (prior knowledge) as well as HTTP/1.1 (plain listeners only).
+    #[serde(default)]
+    pub h2c: bool,
+    /// Terminate TLS on this listener.
+    pub tls: Option<TlsSection>,
+    /// Answer every request on this (plain) listener with a redirect to HTTPS.
+    pub redirect_https: Option<RedirectHttpsSection>,
+}
+
+/// `listeners[].tls:` certificates chosen by SNI, plus a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate/key pairs; the one marked `default` (else the first) answers unknown or absent SNI.
+    pub certificates: Vec<CertificateSection>,
+    /// Offer HTTP/2 through ALPN (default true).
+    #[serde(default = "default_true")]
+    pub h2: bool,
+}
+
+/// `listeners[].tls.certificates[]:` one PEM certificate chain and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// SNI names this certificate answers: exact (`api.example.com`) or wildcard (`*.example.com`).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Answer connections whose SNI matches no certificate (or carry none).
+    #[serde(default)]
+    pub default: bool,
+    /// If the files are missing, generate a self-signed development certificate for `localhost` there.
+    #[serde(default)]
+    pub self_signed_if_missing: bool,
+}
+
+/// `listeners[].redirect_https:` send plain-HTTP clients to the HTTPS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectHttpsSection {
+    /// HTTPS port to put in the Location (omitted when 443).
+    #[serde(default = "default_https_port")]
+    pub port: u16,
+    /// 301, 302, 307 or 308 (default 308, which keeps the method and body).
+    #[serde(default = "default_redirect_https_status")]
+    pub status: u16,
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+
+fn default_redirect_https_status() -> u16 {
+    308
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `clusters[]:` a named group of upstream backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Unique name routes refer to.
+    pub name: String,
+    /// The servers: `host:port` (names are resolved in the background) with optional weights.
+    pub backends: Vec<BackendSection>,
+    /// `round_robin` (weighted, the default) or `consistent_hash`.
+    #[serde(default)]
+    pub load_balancing: LoadBalancingSection,
+    /// For `consistent_hash`: `client_ip`, `{header: NAME}` or `{cookie: NAME}`.
+    pub hash_on: Option<HashOnSection>,
+    /// Speak TLS to the backends.
+    pub tls: Option<UpstreamTlsSection>,
+    /// Active health check run in the background.
+    pub health_check: Option<HealthCheckSection>,
+    /// Passive ejection of a backend after consecutive failed requests.
+    #[serde(default)]
+    pub passive_health: PassiveHealthSection,
+    /// Extra attempts, on other backends, when connecting fails (default 1).
+    pub retries: Option<u32>,
+    /// TCP (+TLS) connect timeout (default `3s`).
+    pub connect_timeout: Option<HumanDuration>,
+    /// Longest wait for each read from the backend, including the response head (default `60s`).
+    pub read_timeout: Option<HumanDuration>,
+    /// How long an idle pooled connection to a backend is kept (default `60s`).
+    pub idle_timeout: Option<HumanDuration>,
+    /// How often backend host names are resolved again (default `30s`).
+    pub dns_refresh: Option<HumanDuration>,
+}
+
+/// `clusters[].backends[]:` one upstream server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    /// `ip:port` or `host:port`.
+    pub address: String,
+    /// Relative share of traffic (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `clusters[].load_balancing`.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancingSection {
+    /// Smooth weighted round robin (NGINX's default).
+    #[default]
+    RoundRobin,
+    /// Ketama ring: the same key goes to the same backend while it is healthy.
+    ConsistentHash,
+}
+
+/// `clusters[].hash_on`: `client_ip`, `{header: NAME}` or `{cookie: NAME}`.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(try_from = "HashOnRaw")]
+pub enum HashOnSection {
+    /// The client address (after trusted-proxy `X-Forwarded-For` processing).
+    ClientIp,
+    /// The value of this request header.
+    Header(String),
+    /// The value of this cookie.
+    Cookie(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HashOnRaw {
+    Keyword(String),
+    Map(HashOnMap),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HashOnMap {
+    header: Option<String>,
+    cookie: Option<String>,
+}
+
+impl TryFrom<HashOnRaw> for HashOnSection {
+    type Error = String;
+    fn try_from(raw: HashOnRaw) -> Result<Self, String> {
+        match raw {
+            HashOnRaw::Keyword(word) if word == "client_ip" => Ok(HashOnSection::ClientIp),
+            HashOnRaw::Map(HashOnMap { header: Some(name), cookie: None }) => Ok(HashOnSection::Header(name)),
+            HashOnRaw::Map(HashOnMap { header: None, cookie: Some(name) }) => Ok(HashOnSection::Cookie(name)),
+            _ => Err("write `client_ip`, `{header: NAME}` or `{cookie: NAME}`".to_string()),
+        }
+    }
+}
+
+/// `clusters[].tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    /// Server name sent in SNI and verified against the backend's certificate (default: the backend host).
+    pub sni: Option<String>,
+    /// PEM bundle of CAs to verify the backend with (default: the system store).
+    pub ca_file: Option<String>,
+    /// Verify the backend's certificate chain and name (default true).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+/// `clusters[].health_check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// `http` (default) or `tcp`.
+    #[serde(rename = "type", default)]
+    pub kind: HealthCheckKind,
+    /// HTTP path to GET (default `/`).
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Host header for HTTP checks (default: the backend address).
+    pub host: Option<String>,
+    /// Status codes that count as healthy (default `[200]`).
+    #[serde(default = "default_expected_status")]
+    pub expected_status: Vec<u16>,
+    /// Time between checks (default `5s`).
+    pub interval: Option<HumanDuration>,
+    /// Connect + response timeout of one check (default `1s`).
+    pub timeout: Option<HumanDuration>,
+    /// Consecutive passes to mark a backend healthy again (default 1).
+    #[serde(default = "default_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures to mark a backend unhealthy (default 2).
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+/// `clusters[].health_check.type`.
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    #[default]
+    Http,
+    Tcp,
+}
+
+fn default_health_path() -> String {
+    "/".to_string()
+}
+
+fn default_expected_status() -> Vec<u16> {
+    vec![200]
+}
+
+fn default_threshold() -> u32 {
+    1
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    2
+}
+
+/// `clusters[].passive_health`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthSection {
+    /// Consecutive failures (connect errors, timeouts, 502/503/504) that eject a backend; 0 turns it off.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// How long an ejected backend gets no traffic (default `10s`).
+    pub cooldown: Option<HumanDuration>,
+}
+
+impl Default for PassiveHealthSection {
+    fn default() -> Self {
+        PassiveHealthSection { consecutive_failures: default_consecutive_failures(), cooldown: None }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    3
+}
+
+/// `routes[]:` match a request, then do one action with it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Unique name, used in logs and metrics.
+    pub name: String,
+    /// What the request must look like; an empty match takes everything.
+    #[serde(rename = "match", default)]
+    pub matcher: MatchSection,
+    /// Action: forward to a cluster.
+    pub proxy: Option<ProxySection>,
+    /// Action: answer with a redirect.
+    pub redirect: Option<RedirectSection>,
+    /// Action: answer with a fixed response.
+    pub respond: Option<RespondSection>,
+    /// Header changes on the way to the upstream.
+    #[serde(default)]
+    pub request_headers: HeaderRewriteSection,
+    /// Header changes on the way back to the client.
+    #[serde(default)]
+    pub response_headers: HeaderRewriteSection,
+    /// Per-route timeouts (override the cluster's).
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    /// Largest accepted request body (default `server.max_body_size`); larger gets 413.
+    pub max_body_size: Option<ByteSize>,
+}
+
+/// `routes[].match`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSection {
+    /// Host names: exact (`api.example.com`) or wildcard (`*.example.com`); any when empty.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// One of `{exact: /p}`, `{prefix: /p}`, `{regex: '^/p/\d+$'}`.
+    pub path: Option<PathMatchSection>,
+    /// Methods (any when empty).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Every listed header must match.
+    #[serde(default)]
+    pub headers: Vec<HeaderMatchSection>,
+}
+
+/// `routes[].match.path`: exactly one of `exact`, `prefix`, `regex`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(try_from = "PathMatchRaw")]
+pub enum PathMatchSection {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathMatchRaw {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+}
+
+impl TryFrom<PathMatchRaw> for PathMatchSection {
+    type Error = &'static str;
+    fn try_from(raw: PathMatchRaw) -> Result<Self, Self::Error> {
+        match (raw.exact, raw.prefix, raw.regex) {
+            (Some(p), None, None) => Ok(PathMatchSection::Exact(p)),
+            (None, Some(p), None) => Ok(PathMatchSection::Prefix(p)),
+            (None, None, Some(r)) => Ok(PathMatchSection::Regex(r)),
+            _ => Err("give exactly one of `exact`, `prefix` or `regex`"),
+        }
+    }
+}
+
+/// `routes[].match.headers[]`: give `value` (exact) or `regex`, or neither to require presence.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatchSection {
+    pub name: String,
+    pub value: Option<String>,
+    pub regex: Option<String>,
+}
+
+/// `routes[].proxy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// Name of the cluster to forward to.
+    pub cluster: String,
+    /// Remove the matched path prefix before forwarding (prefix routes).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// New path: replaces the matched prefix (prefix routes), the whole path (exact routes), or is a
+    /// replacement with `$1` captures (regex routes).
+    pub rewrite: Option<String>,
+}
+
+/// `routes[].redirect`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSection {
+    /// Location; `{host}` and `{uri}` (path and query) are substituted.
+    pub to: String,
+    /// 301, 302, 303, 307 or 308 (default 302).
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// `routes[].respond`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondSection {
+    /// Status code (default 200).
+    #[serde(default = "default_respond_status")]
+    pub status: u16,
+    /// Body text (default empty).
+    #[serde(default)]
+    pub body: String,
+    /// Content-Type (default `text/plain; charset=utf-8`).
+    pub content_type: Option<String>,
+}
+
+fn default_respond_status() -> u16 {
+    200
+}
+
+/// `routes[].request_headers` / `routes[].response_headers`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRewriteSection {
+    /// Appended (keeps existing values).
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Replaces any existing values.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `routes[].timeouts`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// TCP (+TLS) connect.
+    pub connect: Option<HumanDuration>,
+    /// Each read from the upstream, including the wait for the response head.
+    pub read: Option<HumanDuration>,
+    /// The whole upstream exchange, from connect to the last body byte.
+    pub total: Option<HumanDuration>,
+}

@@ -1,0 +1,88 @@
+//! Human units in the YAML: durations (`5s`, `250ms`) and sizes (`10MiB`), parsed once at load.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// A duration written as `250ms`, `5s`, `1m30s`, `2h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration with a unit, like `250ms`, `5s` or `1m`")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(value.trim())
+                    .map(HumanDuration)
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid duration `{value}` ({e}); write it with a unit, like `250ms`, `5s` or `1m`"
+                        ))
+                    })
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// A size in bytes written as `512KiB`, `10MiB`, `1GB` or a plain number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size like `64KiB`, `10MiB` or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(value))
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<ByteSize, E> {
+                u64::try_from(value)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<ByteSize, E> {
+                value
+                    .trim()
+                    .parse::<bytesize::ByteSize>()
+                    .map(|size| ByteSize(size.as_u64()))
+                    .map_err(|e| {
+                        E::custom(format!(
+                            "invalid size `{value}` ({e}); write it like `64KiB`, `10MiB` or `1GB`"
+                        ))
+                    })
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_and_sizes() {
+        let d: HumanDuration = serde_yaml_ng::from_str("1m30s").unwrap();
+        assert_eq!(d.0, Duration::from_secs(90));
+        let d: HumanDuration = serde_yaml_ng::from_str("250ms").unwrap();
+        assert_eq!(d.0, Duration::from_millis(250));
+        assert!(serde_yaml_ng::from_str::<HumanDuration>("5").is_err());
+        let s: ByteSize = serde_yaml_ng::from_str("10MiB").unwrap();
+        assert_eq!(s.0, 10 * 1024 * 1024);
+        let s: ByteSize = serde_yaml_ng::from_str("4096").unwrap();
+        assert_eq!(s.0, 4096);
+        assert!(serde_yaml_ng::from_str::<ByteSize>("ten").is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! A Pingora-based edge gateway: TLS termination, routing, load-balanced upstream clusters, configured by
+//! one strict YAML file.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod edge;
+pub mod error;
+pub mod lifecycle;
+pub mod observe;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

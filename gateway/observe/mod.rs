@@ -1,0 +1,5 @@
+//! Observability: Prometheus metrics, the JSON access log and the admin endpoints.
+
+pub mod access_log;
+pub mod admin;
+pub mod metrics;

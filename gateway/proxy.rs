@@ -1,0 +1,493 @@
+//! The Pingora `ProxyHttp` implementation of the edge path: the phases only, calling into the layers
+//! (`edge/` for routing and client identity, `upstream/` for backend choice, `observe/` for logs/metrics).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION};
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::edge::client::{client_ip, request_id};
+use crate::edge::routes::{normalize_host, HeaderRewrite, Route, RouteAction};
+use crate::error::{error_body, ErrorKind};
+use crate::observe::access_log::{self, AccessRecord};
+use crate::runtime::{ListenerSpec, Runtime};
+use crate::upstream::cluster::{Cluster, HashOn};
+use crate::upstream::peer::{http_peer, PeerTimeouts};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// The proxy of one listener.
+pub struct EdgeProxy {
+    pub listener: ListenerSpec,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+}
+
+/// Per-request state, kept across retries.
+pub struct RequestCtx {
+    start: Instant,
+    runtime: Option<Arc<Runtime>>,
+    request_id: HeaderValue,
+    peer_ip: Option<IpAddr>,
+    peer_trusted: bool,
+    client_ip: Option<IpAddr>,
+    route: Option<Arc<Route>>,
+    backend: Option<usize>,
+    upstream: Option<SocketAddr>,
+    tried: u64,
+    attempts: u32,
+    body_bytes: u64,
+    deadline: Option<Instant>,
+    error: Option<ErrorKind>,
+}
+
+impl RequestCtx {
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.route.as_deref()?.action {
+            RouteAction::Proxy { cluster, .. } => Some(cluster),
+            _ => None,
+        }
+    }
+}
+
+/// The request's authority: the Host header, or the URI authority (HTTP/2).
+fn request_host(req: &RequestHeader) -> &str {
+    req.headers
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+}
+
+impl EdgeProxy {
+    /// Answer from the gateway itself; the request id and the route's response headers are added.
+    async fn respond(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        status: u16,
+        extra: &[(&HeaderName, &HeaderValue)],
+        body: Bytes,
+    ) -> Result<()> {
+        let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
+        for (name, value) in extra {
+            header.insert_header((*name).clone(), (*value).clone())?;
+        }
+        header.insert_header(CONTENT_LENGTH, body.len())?;
+        header.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        if let Some(route) = &ctx.route {
+            apply_response_rewrite(&route.response_headers, &mut header)?;
+        }
+        let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(header), head_only).await?;
+        if !head_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, kind: ErrorKind) -> Result<()> {
+        ctx.error = Some(kind);
+        let body = error_body(kind, ctx.request_id.to_str().unwrap_or(""));
+        self.respond(session, ctx, kind.status(), &[(&CONTENT_TYPE, &APPLICATION_JSON)], body).await
+    }
+}
+
+fn apply_request_rewrite(rewrite: &HeaderRewrite, header: &mut RequestHeader) -> Result<()> {
+    for name in &rewrite.remove {
+        header.remove_header(name);
+    }
+    for (name, value) in &rewrite.set {
+        header.insert_header(name.clone(), value.clone())?;
+    }
+    for (name, value) in &rewrite.add {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+fn apply_response_rewrite(rewrite: &HeaderRewrite, header: &mut ResponseHeader) -> Result<()> {
+    for name in &rewrite.remove {
+        header.remove_header(name);
+    }
+    for (name, value) in &rewrite.set {
+        header.insert_header(name.clone(), value.clone())?;
+    }
+    for (name, value) in &rewrite.add {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    Ok(())
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
+    req.headers.get_all(COOKIE).iter().find_map(|header| {
+        header.to_str().ok()?.split(';').find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            (key == name).then_some(value.as_bytes())
+        })
+    })
+}
+
+/// Fill `buf` with the address octets and return them.
+fn ip_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            &buf[..4]
+        }
+        IpAddr::V6(v6) => {
+            buf.copy_from_slice(&v6.octets());
+            &buf[..]
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            runtime: None,
+            request_id: HeaderValue::from_static(""),
+            peer_ip: None,
+            peer_trusted: false,
+            client_ip: None,
+            route: None,
+            backend: None,
+            upstream: None,
+            tried: 0,
+            attempts: 0,
+            body_bytes: 0,
+            deadline: None,
+            error: None,
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        ctx.start = Instant::now();
+        let runtime = self.runtime.load_full();
+        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let req = session.req_header();
+        if let Some(peer) = peer {
+            ctx.peer_trusted = runtime.trusted_proxies.contains(peer);
+            ctx.client_ip = Some(client_ip(peer, req.headers.get(&X_FORWARDED_FOR), &runtime.trusted_proxies));
+        }
+        ctx.peer_ip = peer;
+        ctx.request_id = request_id(req.headers.get(&X_REQUEST_ID), ctx.peer_trusted);
+        ctx.runtime = Some(runtime);
+        session.req_header_mut().insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(runtime) = ctx.runtime.clone() else {
+            self.respond_error(session, ctx, ErrorKind::Internal).await?;
+            return Ok(true);
+        };
+        let req = session.req_header();
+        let host = normalize_host(request_host(req));
+        if let Some(redirect) = self.listener.redirect_https {
+            let port = if redirect.port == 443 { String::new() } else { format!(":{}", redirect.port) };
+            let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let location = HeaderValue::from_str(&format!("https://{host}{port}{uri}"))
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "redirect location"))?;
+            self.respond(session, ctx, redirect.status, &[(&LOCATION, &location)], Bytes::new()).await?;
+            return Ok(true);
+        }
+        let Some(route) = runtime.routes.find(&host, req.uri.path(), &req.method, &req.headers).cloned() else {
+            self.respond_error(session, ctx, ErrorKind::RouteNotFound).await?;
+            return Ok(true);
+        };
+        let declared_length = req
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        ctx.route = Some(route.clone());
+        match &route.action {
+            RouteAction::Respond { status, body, content_type } => {
+                self.respond(session, ctx, *status, &[(&CONTENT_TYPE, content_type)], body.clone()).await?;
+                Ok(true)
+            }
+            RouteAction::Redirect { to, status } => {
+                let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                let target = to.replace("{host}", &host).replace("{uri}", uri);
+                let location = HeaderValue::from_str(&target)
+                    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "redirect location"))?;
+                self.respond(session, ctx, *status, &[(&LOCATION, &location)], Bytes::new()).await?;
+                Ok(true)
+            }
+            RouteAction::Proxy { .. } => {
+                if declared_length.is_some_and(|len| len > route.max_body_size) {
+                    // The unread body makes the connection unusable for another request.
+                    session.set_keepalive(None);
+                    self.respond_error(session, ctx, ErrorKind::BodyTooLarge).await?;
+                    return Ok(true);
+                }
+                ctx.deadline = route.timeouts.total.map(|total| ctx.start + total);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let (Some(route), Some(cluster)) = (ctx.route.clone(), ctx.cluster().cloned()) else {
+            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a proxy route");
+        };
+        let req = session.req_header();
+        let mut buf = [0u8; 16];
+        let key = match &cluster.hash_on {
+            None => None,
+            Some(hash_on) => {
+                let from_request = match hash_on {
+                    HashOn::ClientIp => None,
+                    HashOn::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
+                    HashOn::Cookie(name) => cookie_value(req, name),
+                };
+                // Requests without the key stick by client address instead.
+                from_request.or_else(|| ctx.client_ip.map(|ip| ip_bytes(ip, &mut buf)))
+            }
+        };
+        ctx.attempts += 1;
+        let Some((index, addr)) = cluster.select(key, ctx.tried) else {
+            ctx.error = Some(if ctx.attempts > 1 { ErrorKind::UpstreamConnect } else { ErrorKind::NoHealthyUpstream });
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no available backend");
+        };
+        if index < 64 {
+            ctx.tried |= 1 << index;
+        }
+        ctx.backend = Some(index);
+        ctx.upstream = Some(addr);
+        let mut timeouts = PeerTimeouts {
+            connect: route.timeouts.connect.unwrap_or(cluster.timeouts.connect),
+            read: route.timeouts.read.unwrap_or(cluster.timeouts.read),
+            idle: cluster.timeouts.idle,
+        };
+        if let Some(deadline) = ctx.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                ctx.error = Some(ErrorKind::UpstreamTimeout);
+                return Error::e_explain(ErrorType::ConnectTimedout, "total timeout spent before connecting");
+            }
+            timeouts.connect = timeouts.connect.min(left);
+            timeouts.read = timeouts.read.min(left);
+        }
+        Ok(Box::new(http_peer(&cluster, &cluster.backends[index], addr, timeouts)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
+            cluster.record_failure(index);
+            // Nothing was sent yet, so any method may go to another backend.
+            if ctx.attempts <= cluster.retries {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route.as_deref() else { return Ok(()) };
+        if let RouteAction::Proxy { rewrite, .. } = &route.action {
+            if let Some(mut path) = rewrite.apply(upstream.uri.path()) {
+                if let Some(query) = upstream.uri.query() {
+                    path.push('?');
+                    path.push_str(query);
+                }
+                let uri = path
+                    .parse::<http::Uri>()
+                    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "rewritten path is not a valid URI"))?;
+                upstream.set_uri(uri);
+            }
+        }
+        let original = session.req_header();
+        let trusted = ctx.peer_trusted;
+        let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let forwarded_for = match original.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) if trusted => format!("{existing}, {peer}"),
+            _ => peer,
+        };
+        upstream.insert_header(X_FORWARDED_FOR.clone(), forwarded_for)?;
+        if !(trusted && original.headers.contains_key(&X_FORWARDED_PROTO)) {
+            let scheme = if self.listener.tls.is_some() { "https" } else { "http" };
+            upstream.insert_header(X_FORWARDED_PROTO.clone(), scheme)?;
+        }
+        if !(trusted && original.headers.contains_key(&X_FORWARDED_HOST)) {
+            let host = request_host(original).to_string();
+            if !host.is_empty() {
+                upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
+            }
+        }
+        apply_request_rewrite(&route.request_headers, upstream)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(chunk), Some(route)) = (body.as_ref(), ctx.route.as_deref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > route.max_body_size {
+                ctx.error = Some(ErrorKind::BodyTooLarge);
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the route's limit");
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
+            match upstream_response.status.as_u16() {
+                502..=504 => {
+                    cluster.record_failure(index);
+                }
+                _ => cluster.record_success(index),
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route.as_deref() {
+            if !route.response_headers.is_empty() {
+                apply_response_rewrite(&route.response_headers, upstream_response)?;
+            }
+        }
+        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if ctx.deadline.is_some_and(|deadline| Instant::now() > deadline) {
+            ctx.error = Some(ErrorKind::UpstreamTimeout);
+            return Error::e_explain(ErrorType::ReadTimedout, "route total timeout");
+        }
+        Ok(None)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if e.esource == ErrorSource::Upstream {
+            if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
+                cluster.record_failure(index);
+            }
+        }
+        // A stale pooled connection may be retried, but only for idempotent requests, only before
+        // anything reached the client, and within the cluster's retry budget.
+        e.retry.decide_reuse(client_reused);
+        let retries = ctx.cluster().map_or(0, |c| c.retries);
+        let retry_allowed = session.req_header().method.is_idempotent()
+            && !session.as_downstream().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && ctx.attempts <= retries;
+        if !retry_allowed {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let kind = ctx.error.unwrap_or_else(|| ErrorKind::from_proxy_error(e));
+        ctx.error = Some(kind);
+        let client_gone = e.esource == ErrorSource::Downstream
+            && matches!(e.etype, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+        if session.response_written().is_none() && !client_gone {
+            if let Err(write_error) = self.respond_error(session, ctx, kind).await {
+                log::debug!("could not send the error response: {write_error}");
+            }
+        }
+        FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.error.map(ErrorKind::status))
+            .unwrap_or(0);
+        let elapsed = ctx.start.elapsed();
+        match (&ctx.route, &ctx.runtime) {
+            (Some(route), _) => route.metrics.observe(status, elapsed.as_secs_f64()),
+            (None, Some(runtime)) => runtime.unmatched_metrics.observe(status, elapsed.as_secs_f64()),
+            (None, None) => {}
+        }
+        if !access_log::enabled() {
+            return;
+        }
+        let req = session.req_header();
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let upstream = ctx.upstream.map(|a| a.to_string());
+        let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let protocol = if session.as_downstream().is_http2() { "HTTP/2" } else { "HTTP/1.1" };
+        access_log::log(&AccessRecord {
+            time: &time,
+            request_id: ctx.request_id.to_str().unwrap_or(""),
+            listener: &self.listener.name,
+            client: &client,
+            method: req.method.as_str(),
+            host: request_host(req),
+            path,
+            protocol,
+            status,
+            bytes_in: session.as_downstream().body_bytes_read(),
+            bytes_out: session.as_downstream().body_bytes_sent(),
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            route: ctx.route.as_deref().map(|r| &*r.name),
+            upstream: upstream.as_deref(),
+            consumer: None,
+            error: ctx.error.map(ErrorKind::code),
+        });
+    }
+}

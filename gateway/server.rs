@@ -1,0 +1,148 @@
+//! Build and run the Pingora server from a compiled config: one proxy service per listener (TLS with the
+//! SNI resolver, or plain with optional h2c), the admin service, and the background services (upstream
+//! upkeep, SIGHUP reload).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::Opt;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+use tokio::sync::Notify;
+
+use crate::config::compile::{compile, Mode};
+use crate::config::{load_file, GatewayConfig};
+use crate::edge::tls::{generate_dev_certificate, SniResolver};
+use crate::lifecycle::{watch_readiness, Reloader};
+use crate::observe::access_log;
+use crate::observe::admin::AdminApp;
+use crate::proxy::EdgeProxy;
+use crate::upstream::health::UpstreamUpkeep;
+
+/// Command-line switches of `gateway run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    /// Take the listening sockets over from a running gateway (Pingora's graceful upgrade).
+    pub upgrade: bool,
+    /// Detach and run in the background.
+    pub daemon: bool,
+}
+
+/// For certificates marked `self_signed_if_missing` whose files are absent, generate a dev certificate.
+pub fn ensure_dev_certificates(config: &GatewayConfig) {
+    for listener in &config.listeners {
+        let Some(tls) = &listener.tls else { continue };
+        for cert in tls.certificates.iter().filter(|c| c.self_signed_if_missing) {
+            let (cert_path, key_path) = (Path::new(&cert.cert), Path::new(&cert.key));
+            if cert_path.exists() && key_path.exists() {
+                continue;
+            }
+            match generate_dev_certificate(cert_path, key_path) {
+                Ok(()) => log::warn!(
+                    "listener {}: {} was missing, so a SELF-SIGNED DEVELOPMENT certificate for localhost was \
+                     generated there. Clients will not trust it. Use real certificates in production (see certs/README.md).",
+                    listener.name,
+                    cert.cert
+                ),
+                Err(e) => log::error!("listener {}: cannot generate a development certificate: {e}", listener.name),
+            }
+        }
+    }
+}
+
+fn whole_seconds(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+/// Load, compile and serve until shutdown. Returns only on a config or start-up error.
+pub fn run(options: RunOptions) -> Result<(), String> {
+    let config = load_file(&options.config_path)
+        .map_err(|errors| format!("{}: invalid configuration:\n{errors}", options.config_path.display()))?;
+    ensure_dev_certificates(&config);
+    let compiled = compile(&config, Mode::Run, None)
+        .map_err(|errors| format!("{}: invalid configuration:\n{errors}", options.config_path.display()))?;
+    let settings = compiled.settings;
+
+    let server_conf = ServerConf {
+        threads: settings.threads,
+        grace_period_seconds: Some(whole_seconds(settings.grace_period)),
+        graceful_shutdown_timeout_seconds: Some(whole_seconds(settings.graceful_shutdown_timeout)),
+        pid_file: settings.pid_file.clone(),
+        upgrade_sock: settings.upgrade_sock.clone(),
+        upstream_keepalive_pool_size: settings.upstream_keepalive_pool,
+        daemon: options.daemon,
+        ..ServerConf::default()
+    };
+    let opt = Opt { upgrade: options.upgrade, daemon: options.daemon, nocapture: false, test: false, conf: None };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf);
+    let phases = server.watch_execution_phase();
+    // Daemonizing forks here: threads must start after it.
+    server.bootstrap();
+    access_log::init(&settings.access_log)
+        .map_err(|e| format!("cannot open the access log {:?}: {e}", settings.access_log))?;
+    watch_readiness(phases);
+
+    let runtime = Arc::new(ArcSwap::from_pointee(compiled.runtime));
+    let mut resolvers = HashMap::new();
+    for (name, store) in compiled.cert_stores {
+        resolvers.insert(name, Arc::new(SniResolver::new(store)));
+    }
+
+    for listener in &settings.listeners {
+        let app = EdgeProxy { listener: listener.clone(), runtime: runtime.clone() };
+        let mut server_options = HttpServerOptions::default();
+        server_options.h2c = listener.h2c;
+        let mut service = ProxyServiceBuilder::new(&server.configuration, app)
+            .name(format!("listener {}", listener.name))
+            .server_options(server_options)
+            .build();
+        let address = listener.address.to_string();
+        match (&listener.tls, resolvers.get(&listener.name)) {
+            (Some(tls), Some(resolver)) => {
+                let mut tls_settings = TlsSettings::intermediate("", "")
+                    .map_err(|e| format!("listener {}: TLS settings: {e}", listener.name))?;
+                tls_settings.set_cert_resolver(resolver.clone());
+                if tls.h2 {
+                    tls_settings.enable_h2();
+                }
+                service.add_tls_with_settings(&address, None, tls_settings);
+            }
+            _ => service.add_tcp(&address),
+        }
+        log::info!(
+            "listener {} on {}{}",
+            listener.name,
+            address,
+            if listener.tls.is_some() { " (TLS)" } else { "" }
+        );
+        server.add_service(service);
+    }
+
+    if let Some(admin) = settings.admin {
+        let listeners = settings.listeners.iter().map(|l| (l.name.clone(), l.address.port())).collect();
+        let mut service = Service::new("admin".to_string(), AdminApp { listeners });
+        service.add_tcp(&admin.to_string());
+        log::info!("admin on {admin} (/healthz, /readyz, /metrics)");
+        server.add_service(service);
+    }
+
+    let reloaded = Arc::new(Notify::new());
+    server.add_service(background_service(
+        "upstream upkeep",
+        UpstreamUpkeep { runtime: runtime.clone(), reloaded: reloaded.clone() },
+    ));
+    server.add_service(background_service(
+        "config reload",
+        Reloader { config_path: options.config_path.clone(), settings, runtime, resolvers, reloaded },
+    ));
+    server.run_forever()
+}

@@ -1,0 +1,405 @@
+//! A cluster of upstream backends: load-balancing selection (smooth weighted round robin or a ketama ring),
+//! active health state, passive ejection and the resolved address of each backend. Selection is lock-free.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use prometheus::{IntCounter, IntGauge};
+
+/// What the consistent-hash key is taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+}
+
+/// How to check a backend in the background.
+#[derive(Debug, Clone)]
+pub struct HealthCheckSpec {
+    pub http: Option<HttpCheck>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// The HTTP part of a health check (absent for TCP checks).
+#[derive(Debug, Clone)]
+pub struct HttpCheck {
+    pub path: String,
+    pub host: Option<String>,
+    pub expected_status: Vec<u16>,
+}
+
+/// TLS towards the backends.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub sni: Option<String>,
+    pub verify: bool,
+    /// DER certificates of the CA bundle, when not the system store.
+    pub ca_der: Option<Arc<Vec<Vec<u8>>>>,
+}
+
+/// Passive ejection policy.
+#[derive(Debug, Clone, Copy)]
+pub struct PassiveHealth {
+    pub consecutive_failures: u32,
+    pub cooldown: Duration,
+}
+
+/// Per-cluster connection settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ClusterTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub idle: Duration,
+}
+
+/// One upstream server and its live state.
+#[derive(Debug)]
+pub struct Backend {
+    /// As configured (`host:port`): the identity in logs, metrics and the hash ring.
+    pub address: Arc<str>,
+    pub host: String,
+    pub port: u16,
+    pub weight: u32,
+    resolved: ArcSwapOption<SocketAddr>,
+    healthy: AtomicBool,
+    consecutive_failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    pub(crate) health_gauge: IntGauge,
+    ejections: IntCounter,
+}
+
+impl Backend {
+    pub fn new(address: &str, host: String, port: u16, weight: u32, gauge: IntGauge, ejections: IntCounter) -> Self {
+        let literal = host.parse::<IpAddr>().ok().map(|ip| Arc::new(SocketAddr::new(ip, port)));
+        gauge.set(1);
+        Backend {
+            address: Arc::from(address),
+            host,
+            port,
+            weight,
+            resolved: ArcSwapOption::new(literal),
+            healthy: AtomicBool::new(true),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            health_gauge: gauge,
+            ejections,
+        }
+    }
+
+    /// True when the address is a host name that must be resolved.
+    pub fn needs_dns(&self) -> bool {
+        self.host.parse::<IpAddr>().is_err()
+    }
+
+    pub fn resolved(&self) -> Option<SocketAddr> {
+        self.resolved.load().as_deref().copied()
+    }
+
+    pub fn set_resolved(&self, addr: SocketAddr) {
+        if self.resolved() != Some(addr) {
+            self.resolved.store(Some(Arc::new(addr)));
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Record the outcome of the active health check; returns true when the state flipped.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        let flipped = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        if flipped {
+            self.health_gauge.set(i64::from(healthy));
+        }
+        flipped
+    }
+
+    fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Usable for a new request: resolved, passing health checks, not ejected.
+    pub fn is_available(&self, now_ms: u64) -> bool {
+        self.is_healthy() && !self.is_ejected(now_ms) && self.resolved.load().is_some()
+    }
+
+    /// Carry live state over from the same backend in the previous config generation.
+    pub fn inherit(&self, previous: &Backend) {
+        if let Some(addr) = previous.resolved() {
+            if self.needs_dns() {
+                self.set_resolved(addr);
+            }
+        }
+        self.set_healthy(previous.is_healthy());
+        self.ejected_until_ms
+            .store(previous.ejected_until_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the process started: the clock of passive ejection.
+pub fn now_ms() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// The selection structure, built once per config generation.
+#[derive(Debug)]
+enum Selector {
+    /// Backend indices in smooth-weighted order; a shared cursor walks it.
+    RoundRobin { slots: Vec<u16>, cursor: AtomicUsize },
+    /// Sorted (point, backend index) pairs of the ketama ring.
+    Ring { points: Vec<(u64, u16)> },
+}
+
+/// A named, load-balanced group of backends.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub backends: Vec<Backend>,
+    selector: Selector,
+    pub hash_on: Option<HashOn>,
+    pub tls: Option<UpstreamTls>,
+    pub health_check: Option<HealthCheckSpec>,
+    pub passive: PassiveHealth,
+    pub retries: u32,
+    pub timeouts: ClusterTimeouts,
+    pub dns_refresh: Duration,
+}
+
+/// Points per unit of weight on the hash ring (ketama uses 160 per server).
+const RING_POINTS_PER_WEIGHT: u32 = 160;
+/// Upper bound of the round-robin table; weights are scaled down beyond it.
+const MAX_SLOTS: u64 = 4096;
+
+pub struct ClusterParts {
+    pub name: Arc<str>,
+    pub backends: Vec<Backend>,
+    pub consistent_hash: bool,
+    pub hash_on: Option<HashOn>,
+    pub tls: Option<UpstreamTls>,
+    pub health_check: Option<HealthCheckSpec>,
+    pub passive: PassiveHealth,
+    pub retries: u32,
+    pub timeouts: ClusterTimeouts,
+    pub dns_refresh: Duration,
+}
+
+impl Cluster {
+    pub fn new(parts: ClusterParts) -> Self {
+        let weights: Vec<u32> = parts.backends.iter().map(|b| b.weight.max(1)).collect();
+        let selector = if parts.consistent_hash {
+            Selector::Ring { points: build_ring(&parts.backends) }
+        } else {
+            Selector::RoundRobin { slots: smooth_weighted_order(&weights), cursor: AtomicUsize::new(0) }
+        };
+        Cluster {
+            name: parts.name,
+            backends: parts.backends,
+            selector,
+            hash_on: parts.hash_on,
+            tls: parts.tls,
+            health_check: parts.health_check,
+            passive: parts.passive,
+            retries: parts.retries,
+            timeouts: parts.timeouts,
+            dns_refresh: parts.dns_refresh,
+        }
+    }
+
+    /// Pick an available backend not in `tried` (a bitmask of backend indices). `key` is the
+    /// consistent-hash key; without one a hash cluster falls back to walking its ring from a rotating point.
+    pub fn select(&self, key: Option<&[u8]>, tried: u64) -> Option<(usize, SocketAddr)> {
+        let now = now_ms();
+        let usable = |index: usize| -> Option<SocketAddr> {
+            if index < 64 && tried & (1 << index) != 0 {
+                return None;
+            }
+            let backend = &self.backends[index];
+            if backend.is_available(now) {
+                backend.resolved()
+            } else {
+                None
+            }
+        };
+        match &self.selector {
+            Selector::RoundRobin { slots, cursor } => {
+                let start = cursor.fetch_add(1, Ordering::Relaxed);
+                (0..slots.len()).find_map(|step| {
+                    let index = slots[(start + step) % slots.len()] as usize;
+                    usable(index).map(|addr| (index, addr))
+                })
+            }
+            Selector::Ring { points } => {
+                if points.is_empty() {
+                    return None;
+                }
+                let start = match key {
+                    Some(key) => {
+                        let hash = xxhash_rust::xxh3::xxh3_64(key);
+                        points.partition_point(|(point, _)| *point < hash)
+                    }
+                    None => now as usize,
+                };
+                (0..points.len()).find_map(|step| {
+                    let index = points[(start + step) % points.len()].1 as usize;
+                    usable(index).map(|addr| (index, addr))
+                })
+            }
+        }
+    }
+
+    /// A request to this backend succeeded: reset its failure streak.
+    pub fn record_success(&self, index: usize) {
+        let backend = &self.backends[index];
+        if backend.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            backend.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to this backend failed; returns true when this failure ejected it.
+    pub fn record_failure(&self, index: usize) -> bool {
+        let threshold = self.passive.consecutive_failures;
+        if threshold == 0 {
+            return false;
+        }
+        let backend = &self.backends[index];
+        let failures = backend.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < threshold {
+            return false;
+        }
+        backend.consecutive_failures.store(0, Ordering::Relaxed);
+        let until = now_ms() + self.passive.cooldown.as_millis() as u64;
+        backend.ejected_until_ms.store(until, Ordering::Relaxed);
+        backend.ejections.inc();
+        log::warn!(
+            "cluster {}: backend {} ejected for {:?} after {failures} consecutive failures",
+            self.name,
+            backend.address,
+            self.passive.cooldown
+        );
+        true
+    }
+}
+
+/// Smooth weighted round robin (as in NGINX): the order spreads heavy backends out instead of bunching them.
+fn smooth_weighted_order(weights: &[u32]) -> Vec<u16> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let scale = total.div_ceil(MAX_SLOTS).max(1);
+    let weights: Vec<i64> = weights.iter().map(|&w| (u64::from(w) / scale).max(1) as i64).collect();
+    let total: i64 = weights.iter().sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(&weights) {
+            *c += w;
+        }
+        let (best, _) = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+            .expect("a cluster has at least one backend");
+        current[best] -= total;
+        order.push(best as u16);
+    }
+    order
+}
+
+fn build_ring(backends: &[Backend]) -> Vec<(u64, u16)> {
+    let mut points = Vec::new();
+    for (index, backend) in backends.iter().enumerate() {
+        for replica in 0..backend.weight.max(1) * RING_POINTS_PER_WEIGHT {
+            let label = format!("{}-{replica}", backend.address);
+            points.push((xxhash_rust::xxh3::xxh3_64(label.as_bytes()), index as u16));
+        }
+    }
+    points.sort_unstable();
+    points
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(address: &str, weight: u32) -> Backend {
+        let (host, port) = address.rsplit_once(':').unwrap();
+        Backend::new(
+            address,
+            host.to_string(),
+            port.parse().unwrap(),
+            weight,
+            IntGauge::new("g", "g").unwrap(),
+            IntCounter::new("c", "c").unwrap(),
+        )
+    }
+
+    fn cluster(backends: Vec<Backend>, consistent_hash: bool) -> Cluster {
+        Cluster::new(ClusterParts {
+            name: Arc::from("c"),
+            backends,
+            consistent_hash,
+            hash_on: None,
+            tls: None,
+            health_check: None,
+            passive: PassiveHealth { consecutive_failures: 2, cooldown: Duration::from_secs(60) },
+            retries: 1,
+            timeouts: ClusterTimeouts {
+                connect: Duration::from_secs(1),
+                read: Duration::from_secs(1),
+                idle: Duration::from_secs(1),
+            },
+            dns_refresh: Duration::from_secs(30),
+        })
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_weights_smoothly() {
+        assert_eq!(smooth_weighted_order(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
+        let c = cluster(vec![backend("127.0.0.1:1", 3), backend("127.0.0.1:2", 1)], false);
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[c.select(None, 0).unwrap().0] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+    }
+
+    #[test]
+    fn tried_and_ejected_backends_are_skipped() {
+        let c = cluster(vec![backend("127.0.0.1:1", 1), backend("127.0.0.1:2", 1)], false);
+        for _ in 0..10 {
+            assert_eq!(c.select(None, 0b01).unwrap().0, 1);
+        }
+        assert!(!c.record_failure(1));
+        assert!(c.record_failure(1));
+        for _ in 0..10 {
+            assert_eq!(c.select(None, 0).unwrap().0, 0);
+        }
+        assert!(c.select(None, 0b01).is_none());
+        c.backends[0].set_healthy(false);
+        assert!(c.select(None, 0).is_none());
+    }
+
+    #[test]
+    fn consistent_hash_keeps_keys_on_their_backend() {
+        let c = cluster((1..=4).map(|p| backend(&format!("127.0.0.1:{p}"), 1)).collect(), true);
+        let first: Vec<usize> = (0..100).map(|k| c.select(Some(format!("user-{k}").as_bytes()), 0).unwrap().0).collect();
+        let again: Vec<usize> = (0..100).map(|k| c.select(Some(format!("user-{k}").as_bytes()), 0).unwrap().0).collect();
+        assert_eq!(first, again);
+        assert!((0..4).all(|b| first.contains(&b)), "keys spread over every backend");
+        c.backends[2].set_healthy(false);
+        for (k, &before) in first.iter().enumerate() {
+            let after = c.select(Some(format!("user-{k}").as_bytes()), 0).unwrap().0;
+            if before != 2 {
+                assert_eq!(after, before, "keys of healthy backends stay put");
+            } else {
+                assert_ne!(after, 2);
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Build Pingora peers for a backend from a resolved socket address (never a host name: Pingora's
+//! `HttpPeer::new` would resolve it with blocking DNS and panic on failure).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+
+use super::cluster::{Backend, Cluster};
+
+/// Connection settings of one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub idle: Duration,
+}
+
+/// A peer for `backend` at `addr`, with TLS, SNI and verification as the cluster says.
+pub fn http_peer(cluster: &Cluster, backend: &Backend, addr: SocketAddr, timeouts: PeerTimeouts) -> HttpPeer {
+    let (tls, sni) = match &cluster.tls {
+        Some(tls) => (true, tls.sni.clone().unwrap_or_else(|| backend.host.clone())),
+        None => (false, String::new()),
+    };
+    let mut peer = HttpPeer::new(addr, tls, sni);
+    let options = &mut peer.options;
+    options.connection_timeout = Some(timeouts.connect);
+    options.total_connection_timeout = Some(timeouts.connect);
+    options.read_timeout = Some(timeouts.read);
+    options.idle_timeout = Some(timeouts.idle);
+    if let Some(tls) = &cluster.tls {
+        options.verify_cert = tls.verify;
+        options.verify_hostname = tls.verify;
+        if let Some(ca) = &tls.ca_der {
+            options.ca = Some(ca_list(ca));
+        }
+    }
+    peer
+}
+
+/// Pingora's CA type for the rustls backend, from DER certificates already checked at config load.
+fn ca_list(ders: &[Vec<u8>]) -> Arc<[WrappedX509]> {
+    ders.iter()
+        .map(|der| WrappedX509::new(der.clone(), |raw| parse_x509(raw)))
+        .collect::<Vec<_>>()
+        .into()
+}
