@@ -1,1 +1,5 @@
+//! Mock upstreams for the gateway's integration tests and benchmarks.
 
+pub mod origin;
+
+pub use origin::{MockOrigin, RecordedRequest};
