@@ -443,6 +443,8 @@ impl ProxyHttp for EdgeProxy {
         let client_gone = e.esource == ErrorSource::Downstream
             && matches!(e.etype, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
         if session.response_written().is_none() && !client_gone {
+            // The request body may be unread: announce the close instead of letting the client find out.
+            session.set_keepalive(None);
             if let Err(write_error) = self.respond_error(session, ctx, kind).await {
                 log::debug!("could not send the error response: {write_error}");
             }

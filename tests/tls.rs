@@ -1,0 +1,156 @@
+//! TLS termination over real sockets: certificates chosen by SNI, the default certificate for unknown
+//! names, ALPN h2, and the plain listener's redirect to HTTPS.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+
+fn tls_config(dir: &TestDir, ports: &Ports, ca: &TestCa) -> String {
+    let (a_cert, a_key) = ca.issue(&["a.test"], dir.dir.path(), "a");
+    let (b_cert, b_key) = ca.issue(&["b.test", "*.b.test"], dir.dir.path(), "b");
+    let (d_cert, d_key) = ca.issue(&["default.test"], dir.dir.path(), "default");
+    format!(
+        r#"{server}
+listeners:
+  - name: http
+    address: "127.0.0.1:{http}"
+    redirect_https: {{ port: {https} }}
+  - name: https
+    address: "127.0.0.1:{https}"
+    tls:
+      certificates:
+        - {{ cert: {a_cert}, key: {a_key}, server_names: [a.test] }}
+        - {{ cert: {b_cert}, key: {b_key}, server_names: [b.test, "*.b.test"] }}
+        - {{ cert: {d_cert}, key: {d_key}, default: true }}
+routes:
+  - name: hello
+    respond: {{ status: 200, body: hello }}
+"#,
+        server = dir.server_section(ports, ""),
+        http = ports.http,
+        https = ports.https,
+        a_cert = a_cert.display(),
+        a_key = a_key.display(),
+        b_cert = b_cert.display(),
+        b_key = b_key.display(),
+        d_cert = d_cert.display(),
+        d_key = d_key.display(),
+    )
+}
+
+#[tokio::test]
+async fn each_sni_name_gets_its_certificate_and_h2_is_negotiated() {
+    let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
+    let _gateway = Gateway::start(&dir, ports, &tls_config(&dir, &ports, &ca)).await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", ports.https).parse().unwrap();
+    let names = [("a.test", addr), ("b.test", addr), ("www.b.test", addr), ("default.test", addr), ("other.test", addr)];
+    let client = tls_client(&ca.pem(), &names, false);
+    // The client verifies the chain against the test CA and the name: success proves the right certificate.
+    for name in ["a.test", "b.test", "www.b.test", "default.test"] {
+        let response = client.get(format!("https://{name}:{}/", ports.https)).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2, "{name}");
+        assert_eq!(response.text().await.unwrap(), "hello");
+    }
+    // An unknown name gets the default certificate, which does not cover it: verification fails.
+    let error = client.get(format!("https://other.test:{}/", ports.https)).send().await.unwrap_err();
+    let chain = format!("{error:?}");
+    assert!(chain.contains("NotValidForName") || chain.contains("certificate"), "{chain}");
+
+    let http1 = tls_client(&ca.pem(), &names, true);
+    let response = http1.get(format!("https://a.test:{}/", ports.https)).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn unknown_or_absent_sni_is_served_the_default_certificate() {
+    use rustls::client::danger::ServerCertVerifier;
+    let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
+    let _gateway = Gateway::start(&dir, ports, &tls_config(&dir, &ports, &ca)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(ca.pem().as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+        .build()
+        .unwrap();
+    // Send one SNI (or none), then verify the presented chain for the name we expect it to cover.
+    let cases = [
+        (Some("unknown.test"), "default.test"),
+        (None, "default.test"),
+        (Some("a.test"), "a.test"),
+        (Some("x.b.test"), "b.test"),
+    ];
+    for (sni, covers) in cases {
+        let chain = presented_chain(sni, ports.https);
+        let (leaf, intermediates) = chain.split_first().unwrap();
+        let name = rustls_pki_types::ServerName::try_from(covers).unwrap();
+        verifier
+            .verify_server_cert(leaf, intermediates, &name, &[], rustls_pki_types::UnixTime::now())
+            .unwrap_or_else(|e| panic!("SNI {sni:?} should be served the {covers} certificate: {e}"));
+    }
+}
+
+/// Handshake sending `sni` (or no SNI) without verifying, and return the chain the server presented.
+fn presented_chain(sni: Option<&str>, port: u16) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    #[derive(Debug)]
+    struct AcceptAny(std::sync::Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+        fn verify_server_cert(
+            &self,
+            _: &rustls_pki_types::CertificateDer<'_>,
+            _: &[rustls_pki_types::CertificateDer<'_>],
+            _: &rustls_pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls_pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls_pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    config.enable_sni = sni.is_some();
+    let name = rustls_pki_types::ServerName::try_from(sni.unwrap_or("absent.test").to_string()).unwrap();
+    let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    while connection.is_handshaking() {
+        connection.complete_io(&mut socket).unwrap();
+    }
+    connection.peer_certificates().unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn plain_listener_redirects_to_https() {
+    let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
+    let gateway = Gateway::start(&dir, ports, &tls_config(&dir, &ports, &ca)).await;
+    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let response = client.post(gateway.url("/pay?x=1")).header("host", "a.test").send().await.unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(response.headers()["location"], format!("https://a.test:{}/pay?x=1", ports.https).as_str());
+}
