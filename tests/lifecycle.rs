@@ -1,0 +1,157 @@
+//! Lifecycle over real processes and sockets: `validate`, refusing to start on a bad file, SIGHUP reloads
+//! (bad file rejected, good file applied with zero failed requests, certificates swapped), and graceful
+//! SIGTERM letting an in-flight request finish.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use loadtest::MockOrigin;
+
+fn proxy_to(dir: &TestDir, ports: &Ports, origin: &MockOrigin) -> String {
+    let body = format!(
+        "clusters:\n  - name: web\n    backends: [{{ address: \"{}\" }}]\nroutes:\n  - name: web\n    proxy: {{ cluster: web }}\n",
+        origin.addr
+    );
+    dir.plain_config(ports, &body)
+}
+
+#[test]
+fn validate_names_the_yaml_path_of_a_typo_and_fails() {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let good = dir.plain_config(&ports, "routes:\n  - name: ok\n    respond: { status: 200 }\n");
+    let path = dir.write_config(&good);
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["validate", "-c"]).arg(&path).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let typo = good.replace("respond: { status: 200 }", "respnd: { status: 200 }")
+        + "  - name: second\n    match: { path: { prefix: nope } }\n    respond: { status: 200 }\n";
+    let path = dir.write_config(&typo);
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["validate", "-c"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("routes[0].respnd: unknown field `respnd`"), "{stderr}");
+    // Semantic errors are not reported while the schema is broken, but schema errors are all listed.
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["run", "-c"]).arg(&path).output().unwrap();
+    assert!(!output.status.success(), "run must refuse a bad file");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("routes[0].respnd"));
+
+    let semantic = good + "  - name: second\n    match: { path: { prefix: nope } }\n    respond: { status: 200 }\n";
+    let path = dir.write_config(&semantic);
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["validate", "-c"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("routes[1].match.path: `nope` must start with `/`"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sighup_with_a_broken_file_keeps_the_old_config() {
+    let origin = MockOrigin::start("old").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &origin)).await;
+    let client = client();
+    dir.write_config("listeners: [ this is : not valid");
+    gateway.signal("HUP");
+    let rejected = eventually(Duration::from_secs(5), || async {
+        let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
+        metric_value(&metrics, r#"gateway_config_reloads_total{result="rejected"}"#) == 1.0
+    })
+    .await;
+    assert!(rejected, "{}", dir.gateway_log());
+    assert!(dir.gateway_log().contains("reload rejected"));
+    assert_eq!(get(&client, &gateway.url("/")).await.0, 200);
+    assert_eq!(origin.request_count(), 1);
+}
+
+#[tokio::test]
+async fn sighup_with_a_good_file_switches_routing_without_failed_requests() {
+    let old = MockOrigin::start("old").await.unwrap();
+    let new = MockOrigin::start("new").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &old)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), gateway.url("/"));
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dir.write_config(&proxy_to(&dir, &ports, &new));
+    gateway.signal("HUP");
+    let switched = eventually(Duration::from_secs(5), || async { new.request_count() > 20 }).await;
+    let old_count = old.request_count();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert!(switched, "{}", dir.gateway_log());
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "ok: {}", ok.load(Ordering::Relaxed));
+    assert!(old_count > 0);
+    assert_eq!(old.request_count(), old_count, "no request reaches the old cluster after the switch");
+}
+
+#[tokio::test]
+async fn sighup_swaps_certificates() {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let (first_ca, second_ca) = (TestCa::new("first"), TestCa::new("second"));
+    let (cert, key) = first_ca.issue(&["a.test"], dir.dir.path(), "a");
+    let config = format!(
+        "{}\nlisteners:\n  - name: https\n    address: \"127.0.0.1:{}\"\n    tls: {{ certificates: [{{ cert: {}, key: {} }}] }}\nroutes:\n  - name: hi\n    respond: {{ status: 200, body: hi }}\n",
+        dir.server_section(&ports, ""),
+        ports.https,
+        cert.display(),
+        key.display()
+    );
+    let _gateway = Gateway::start(&dir, ports, &config).await;
+    let addr = format!("127.0.0.1:{}", ports.https).parse().unwrap();
+    let url = format!("https://a.test:{}/", ports.https);
+    let trusts_first = tls_client(&first_ca.pem(), &[("a.test", addr)], true);
+    let trusts_second = tls_client(&second_ca.pem(), &[("a.test", addr)], true);
+    assert_eq!(trusts_first.get(&url).send().await.unwrap().status(), 200);
+    assert!(trusts_second.get(&url).send().await.is_err());
+
+    second_ca.issue(&["a.test"], dir.dir.path(), "a");
+    _gateway.signal("HUP");
+    let swapped = eventually(Duration::from_secs(5), || async {
+        let fresh = tls_client(&second_ca.pem(), &[("a.test", addr)], true);
+        fresh.get(&url).send().await.is_ok()
+    })
+    .await;
+    assert!(swapped, "{}", dir.gateway_log());
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let origin = MockOrigin::start("slow").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let config = proxy_to(&dir, &ports, &origin).replace("grace_period: 1s", "grace_period: 3s");
+    let mut gateway = Gateway::start(&dir, ports, &config).await;
+    let slow = tokio::spawn({
+        let url = gateway.url("/?delay_ms=1000");
+        async move { client().get(&url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gateway.signal("TERM");
+    assert_eq!(slow.await.unwrap().unwrap(), 200, "the in-flight request completes");
+    let exited = eventually(Duration::from_secs(10), || {
+        let done = matches!(gateway.child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited, "gateway exits after the grace period");
+}
