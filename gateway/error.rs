@@ -63,8 +63,9 @@ impl ErrorKind {
             HTTPStatus(413) => ErrorKind::BodyTooLarge,
             HTTPStatus(503) => ErrorKind::NoHealthyUpstream,
             HTTPStatus(code) if *code >= 400 && *code < 500 => ErrorKind::BadRequest,
-            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | BindError | ConnectProxyFailure
-            | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => ErrorKind::UpstreamConnect,
+            ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | BindError
+            | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
+            | HandshakeError => ErrorKind::UpstreamConnect,
             ReadTimedout | WriteTimedout => ErrorKind::UpstreamTimeout,
             _ => match error.esource {
                 pingora::ErrorSource::Downstream => ErrorKind::BadRequest,

@@ -47,7 +47,9 @@ impl Reloader {
         for (listener, store) in compiled.cert_stores {
             match self.resolvers.get(&listener) {
                 Some(resolver) => resolver.replace(store),
-                None => log::warn!("reload: TLS listener `{listener}` is new; it needs a restart to be bound"),
+                None => log::warn!(
+                    "reload: TLS listener `{listener}` is new; it needs a restart to be bound"
+                ),
             }
         }
         self.runtime.store(Arc::new(compiled.runtime));
@@ -89,18 +91,20 @@ impl BackgroundService for Reloader {
 
 /// Follow Pingora's phases: ready while running, not ready once shutdown or upgrade starts.
 pub fn watch_readiness(mut phases: broadcast::Receiver<ExecutionPhase>) {
-    let spawned = std::thread::Builder::new().name("readiness".into()).spawn(move || loop {
-        match phases.blocking_recv() {
-            Ok(ExecutionPhase::Running) => READY.store(true, Ordering::Relaxed),
-            Ok(
-                ExecutionPhase::GracefulTerminate
-                | ExecutionPhase::GracefulUpgradeTransferringFds
-                | ExecutionPhase::ShutdownStarted,
-            ) => READY.store(false, Ordering::Relaxed),
-            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    });
+    let spawned = std::thread::Builder::new()
+        .name("readiness".into())
+        .spawn(move || loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::Running) => READY.store(true, Ordering::Relaxed),
+                Ok(
+                    ExecutionPhase::GracefulTerminate
+                    | ExecutionPhase::GracefulUpgradeTransferringFds
+                    | ExecutionPhase::ShutdownStarted,
+                ) => READY.store(false, Ordering::Relaxed),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        });
     if let Err(e) = spawned {
         log::error!("cannot start the readiness watcher: {e}");
     }

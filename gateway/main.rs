@@ -41,7 +41,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
         Command::Validate { config } => {
-            let result = load_file(&config).and_then(|parsed| compile(&parsed, Mode::Validate, None).map(|_| ()));
+            let result = load_file(&config)
+                .and_then(|parsed| compile(&parsed, Mode::Validate, None).map(|_| ()));
             match result {
                 Ok(()) => {
                     println!("{}: configuration is valid", config.display());
@@ -53,8 +54,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, upgrade, daemon } => {
-            match run(RunOptions { config_path: config, upgrade, daemon }) {
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+        } => {
+            match run(RunOptions {
+                config_path: config,
+                upgrade,
+                daemon,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(message) => {
                     eprintln!("{message}");

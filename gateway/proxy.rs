@@ -91,17 +91,31 @@ impl EdgeProxy {
             apply_response_rewrite(&route.response_headers, &mut header)?;
         }
         let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
-        session.write_response_header(Box::new(header), head_only).await?;
+        session
+            .write_response_header(Box::new(header), head_only)
+            .await?;
         if !head_only {
             session.write_response_body(Some(body), true).await?;
         }
         Ok(())
     }
 
-    async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, kind: ErrorKind) -> Result<()> {
+    async fn respond_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        kind: ErrorKind,
+    ) -> Result<()> {
         ctx.error = Some(kind);
         let body = error_body(kind, ctx.request_id.to_str().unwrap_or(""));
-        self.respond(session, ctx, kind.status(), &[(&CONTENT_TYPE, &APPLICATION_JSON)], body).await
+        self.respond(
+            session,
+            ctx,
+            kind.status(),
+            &[(&CONTENT_TYPE, &APPLICATION_JSON)],
+            body,
+        )
+        .await
     }
 }
 
@@ -178,39 +192,69 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         ctx.start = Instant::now();
         let runtime = self.runtime.load_full();
-        let peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let req = session.req_header();
         if let Some(peer) = peer {
             ctx.peer_trusted = runtime.trusted_proxies.contains(peer);
-            ctx.client_ip = Some(client_ip(peer, req.headers.get(&X_FORWARDED_FOR), &runtime.trusted_proxies));
+            ctx.client_ip = Some(client_ip(
+                peer,
+                req.headers.get(&X_FORWARDED_FOR),
+                &runtime.trusted_proxies,
+            ));
         }
         ctx.peer_ip = peer;
         ctx.request_id = request_id(req.headers.get(&X_REQUEST_ID), ctx.peer_trusted);
         ctx.runtime = Some(runtime);
-        session.req_header_mut().insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        session
+            .req_header_mut()
+            .insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let Some(runtime) = ctx.runtime.clone() else {
-            self.respond_error(session, ctx, ErrorKind::Internal).await?;
+            self.respond_error(session, ctx, ErrorKind::Internal)
+                .await?;
             return Ok(true);
         };
         let req = session.req_header();
         let host = normalize_host(request_host(req));
         if let Some(redirect) = self.listener.redirect_https {
-            let port = if redirect.port == 443 { String::new() } else { format!(":{}", redirect.port) };
+            let port = if redirect.port == 443 {
+                String::new()
+            } else {
+                format!(":{}", redirect.port)
+            };
             let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let location = HeaderValue::from_str(&format!("https://{host}{port}{uri}"))
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "redirect location"))?;
-            self.respond(session, ctx, redirect.status, &[(&LOCATION, &location)], Bytes::new()).await?;
+            self.respond(
+                session,
+                ctx,
+                redirect.status,
+                &[(&LOCATION, &location)],
+                Bytes::new(),
+            )
+            .await?;
             return Ok(true);
         }
-        let Some(route) = runtime.routes.find(&host, req.uri.path(), &req.method, &req.headers).cloned() else {
-            self.respond_error(session, ctx, ErrorKind::RouteNotFound).await?;
+        let Some(route) = runtime
+            .routes
+            .find(&host, req.uri.path(), &req.method, &req.headers)
+            .cloned()
+        else {
+            self.respond_error(session, ctx, ErrorKind::RouteNotFound)
+                .await?;
             return Ok(true);
         };
         let declared_length = req
@@ -220,23 +264,43 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|v| v.parse::<u64>().ok());
         ctx.route = Some(route.clone());
         match &route.action {
-            RouteAction::Respond { status, body, content_type } => {
-                self.respond(session, ctx, *status, &[(&CONTENT_TYPE, content_type)], body.clone()).await?;
+            RouteAction::Respond {
+                status,
+                body,
+                content_type,
+            } => {
+                self.respond(
+                    session,
+                    ctx,
+                    *status,
+                    &[(&CONTENT_TYPE, content_type)],
+                    body.clone(),
+                )
+                .await?;
                 Ok(true)
             }
             RouteAction::Redirect { to, status } => {
                 let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
                 let target = to.replace("{host}", &host).replace("{uri}", uri);
-                let location = HeaderValue::from_str(&target)
-                    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "redirect location"))?;
-                self.respond(session, ctx, *status, &[(&LOCATION, &location)], Bytes::new()).await?;
+                let location = HeaderValue::from_str(&target).map_err(|_| {
+                    Error::explain(ErrorType::InvalidHTTPHeader, "redirect location")
+                })?;
+                self.respond(
+                    session,
+                    ctx,
+                    *status,
+                    &[(&LOCATION, &location)],
+                    Bytes::new(),
+                )
+                .await?;
                 Ok(true)
             }
             RouteAction::Proxy { .. } => {
                 if declared_length.is_some_and(|len| len > route.max_body_size) {
                     // The unread body makes the connection unusable for another request.
                     session.set_keepalive(None);
-                    self.respond_error(session, ctx, ErrorKind::BodyTooLarge).await?;
+                    self.respond_error(session, ctx, ErrorKind::BodyTooLarge)
+                        .await?;
                     return Ok(true);
                 }
                 ctx.deadline = route.timeouts.total.map(|total| ctx.start + total);
@@ -245,9 +309,16 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    async fn upstream_peer(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(cluster)) = (ctx.route.clone(), ctx.cluster().cloned()) else {
-            return Error::e_explain(ErrorType::InternalError, "upstream_peer without a proxy route");
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "upstream_peer without a proxy route",
+            );
         };
         let req = session.req_header();
         let mut buf = [0u8; 16];
@@ -265,7 +336,11 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.attempts += 1;
         let Some((index, addr)) = cluster.select(key, ctx.tried) else {
-            ctx.error = Some(if ctx.attempts > 1 { ErrorKind::UpstreamConnect } else { ErrorKind::NoHealthyUpstream });
+            ctx.error = Some(if ctx.attempts > 1 {
+                ErrorKind::UpstreamConnect
+            } else {
+                ErrorKind::NoHealthyUpstream
+            });
             return Error::e_explain(ErrorType::HTTPStatus(503), "no available backend");
         };
         if index < 64 {
@@ -282,12 +357,20 @@ impl ProxyHttp for EdgeProxy {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 ctx.error = Some(ErrorKind::UpstreamTimeout);
-                return Error::e_explain(ErrorType::ConnectTimedout, "total timeout spent before connecting");
+                return Error::e_explain(
+                    ErrorType::ConnectTimedout,
+                    "total timeout spent before connecting",
+                );
             }
             timeouts.connect = timeouts.connect.min(left);
             timeouts.read = timeouts.read.min(left);
         }
-        Ok(Box::new(http_peer(&cluster, &cluster.backends[index], addr, timeouts)))
+        Ok(Box::new(http_peer(
+            &cluster,
+            &cluster.backends[index],
+            addr,
+            timeouts,
+        )))
     }
 
     fn fail_to_connect(
@@ -313,29 +396,42 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = ctx.route.as_deref() else { return Ok(()) };
+        let Some(route) = ctx.route.as_deref() else {
+            return Ok(());
+        };
         if let RouteAction::Proxy { rewrite, .. } = &route.action {
             if let Some(mut path) = rewrite.apply(upstream.uri.path()) {
                 if let Some(query) = upstream.uri.query() {
                     path.push('?');
                     path.push_str(query);
                 }
-                let uri = path
-                    .parse::<http::Uri>()
-                    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "rewritten path is not a valid URI"))?;
+                let uri = path.parse::<http::Uri>().map_err(|_| {
+                    Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "rewritten path is not a valid URI",
+                    )
+                })?;
                 upstream.set_uri(uri);
             }
         }
         let original = session.req_header();
         let trusted = ctx.peer_trusted;
         let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let forwarded_for = match original.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match original
+            .headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
             Some(existing) if trusted => format!("{existing}, {peer}"),
             _ => peer,
         };
         upstream.insert_header(X_FORWARDED_FOR.clone(), forwarded_for)?;
         if !(trusted && original.headers.contains_key(&X_FORWARDED_PROTO)) {
-            let scheme = if self.listener.tls.is_some() { "https" } else { "http" };
+            let scheme = if self.listener.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             upstream.insert_header(X_FORWARDED_PROTO.clone(), scheme)?;
         }
         if !(trusted && original.headers.contains_key(&X_FORWARDED_HOST)) {
@@ -358,7 +454,10 @@ impl ProxyHttp for EdgeProxy {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > route.max_body_size {
                 ctx.error = Some(ErrorKind::BodyTooLarge);
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the route's limit");
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over the route's limit",
+                );
             }
         }
         Ok(())
@@ -402,7 +501,10 @@ impl ProxyHttp for EdgeProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if ctx.deadline.is_some_and(|deadline| Instant::now() > deadline) {
+        if ctx
+            .deadline
+            .is_some_and(|deadline| Instant::now() > deadline)
+        {
             ctx.error = Some(ErrorKind::UpstreamTimeout);
             return Error::e_explain(ErrorType::ReadTimedout, "route total timeout");
         }
@@ -437,11 +539,19 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let kind = ctx.error.unwrap_or_else(|| ErrorKind::from_proxy_error(e));
         ctx.error = Some(kind);
         let client_gone = e.esource == ErrorSource::Downstream
-            && matches!(e.etype, ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+            && matches!(
+                e.etype,
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
         if session.response_written().is_none() && !client_gone {
             // The request body may be unread: announce the close instead of letting the client find out.
             session.set_keepalive(None);
@@ -449,7 +559,10 @@ impl ProxyHttp for EdgeProxy {
                 log::debug!("could not send the error response: {write_error}");
             }
         }
-        FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
+        FailToProxy {
+            error_code: kind.status(),
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -461,7 +574,9 @@ impl ProxyHttp for EdgeProxy {
         let elapsed = ctx.start.elapsed();
         match (&ctx.route, &ctx.runtime) {
             (Some(route), _) => route.metrics.observe(status, elapsed.as_secs_f64()),
-            (None, Some(runtime)) => runtime.unmatched_metrics.observe(status, elapsed.as_secs_f64()),
+            (None, Some(runtime)) => runtime
+                .unmatched_metrics
+                .observe(status, elapsed.as_secs_f64()),
             (None, None) => {}
         }
         if !access_log::enabled() {
@@ -472,7 +587,11 @@ impl ProxyHttp for EdgeProxy {
         let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let upstream = ctx.upstream.map(|a| a.to_string());
         let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let protocol = if session.as_downstream().is_http2() { "HTTP/2" } else { "HTTP/1.1" };
+        let protocol = if session.as_downstream().is_http2() {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        };
         access_log::log(&AccessRecord {
             time: &time,
             request_id: ctx.request_id.to_str().unwrap_or(""),

@@ -65,11 +65,19 @@ fn whole_seconds(duration: Duration) -> u64 {
 
 /// Load, compile and serve until shutdown. Returns only on a config or start-up error.
 pub fn run(options: RunOptions) -> Result<(), String> {
-    let config = load_file(&options.config_path)
-        .map_err(|errors| format!("{}: invalid configuration:\n{errors}", options.config_path.display()))?;
+    let config = load_file(&options.config_path).map_err(|errors| {
+        format!(
+            "{}: invalid configuration:\n{errors}",
+            options.config_path.display()
+        )
+    })?;
     ensure_dev_certificates(&config);
-    let compiled = compile(&config, Mode::Run, None)
-        .map_err(|errors| format!("{}: invalid configuration:\n{errors}", options.config_path.display()))?;
+    let compiled = compile(&config, Mode::Run, None).map_err(|errors| {
+        format!(
+            "{}: invalid configuration:\n{errors}",
+            options.config_path.display()
+        )
+    })?;
     let settings = compiled.settings;
 
     let server_conf = ServerConf {
@@ -82,7 +90,13 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         daemon: options.daemon,
         ..ServerConf::default()
     };
-    let opt = Opt { upgrade: options.upgrade, daemon: options.daemon, nocapture: false, test: false, conf: None };
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
     let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf);
     let phases = server.watch_execution_phase();
     // Daemonizing forks here: threads must start after it.
@@ -98,7 +112,10 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     }
 
     for listener in &settings.listeners {
-        let app = EdgeProxy { listener: listener.clone(), runtime: runtime.clone() };
+        let app = EdgeProxy {
+            listener: listener.clone(),
+            runtime: runtime.clone(),
+        };
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = listener.h2c;
         let mut service = ProxyServiceBuilder::new(&server.configuration, app)
@@ -128,7 +145,11 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     }
 
     if let Some(admin) = settings.admin {
-        let listeners = settings.listeners.iter().map(|l| (l.name.clone(), l.address.port())).collect();
+        let listeners = settings
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address.port()))
+            .collect();
         let mut service = Service::new("admin".to_string(), AdminApp { listeners });
         service.add_tcp(&admin.to_string());
         log::info!("admin on {admin} (/healthz, /readyz, /metrics)");
@@ -138,11 +159,20 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     let reloaded = Arc::new(Notify::new());
     server.add_service(background_service(
         "upstream upkeep",
-        UpstreamUpkeep { runtime: runtime.clone(), reloaded: reloaded.clone() },
+        UpstreamUpkeep {
+            runtime: runtime.clone(),
+            reloaded: reloaded.clone(),
+        },
     ));
     server.add_service(background_service(
         "config reload",
-        Reloader { config_path: options.config_path.clone(), settings, runtime, resolvers, reloaded },
+        Reloader {
+            config_path: options.config_path.clone(),
+            settings,
+            runtime,
+            resolvers,
+            reloaded,
+        },
     ));
     server.run_forever()
 }

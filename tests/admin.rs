@@ -27,8 +27,14 @@ routes:
     );
     let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
     let client = client();
-    assert_eq!(get(&client, &gateway.admin_url("/healthz")).await, (200, "ok\n".into()));
-    assert_eq!(get(&client, &gateway.admin_url("/readyz")).await, (200, "ready\n".into()));
+    assert_eq!(
+        get(&client, &gateway.admin_url("/healthz")).await,
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        get(&client, &gateway.admin_url("/readyz")).await,
+        (200, "ready\n".into())
+    );
     assert_eq!(get(&client, &gateway.admin_url("/nope")).await.0, 404);
 
     for _ in 0..7 {
@@ -45,11 +51,41 @@ routes:
 
     let (status, metrics) = get(&client, &gateway.admin_url("/metrics")).await;
     assert_eq!(status, 200);
-    assert_eq!(metric_value(&metrics, r#"gateway_requests_total{route="web",status_class="2xx"}"#), 7.0);
-    assert_eq!(metric_value(&metrics, r#"gateway_requests_total{route="teapot",status_class="4xx"}"#), 4.0);
-    assert_eq!(metric_value(&metrics, r#"gateway_requests_total{route="_unmatched",status_class="4xx"}"#), 1.0);
-    assert_eq!(metric_value(&metrics, r#"gateway_request_duration_seconds_count{route="web"}"#), 7.0);
-    let health = format!("gateway_upstream_healthy{{backend=\"{}\",cluster=\"web\"}}", origin.addr);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_requests_total{route="web",status_class="2xx"}"#
+        ),
+        7.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_requests_total{route="teapot",status_class="4xx"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_requests_total{route="_unmatched",status_class="4xx"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_request_duration_seconds_count{route="web"}"#
+        ),
+        7.0
+    );
+    let health = format!(
+        "gateway_upstream_healthy{{backend=\"{}\",cluster=\"web\"}}",
+        origin.addr
+    );
     assert_eq!(metric_value(&metrics, &health), 1.0);
-    assert!(metric_value(&metrics, r#"gateway_open_connections{listener="http"}"#) >= 1.0, "{metrics}");
+    assert!(
+        metric_value(&metrics, r#"gateway_open_connections{listener="http"}"#) >= 1.0,
+        "{metrics}"
+    );
 }

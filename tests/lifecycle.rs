@@ -23,29 +23,59 @@ fn proxy_to(dir: &TestDir, ports: &Ports, origin: &MockOrigin) -> String {
 #[test]
 fn validate_names_the_yaml_path_of_a_typo_and_fails() {
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let good = dir.plain_config(&ports, "routes:\n  - name: ok\n    respond: { status: 200 }\n");
+    let good = dir.plain_config(
+        &ports,
+        "routes:\n  - name: ok\n    respond: { status: 200 }\n",
+    );
     let path = dir.write_config(&good);
-    let output = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["validate", "-c"]).arg(&path).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let typo = good.replace("respond: { status: 200 }", "respnd: { status: 200 }")
         + "  - name: second\n    match: { path: { prefix: nope } }\n    respond: { status: 200 }\n";
     let path = dir.write_config(&typo);
-    let output = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["validate", "-c"]).arg(&path).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("routes[0].respnd: unknown field `respnd`"), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].respnd: unknown field `respnd`"),
+        "{stderr}"
+    );
     // Semantic errors are not reported while the schema is broken, but schema errors are all listed.
-    let output = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["run", "-c"]).arg(&path).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!output.status.success(), "run must refuse a bad file");
     assert!(String::from_utf8_lossy(&output.stderr).contains("routes[0].respnd"));
 
-    let semantic = good + "  - name: second\n    match: { path: { prefix: nope } }\n    respond: { status: 200 }\n";
+    let semantic = good
+        + "  - name: second\n    match: { path: { prefix: nope } }\n    respond: { status: 200 }\n";
     let path = dir.write_config(&semantic);
-    let output = Command::new(env!("CARGO_BIN_EXE_gateway")).args(["validate", "-c"]).arg(&path).output().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("routes[1].match.path: `nope` must start with `/`"), "{stderr}");
+    assert!(
+        stderr.contains("routes[1].match.path: `nope` must start with `/`"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -58,7 +88,10 @@ async fn sighup_with_a_broken_file_keeps_the_old_config() {
     gateway.signal("HUP");
     let rejected = eventually(Duration::from_secs(5), || async {
         let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
-        metric_value(&metrics, r#"gateway_config_reloads_total{result="rejected"}"#) == 1.0
+        metric_value(
+            &metrics,
+            r#"gateway_config_reloads_total{result="rejected"}"#,
+        ) == 1.0
     })
     .await;
     assert!(rejected, "{}", dir.gateway_log());
@@ -92,7 +125,10 @@ async fn sighup_with_a_good_file_switches_routing_without_failed_requests() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     dir.write_config(&proxy_to(&dir, &ports, &new));
     gateway.signal("HUP");
-    let switched = eventually(Duration::from_secs(5), || async { new.request_count() > 20 }).await;
+    let switched = eventually(Duration::from_secs(5), || async {
+        new.request_count() > 20
+    })
+    .await;
     let old_count = old.request_count();
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
@@ -100,9 +136,18 @@ async fn sighup_with_a_good_file_switches_routing_without_failed_requests() {
         worker.await.unwrap();
     }
     assert!(switched, "{}", dir.gateway_log());
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "ok: {}", ok.load(Ordering::Relaxed));
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "ok: {}",
+        ok.load(Ordering::Relaxed)
+    );
     assert!(old_count > 0);
-    assert_eq!(old.request_count(), old_count, "no request reaches the old cluster after the switch");
+    assert_eq!(
+        old.request_count(),
+        old_count,
+        "no request reaches the old cluster after the switch"
+    );
 }
 
 #[tokio::test]
@@ -147,7 +192,11 @@ async fn sigterm_lets_in_flight_requests_finish() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     gateway.signal("TERM");
-    assert_eq!(slow.await.unwrap().unwrap(), 200, "the in-flight request completes");
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the in-flight request completes"
+    );
     let exited = eventually(Duration::from_secs(10), || {
         let done = matches!(gateway.child.try_wait(), Ok(Some(_)));
         async move { done }

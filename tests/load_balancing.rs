@@ -15,7 +15,11 @@ async fn origin_of(client: &reqwest::Client, url: &str) -> Result<String, String
     if response.status() != 200 {
         return Err(format!("status {}", response.status()));
     }
-    Ok(response.headers().get("x-origin").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default())
+    Ok(response
+        .headers()
+        .get("x-origin")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default())
 }
 
 #[tokio::test]
@@ -42,17 +46,26 @@ routes:
     let client = client();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..800 {
-        *counts.entry(origin_of(&client, &gateway.url("/")).await.unwrap()).or_default() += 1;
+        *counts
+            .entry(origin_of(&client, &gateway.url("/")).await.unwrap())
+            .or_default() += 1;
     }
     for (name, expected) in [("a", 100.0), ("b", 200.0), ("c", 500.0)] {
         let got = counts[name] as f64;
-        assert!((got - expected).abs() <= expected * 0.1, "{name}: {got} vs {expected} ({counts:?})");
+        assert!(
+            (got - expected).abs() <= expected * 0.1,
+            "{name}: {got} vs {expected} ({counts:?})"
+        );
     }
 }
 
 #[tokio::test]
 async fn consistent_hash_keeps_each_user_on_one_backend() {
-    let origins = [MockOrigin::start("a").await.unwrap(), MockOrigin::start("b").await.unwrap(), MockOrigin::start("c").await.unwrap()];
+    let origins = [
+        MockOrigin::start("a").await.unwrap(),
+        MockOrigin::start("b").await.unwrap(),
+        MockOrigin::start("c").await.unwrap(),
+    ];
     let (dir, ports) = (TestDir::new(), Ports::new());
     let body = format!(
         r#"
@@ -73,10 +86,19 @@ routes:
     for user in 0..30 {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..4 {
-            let response = client.get(gateway.url("/")).header("x-user", format!("user-{user}")).send().await.unwrap();
+            let response = client
+                .get(gateway.url("/"))
+                .header("x-user", format!("user-{user}"))
+                .send()
+                .await
+                .unwrap();
             seen.insert(response.headers()["x-origin"].to_str().unwrap().to_string());
         }
-        assert_eq!(seen.len(), 1, "user-{user} moved between backends: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "user-{user} moved between backends: {seen:?}"
+        );
         used.extend(seen);
     }
     assert!(used.len() >= 2, "users spread over backends: {used:?}");
@@ -104,11 +126,19 @@ routes:
     let client = client();
     for i in 0..20 {
         // POST too: nothing reached the dead backend, so retrying is safe for any method.
-        let response = client.post(gateway.url("/")).body(format!("payload {i}")).send().await.unwrap();
+        let response = client
+            .post(gateway.url("/"))
+            .body(format!("payload {i}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
     }
     assert_eq!(alive.request_count(), 20);
-    assert!(alive.requests().iter().all(|r| r.body.starts_with(b"payload")));
+    assert!(alive
+        .requests()
+        .iter()
+        .all(|r| r.body.starts_with(b"payload")));
 }
 
 #[tokio::test]
@@ -150,8 +180,15 @@ routes:
     })
     .await;
     assert!(ejected, "b was not marked unhealthy");
-    assert!(killed_at.elapsed() < Duration::from_secs(2), "took {:?}", killed_at.elapsed());
-    assert!(failures.borrow().is_empty(), "requests failed while b was dying: {failures:?}");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    assert!(
+        failures.borrow().is_empty(),
+        "requests failed while b was dying: {failures:?}"
+    );
     for _ in 0..50 {
         assert_eq!(origin_of(&client, &gateway.url("/")).await.unwrap(), "a");
     }
@@ -194,7 +231,12 @@ routes:
     assert!(settled - before <= 6, "b kept getting traffic");
     assert_eq!(b.request_count(), settled);
     b.set_health_status(204);
-    assert!(eventually(Duration::from_secs(3), || async { origin_of(&client, &gateway.url("/")).await.unwrap() == "b" }).await);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            origin_of(&client, &gateway.url("/")).await.unwrap() == "b"
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -218,16 +260,25 @@ routes:
     for _ in 0..4 {
         let response = client.get(gateway.url("/")).send().await.unwrap();
         let status = response.status().as_u16();
-        let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let request_id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let error: serde_json::Value = response.json().await.unwrap();
         assert_eq!(error["error"]["request_id"], request_id.as_str());
         codes.push((status, error["error"]["code"].as_str().unwrap().to_string()));
     }
     assert_eq!(codes[0], (502, "upstream_connect_failed".to_string()));
     assert_eq!(codes[1], (502, "upstream_connect_failed".to_string()));
-    assert_eq!(codes[2], (503, "no_healthy_upstream".to_string()), "{codes:?}");
+    assert_eq!(
+        codes[2],
+        (503, "no_healthy_upstream".to_string()),
+        "{codes:?}"
+    );
     assert_eq!(codes[3], (503, "no_healthy_upstream".to_string()));
     let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
-    let ejections = format!("gateway_upstream_ejections_total{{backend=\"127.0.0.1:{dead}\",cluster=\"gone\"}}");
+    let ejections = format!(
+        "gateway_upstream_ejections_total{{backend=\"127.0.0.1:{dead}\",cluster=\"gone\"}}"
+    );
     assert_eq!(metric_value(&metrics, &ejections), 1.0);
 }

@@ -42,12 +42,26 @@ async fn untrusted_clients_get_a_fresh_uuid_v7_sent_upstream_and_echoed() {
     let (dir, ports) = (TestDir::new(), Ports::new());
     let gateway = Gateway::start(&dir, ports, &config(&dir, &ports, &origin, "10.0.0.0/8")).await;
     let client = client();
-    let response = client.get(gateway.url("/proxied")).header("x-request-id", "client-chosen").send().await.unwrap();
-    let echoed = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let response = client
+        .get(gateway.url("/proxied"))
+        .header("x-request-id", "client-chosen")
+        .send()
+        .await
+        .unwrap();
+    let echoed = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_ne!(echoed, "client-chosen");
     assert!(is_uuid_v7(&echoed), "{echoed}");
-    assert_eq!(origin.requests().pop().unwrap().header("x-request-id"), Some(echoed.as_str()));
-    let logged = eventually(std::time::Duration::from_secs(3), || async { dir.access_log().contains(&echoed) }).await;
+    assert_eq!(
+        origin.requests().pop().unwrap().header("x-request-id"),
+        Some(echoed.as_str())
+    );
+    let logged = eventually(std::time::Duration::from_secs(3), || async {
+        dir.access_log().contains(&echoed)
+    })
+    .await;
     assert!(logged, "access log: {}", dir.access_log());
 }
 
@@ -57,13 +71,28 @@ async fn trusted_proxies_keep_their_request_id() {
     let (dir, ports) = (TestDir::new(), Ports::new());
     let gateway = Gateway::start(&dir, ports, &config(&dir, &ports, &origin, "127.0.0.1/32")).await;
     let client = client();
-    let response = client.get(gateway.url("/proxied")).header("x-request-id", "edge-123").send().await.unwrap();
+    let response = client
+        .get(gateway.url("/proxied"))
+        .header("x-request-id", "edge-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["x-request-id"], "edge-123");
-    assert_eq!(origin.requests().pop().unwrap().header("x-request-id"), Some("edge-123"));
+    assert_eq!(
+        origin.requests().pop().unwrap().header("x-request-id"),
+        Some("edge-123")
+    );
     // Unprintable or overlong ids are replaced even from a trusted proxy.
     let long = "x".repeat(200);
-    let response = client.get(gateway.url("/proxied")).header("x-request-id", &long).send().await.unwrap();
-    assert!(is_uuid_v7(response.headers()["x-request-id"].to_str().unwrap()));
+    let response = client
+        .get(gateway.url("/proxied"))
+        .header("x-request-id", &long)
+        .send()
+        .await
+        .unwrap();
+    assert!(is_uuid_v7(
+        response.headers()["x-request-id"].to_str().unwrap()
+    ));
 }
 
 #[tokio::test]
@@ -79,14 +108,27 @@ async fn error_responses_carry_the_request_id() {
     let cases = [
         (client.get(gateway.url("/nowhere")), 404, "route_not_found"),
         (client.post(gateway.url("/only")), 404, "route_not_found"),
-        (client.post(gateway.url("/proxied")).body("more than ten bytes"), 413, "body_too_large"),
-        (client.get(gateway.url("/dead")), 502, "upstream_connect_failed"),
+        (
+            client
+                .post(gateway.url("/proxied"))
+                .body("more than ten bytes"),
+            413,
+            "body_too_large",
+        ),
+        (
+            client.get(gateway.url("/dead")),
+            502,
+            "upstream_connect_failed",
+        ),
     ];
     for (request, status, code) in cases {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), status);
         assert_eq!(response.headers()["content-type"], "application/json");
-        let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(is_uuid_v7(&id));
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], code);

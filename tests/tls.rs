@@ -45,21 +45,42 @@ async fn each_sni_name_gets_its_certificate_and_h2_is_negotiated() {
     let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
     let _gateway = Gateway::start(&dir, ports, &tls_config(&dir, &ports, &ca)).await;
     let addr: SocketAddr = format!("127.0.0.1:{}", ports.https).parse().unwrap();
-    let names = [("a.test", addr), ("b.test", addr), ("www.b.test", addr), ("default.test", addr), ("other.test", addr)];
+    let names = [
+        ("a.test", addr),
+        ("b.test", addr),
+        ("www.b.test", addr),
+        ("default.test", addr),
+        ("other.test", addr),
+    ];
     let client = tls_client(&ca.pem(), &names, false);
     // The client verifies the chain against the test CA and the name: success proves the right certificate.
     for name in ["a.test", "b.test", "www.b.test", "default.test"] {
-        let response = client.get(format!("https://{name}:{}/", ports.https)).send().await.unwrap();
+        let response = client
+            .get(format!("https://{name}:{}/", ports.https))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.version(), reqwest::Version::HTTP_2, "{name}");
         assert_eq!(response.text().await.unwrap(), "hello");
     }
     // An unknown name gets the default certificate, which does not cover it: verification fails.
-    let error = client.get(format!("https://other.test:{}/", ports.https)).send().await.unwrap_err();
+    let error = client
+        .get(format!("https://other.test:{}/", ports.https))
+        .send()
+        .await
+        .unwrap_err();
     let chain = format!("{error:?}");
-    assert!(chain.contains("NotValidForName") || chain.contains("certificate"), "{chain}");
+    assert!(
+        chain.contains("NotValidForName") || chain.contains("certificate"),
+        "{chain}"
+    );
 
     let http1 = tls_client(&ca.pem(), &names, true);
-    let response = http1.get(format!("https://a.test:{}/", ports.https)).send().await.unwrap();
+    let response = http1
+        .get(format!("https://a.test:{}/", ports.https))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
 }
 
@@ -73,9 +94,12 @@ async fn unknown_or_absent_sni_is_served_the_default_certificate() {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
-        .build()
-        .unwrap();
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider,
+    )
+    .build()
+    .unwrap();
     // Send one SNI (or none), then verify the presented chain for the name we expect it to cover.
     let cases = [
         (Some("unknown.test"), "default.test"),
@@ -88,8 +112,16 @@ async fn unknown_or_absent_sni_is_served_the_default_certificate() {
         let (leaf, intermediates) = chain.split_first().unwrap();
         let name = rustls_pki_types::ServerName::try_from(covers).unwrap();
         verifier
-            .verify_server_cert(leaf, intermediates, &name, &[], rustls_pki_types::UnixTime::now())
-            .unwrap_or_else(|e| panic!("SNI {sni:?} should be served the {covers} certificate: {e}"));
+            .verify_server_cert(
+                leaf,
+                intermediates,
+                &name,
+                &[],
+                rustls_pki_types::UnixTime::now(),
+            )
+            .unwrap_or_else(|e| {
+                panic!("SNI {sni:?} should be served the {covers} certificate: {e}")
+            });
     }
 }
 
@@ -114,7 +146,12 @@ fn presented_chain(sni: Option<&str>, port: u16) -> Vec<rustls_pki_types::Certif
             cert: &rustls_pki_types::CertificateDer<'_>,
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn verify_tls13_signature(
             &self,
@@ -122,7 +159,12 @@ fn presented_chain(sni: Option<&str>, port: u16) -> Vec<rustls_pki_types::Certif
             cert: &rustls_pki_types::CertificateDer<'_>,
             dss: &rustls::DigitallySignedStruct,
         ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.0.signature_verification_algorithms,
+            )
         }
         fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
@@ -136,7 +178,8 @@ fn presented_chain(sni: Option<&str>, port: u16) -> Vec<rustls_pki_types::Certif
         .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     config.enable_sni = sni.is_some();
-    let name = rustls_pki_types::ServerName::try_from(sni.unwrap_or("absent.test").to_string()).unwrap();
+    let name =
+        rustls_pki_types::ServerName::try_from(sni.unwrap_or("absent.test").to_string()).unwrap();
     let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     while connection.is_handshaking() {
@@ -149,8 +192,20 @@ fn presented_chain(sni: Option<&str>, port: u16) -> Vec<rustls_pki_types::Certif
 async fn plain_listener_redirects_to_https() {
     let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
     let gateway = Gateway::start(&dir, ports, &tls_config(&dir, &ports, &ca)).await;
-    let client = reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let response = client.post(gateway.url("/pay?x=1")).header("host", "a.test").send().await.unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .post(gateway.url("/pay?x=1"))
+        .header("host", "a.test")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 308);
-    assert_eq!(response.headers()["location"], format!("https://a.test:{}/pay?x=1", ports.https).as_str());
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://a.test:{}/pay?x=1", ports.https).as_str()
+    );
 }

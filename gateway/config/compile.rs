@@ -15,15 +15,17 @@ use super::schema::*;
 use super::{ConfigError, ConfigErrors, GatewayConfig};
 use crate::edge::client::TrustedProxies;
 use crate::edge::routes::{
-    HeaderCondition, HeaderMatcher, HeaderRewrite, PathMatcher, PathRewrite, Route, RouteAction, RouteTable,
-    RouteTimeouts,
+    HeaderCondition, HeaderMatcher, HeaderRewrite, PathMatcher, PathRewrite, Route, RouteAction,
+    RouteTable, RouteTimeouts,
 };
 use crate::edge::tls::{load_ca_bundle, load_certified_key, CertStore};
 use crate::observe::metrics::{upstream_ejection_counter, upstream_health_gauge, RouteMetrics};
 use crate::runtime::*;
 use crate::upstream::cluster::{
-    Backend, Cluster, ClusterParts, ClusterTimeouts, HashOn, HealthCheckSpec, HttpCheck, PassiveHealth, UpstreamTls,
+    Backend, Cluster, ClusterParts, ClusterTimeouts, HashOn, HealthCheckSpec, HttpCheck,
+    PassiveHealth, UpstreamTls,
 };
+use crate::upstream::peer::ca_list;
 
 /// Why the config is being compiled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,15 +51,26 @@ impl Compiler<'_> {
 }
 
 /// Compile a parsed config. `previous` lends live backend state (DNS, health) to unchanged backends.
-pub fn compile(config: &GatewayConfig, mode: Mode, previous: Option<&Runtime>) -> Result<Compiled, ConfigErrors> {
-    let mut c = Compiler { errors: Vec::new(), mode, previous };
+pub fn compile(
+    config: &GatewayConfig,
+    mode: Mode,
+    previous: Option<&Runtime>,
+) -> Result<Compiled, ConfigErrors> {
+    let mut c = Compiler {
+        errors: Vec::new(),
+        mode,
+        previous,
+    };
     let server = &config.server;
 
-    let trusted_proxies = TrustedProxies::parse(&server.trusted_proxies).unwrap_or_else(|(i, message)| {
-        c.error(format!("server.trusted_proxies[{i}]"), message);
-        TrustedProxies::default()
-    });
-    let threads = server.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let trusted_proxies =
+        TrustedProxies::parse(&server.trusted_proxies).unwrap_or_else(|(i, message)| {
+            c.error(format!("server.trusted_proxies[{i}]"), message);
+            TrustedProxies::default()
+        });
+    let threads = server
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if threads == 0 {
         c.error("server.threads", "must be at least 1");
     }
@@ -65,18 +78,27 @@ pub fn compile(config: &GatewayConfig, mode: Mode, previous: Option<&Runtime>) -
         "off" => AccessLogTarget::Off,
         "stdout" => AccessLogTarget::Stdout,
         "" => {
-            c.error("server.access_log.target", "must be `stdout`, `off` or a file path");
+            c.error(
+                "server.access_log.target",
+                "must be `stdout`, `off` or a file path",
+            );
             AccessLogTarget::Off
         }
         path => AccessLogTarget::File(path.to_string()),
     };
-    let admin = config.admin.as_ref().and_then(|admin| match admin.address.parse::<SocketAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            c.error("admin.address", format!("`{}` is not an `ip:port` address", admin.address));
-            None
-        }
-    });
+    let admin = config
+        .admin
+        .as_ref()
+        .and_then(|admin| match admin.address.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                c.error(
+                    "admin.address",
+                    format!("`{}` is not an `ip:port` address", admin.address),
+                );
+                None
+            }
+        });
     let default_max_body = server.max_body_size.map_or(DEFAULT_MAX_BODY, |s| s.0);
 
     let (listeners, cert_stores) = compile_listeners(&mut c, &config.listeners, admin);
@@ -89,9 +111,17 @@ pub fn compile(config: &GatewayConfig, mode: Mode, previous: Option<&Runtime>) -
     let settings = ProcessSettings {
         threads,
         grace_period: server.grace_period.map_or(Duration::from_secs(10), |d| d.0),
-        graceful_shutdown_timeout: server.graceful_shutdown_timeout.map_or(Duration::from_secs(5), |d| d.0),
-        pid_file: server.pid_file.clone().unwrap_or_else(|| "/tmp/gateway.pid".into()),
-        upgrade_sock: server.upgrade_sock.clone().unwrap_or_else(|| "/tmp/gateway_upgrade.sock".into()),
+        graceful_shutdown_timeout: server
+            .graceful_shutdown_timeout
+            .map_or(Duration::from_secs(5), |d| d.0),
+        pid_file: server
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| "/tmp/gateway.pid".into()),
+        upgrade_sock: server
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| "/tmp/gateway_upgrade.sock".into()),
         upstream_keepalive_pool: server.upstream_keepalive_pool.unwrap_or(128),
         access_log,
         admin,
@@ -103,7 +133,11 @@ pub fn compile(config: &GatewayConfig, mode: Mode, previous: Option<&Runtime>) -
         clusters: clusters.into_values().collect(),
         unmatched_metrics: RouteMetrics::for_route("_unmatched"),
     };
-    Ok(Compiled { settings, runtime, cert_stores })
+    Ok(Compiled {
+        settings,
+        runtime,
+        cert_stores,
+    })
 }
 
 fn compile_listeners(
@@ -112,7 +146,10 @@ fn compile_listeners(
     admin: Option<SocketAddr>,
 ) -> (Vec<ListenerSpec>, Vec<(String, CertStore)>) {
     if listeners.is_empty() {
-        c.error("listeners", "at least one listener is needed, e.g. `- {name: http, address: \"0.0.0.0:8080\"}`");
+        c.error(
+            "listeners",
+            "at least one listener is needed, e.g. `- {name: http, address: \"0.0.0.0:8080\"}`",
+        );
     }
     let mut names = HashSet::new();
     let mut addresses: HashSet<SocketAddr> = admin.into_iter().collect();
@@ -121,32 +158,62 @@ fn compile_listeners(
     for (i, listener) in listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         if !names.insert(listener.name.as_str()) {
-            c.error(format!("{path}.name"), format!("duplicate listener name `{}`", listener.name));
+            c.error(
+                format!("{path}.name"),
+                format!("duplicate listener name `{}`", listener.name),
+            );
         }
         let Ok(address) = listener.address.parse::<SocketAddr>() else {
-            c.error(format!("{path}.address"), format!("`{}` is not an `ip:port` address", listener.address));
+            c.error(
+                format!("{path}.address"),
+                format!("`{}` is not an `ip:port` address", listener.address),
+            );
             continue;
         };
         if !addresses.insert(address) {
-            c.error(format!("{path}.address"), format!("{address} is already used by another listener or admin"));
+            c.error(
+                format!("{path}.address"),
+                format!("{address} is already used by another listener or admin"),
+            );
         }
         if listener.tls.is_some() && listener.h2c {
-            c.error(format!("{path}.h2c"), "h2c is for plain listeners; TLS listeners offer h2 with `tls.h2`");
+            c.error(
+                format!("{path}.h2c"),
+                "h2c is for plain listeners; TLS listeners offer h2 with `tls.h2`",
+            );
         }
         let redirect_https = listener.redirect_https.as_ref().map(|r| {
             if listener.tls.is_some() {
-                c.error(format!("{path}.redirect_https"), "only a plain listener can redirect to HTTPS");
+                c.error(
+                    format!("{path}.redirect_https"),
+                    "only a plain listener can redirect to HTTPS",
+                );
             }
             if ![301, 302, 307, 308].contains(&r.status) {
-                c.error(format!("{path}.redirect_https.status"), "must be 301, 302, 307 or 308");
+                c.error(
+                    format!("{path}.redirect_https.status"),
+                    "must be 301, 302, 307 or 308",
+                );
             }
-            RedirectHttps { port: r.port, status: r.status }
+            RedirectHttps {
+                port: r.port,
+                status: r.status,
+            }
         });
         let tls = listener.tls.as_ref().map(|tls| {
-            stores.push((listener.name.clone(), compile_certificates(c, tls, &format!("{path}.tls"))));
+            stores.push((
+                listener.name.clone(),
+                compile_certificates(c, tls, &format!("{path}.tls")),
+            ));
             TlsSpec { h2: tls.h2 }
         });
-        specs.push(ListenerSpec { name: listener.name.clone(), address, h2c: listener.h2c, tls, redirect_https });
+        specs.push(ListenerSpec {
+            name: listener.name.clone(),
+            address,
+            h2c: listener.h2c,
+            tls,
+            redirect_https,
+        });
     }
     (specs, stores)
 }
@@ -154,10 +221,16 @@ fn compile_listeners(
 fn compile_certificates(c: &mut Compiler, tls: &TlsSection, path: &str) -> CertStore {
     let mut store = CertStore::default();
     if tls.certificates.is_empty() {
-        c.error(format!("{path}.certificates"), "a TLS listener needs at least one certificate");
+        c.error(
+            format!("{path}.certificates"),
+            "a TLS listener needs at least one certificate",
+        );
     }
     if tls.certificates.iter().filter(|cert| cert.default).count() > 1 {
-        c.error(format!("{path}.certificates"), "only one certificate can be `default: true`");
+        c.error(
+            format!("{path}.certificates"),
+            "only one certificate can be `default: true`",
+        );
     }
     for (i, cert) in tls.certificates.iter().enumerate() {
         let path = format!("{path}.certificates[{i}]");
@@ -184,21 +257,32 @@ fn check_host_pattern(pattern: &str) -> Result<(), String> {
     let valid = !name.is_empty()
         && !name.contains('*')
         && name.split('.').all(|label| {
-            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if valid {
         Ok(())
     } else {
-        Err(format!("`{pattern}` is not a host name or a `*.example.com` wildcard"))
+        Err(format!(
+            "`{pattern}` is not a host name or a `*.example.com` wildcard"
+        ))
     }
 }
 
-fn compile_clusters(c: &mut Compiler, clusters: &[ClusterSection]) -> HashMap<String, Arc<Cluster>> {
+fn compile_clusters(
+    c: &mut Compiler,
+    clusters: &[ClusterSection],
+) -> HashMap<String, Arc<Cluster>> {
     let mut out = HashMap::new();
     for (i, cluster) in clusters.iter().enumerate() {
         let path = format!("clusters[{i}]");
         if out.contains_key(&cluster.name) {
-            c.error(format!("{path}.name"), format!("duplicate cluster name `{}`", cluster.name));
+            c.error(
+                format!("{path}.name"),
+                format!("duplicate cluster name `{}`", cluster.name),
+            );
             continue;
         }
         if let Some(built) = compile_cluster(c, cluster, &path) {
@@ -211,20 +295,35 @@ fn compile_clusters(c: &mut Compiler, clusters: &[ClusterSection]) -> HashMap<St
 fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Option<Cluster> {
     let errors_before = c.errors.len();
     if cluster.backends.is_empty() {
-        c.error(format!("{path}.backends"), "a cluster needs at least one backend");
+        c.error(
+            format!("{path}.backends"),
+            "a cluster needs at least one backend",
+        );
     }
     if cluster.backends.len() > usize::from(u16::MAX) {
-        c.error(format!("{path}.backends"), "at most 65535 backends per cluster");
+        c.error(
+            format!("{path}.backends"),
+            "at most 65535 backends per cluster",
+        );
     }
-    let previous = c.previous.and_then(|rt| rt.clusters.iter().find(|old| *old.name == *cluster.name)).cloned();
+    let previous = c
+        .previous
+        .and_then(|rt| rt.clusters.iter().find(|old| *old.name == *cluster.name))
+        .cloned();
     let mut backends = Vec::with_capacity(cluster.backends.len());
     for (j, backend) in cluster.backends.iter().enumerate() {
         let bpath = format!("{path}.backends[{j}]");
         if backend.weight == 0 {
-            c.error(format!("{bpath}.weight"), "must be at least 1 (remove the backend to send it nothing)");
+            c.error(
+                format!("{bpath}.weight"),
+                "must be at least 1 (remove the backend to send it nothing)",
+            );
         }
         let Some((host, port)) = split_host_port(&backend.address) else {
-            c.error(format!("{bpath}.address"), format!("`{}` is not `host:port` or `ip:port`", backend.address));
+            c.error(
+                format!("{bpath}.address"),
+                format!("`{}` is not `host:port` or `ip:port`", backend.address),
+            );
             continue;
         };
         let built = Backend::new(
@@ -235,7 +334,10 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
             upstream_health_gauge(&cluster.name, &backend.address),
             upstream_ejection_counter(&cluster.name, &backend.address),
         );
-        if let Some(old) = previous.as_ref().and_then(|p| p.backends.iter().find(|b| *b.address == *backend.address)) {
+        if let Some(old) = previous
+            .as_ref()
+            .and_then(|p| p.backends.iter().find(|b| *b.address == *backend.address))
+        {
             built.inherit(old);
         }
         backends.push(built);
@@ -243,45 +345,67 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
     let consistent_hash = cluster.load_balancing == LoadBalancingSection::ConsistentHash;
     let hash_on = match (&cluster.hash_on, consistent_hash) {
         (Some(_), false) => {
-            c.error(format!("{path}.hash_on"), "only used with `load_balancing: consistent_hash`");
+            c.error(
+                format!("{path}.hash_on"),
+                "only used with `load_balancing: consistent_hash`",
+            );
             None
         }
         (None, true) => {
-            c.error(format!("{path}.hash_on"), "consistent_hash needs `hash_on: client_ip`, `{header: NAME}` or `{cookie: NAME}`");
+            c.error(
+                format!("{path}.hash_on"),
+                "consistent_hash needs `hash_on: client_ip`, `{header: NAME}` or `{cookie: NAME}`",
+            );
             None
         }
         (Some(HashOnSection::ClientIp), true) => Some(HashOn::ClientIp),
-        (Some(HashOnSection::Header(name)), true) => match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(name) => Some(HashOn::Header(name)),
-            Err(_) => {
-                c.error(format!("{path}.hash_on.header"), format!("`{name}` is not a valid header name"));
-                None
+        (Some(HashOnSection::Header(name)), true) => {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => Some(HashOn::Header(name)),
+                Err(_) => {
+                    c.error(
+                        format!("{path}.hash_on.header"),
+                        format!("`{name}` is not a valid header name"),
+                    );
+                    None
+                }
             }
-        },
+        }
         (Some(HashOnSection::Cookie(name)), true) => Some(HashOn::Cookie(name.clone())),
         (None, false) => None,
     };
     let tls = cluster.tls.as_ref().map(|tls| UpstreamTls {
         sni: tls.sni.clone(),
         verify: tls.verify,
-        ca_der: tls.ca_file.as_ref().and_then(|file| match load_ca_bundle(file) {
-            Ok(ders) => Some(Arc::new(ders)),
-            Err(message) => {
-                c.error(format!("{path}.tls.ca_file"), message);
-                None
-            }
-        }),
+        ca: tls
+            .ca_file
+            .as_ref()
+            .and_then(|file| match load_ca_bundle(file) {
+                Ok(ders) => Some(ca_list(ders)),
+                Err(message) => {
+                    c.error(format!("{path}.tls.ca_file"), message);
+                    None
+                }
+            }),
     });
     let health_check = cluster.health_check.as_ref().map(|hc| {
         let hpath = format!("{path}.health_check");
         if !hc.path.starts_with('/') {
             c.error(format!("{hpath}.path"), "must start with `/`");
         }
-        if hc.expected_status.is_empty() || hc.expected_status.iter().any(|s| !(100..=599).contains(s)) {
-            c.error(format!("{hpath}.expected_status"), "list status codes between 100 and 599");
+        if hc.expected_status.is_empty()
+            || hc.expected_status.iter().any(|s| !(100..=599).contains(s))
+        {
+            c.error(
+                format!("{hpath}.expected_status"),
+                "list status codes between 100 and 599",
+            );
         }
         if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-            c.error(hpath.clone(), "healthy_threshold and unhealthy_threshold must be at least 1");
+            c.error(
+                hpath.clone(),
+                "healthy_threshold and unhealthy_threshold must be at least 1",
+            );
         }
         let interval = hc.interval.map_or(Duration::from_secs(5), |d| d.0);
         if interval.is_zero() {
@@ -311,13 +435,22 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
         health_check,
         passive: PassiveHealth {
             consecutive_failures: cluster.passive_health.consecutive_failures,
-            cooldown: cluster.passive_health.cooldown.map_or(Duration::from_secs(10), |d| d.0),
+            cooldown: cluster
+                .passive_health
+                .cooldown
+                .map_or(Duration::from_secs(10), |d| d.0),
         },
         retries: cluster.retries.unwrap_or(1),
         timeouts: ClusterTimeouts {
-            connect: cluster.connect_timeout.map_or(Duration::from_secs(3), |d| d.0),
-            read: cluster.read_timeout.map_or(Duration::from_secs(60), |d| d.0),
-            idle: cluster.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            connect: cluster
+                .connect_timeout
+                .map_or(Duration::from_secs(3), |d| d.0),
+            read: cluster
+                .read_timeout
+                .map_or(Duration::from_secs(60), |d| d.0),
+            idle: cluster
+                .idle_timeout
+                .map_or(Duration::from_secs(60), |d| d.0),
         },
         dns_refresh: cluster.dns_refresh.map_or(Duration::from_secs(30), |d| d.0),
     }))
@@ -330,7 +463,9 @@ fn split_host_port(address: &str) -> Option<(String, u16)> {
     }
     let (host, port) = address.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    check_host_pattern(host).ok().filter(|_| !host.starts_with('*'))?;
+    check_host_pattern(host)
+        .ok()
+        .filter(|_| !host.starts_with('*'))?;
     Some((host.to_string(), port))
 }
 
@@ -345,7 +480,10 @@ fn compile_routes(
     for (i, route) in routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if !names.insert(route.name.as_str()) {
-            c.error(format!("{path}.name"), format!("duplicate route name `{}`", route.name));
+            c.error(
+                format!("{path}.name"),
+                format!("duplicate route name `{}`", route.name),
+            );
         }
         if let Some(built) = compile_route(c, route, &path, clusters, default_max_body) {
             out.push(Arc::new(built));
@@ -372,8 +510,13 @@ fn compile_route(
     }
     let path_matcher = match &m.path {
         None => PathMatcher::Any,
-        Some(PathMatchSection::Exact(p)) | Some(PathMatchSection::Prefix(p)) if !p.starts_with('/') => {
-            c.error(format!("{path}.match.path"), format!("`{p}` must start with `/`"));
+        Some(PathMatchSection::Exact(p)) | Some(PathMatchSection::Prefix(p))
+            if !p.starts_with('/') =>
+        {
+            c.error(
+                format!("{path}.match.path"),
+                format!("`{p}` must start with `/`"),
+            );
             PathMatcher::Any
         }
         Some(PathMatchSection::Exact(p)) => PathMatcher::Exact(p.clone()),
@@ -381,7 +524,10 @@ fn compile_route(
         Some(PathMatchSection::Regex(r)) => match Regex::new(r) {
             Ok(regex) => PathMatcher::Regex(regex),
             Err(e) => {
-                c.error(format!("{path}.match.path.regex"), format!("invalid regex: {e}"));
+                c.error(
+                    format!("{path}.match.path.regex"),
+                    format!("invalid regex: {e}"),
+                );
                 PathMatcher::Any
             }
         },
@@ -390,14 +536,20 @@ fn compile_route(
     for (j, method) in m.methods.iter().enumerate() {
         match Method::from_bytes(method.as_bytes()) {
             Ok(parsed) if method.bytes().all(|b| b.is_ascii_uppercase()) => methods.push(parsed),
-            _ => c.error(format!("{path}.match.methods[{j}]"), format!("`{method}` is not an uppercase HTTP method")),
+            _ => c.error(
+                format!("{path}.match.methods[{j}]"),
+                format!("`{method}` is not an uppercase HTTP method"),
+            ),
         }
     }
     let mut headers = Vec::new();
     for (j, header) in m.headers.iter().enumerate() {
         let hpath = format!("{path}.match.headers[{j}]");
         let Ok(name) = HeaderName::from_bytes(header.name.as_bytes()) else {
-            c.error(format!("{hpath}.name"), format!("`{}` is not a valid header name", header.name));
+            c.error(
+                format!("{hpath}.name"),
+                format!("`{}` is not a valid header name", header.name),
+            );
             continue;
         };
         let condition = match (&header.value, &header.regex) {
@@ -424,20 +576,38 @@ fn compile_route(
         headers.push(HeaderMatcher { name, condition });
     }
 
-    let actions = [route.proxy.is_some(), route.redirect.is_some(), route.respond.is_some()];
+    let actions = [
+        route.proxy.is_some(),
+        route.redirect.is_some(),
+        route.respond.is_some(),
+    ];
     let action = match actions.iter().filter(|a| **a).count() {
         1 => compile_action(c, route, path, &path_matcher, clusters),
         0 => {
-            c.error(path.to_string(), "a route needs one action: `proxy`, `redirect` or `respond`");
+            c.error(
+                path.to_string(),
+                "a route needs one action: `proxy`, `redirect` or `respond`",
+            );
             None
         }
         _ => {
-            c.error(path.to_string(), "a route has exactly one action: `proxy`, `redirect` or `respond`");
+            c.error(
+                path.to_string(),
+                "a route has exactly one action: `proxy`, `redirect` or `respond`",
+            );
             None
         }
     };
-    let request_headers = compile_header_rewrite(c, &route.request_headers, &format!("{path}.request_headers"));
-    let response_headers = compile_header_rewrite(c, &route.response_headers, &format!("{path}.response_headers"));
+    let request_headers = compile_header_rewrite(
+        c,
+        &route.request_headers,
+        &format!("{path}.request_headers"),
+    );
+    let response_headers = compile_header_rewrite(
+        c,
+        &route.response_headers,
+        &format!("{path}.response_headers"),
+    );
     if c.errors.len() > errors_before {
         return None;
     }
@@ -472,20 +642,31 @@ fn compile_action(
             let known: Vec<&str> = clusters.keys().map(String::as_str).collect();
             c.error(
                 format!("{path}.proxy.cluster"),
-                format!("no cluster named `{}` (defined: {})", proxy.cluster, known.join(", ")),
+                format!(
+                    "no cluster named `{}` (defined: {})",
+                    proxy.cluster,
+                    known.join(", ")
+                ),
             );
             return None;
         };
         let rewrite = match (path_matcher, proxy.strip_prefix, &proxy.rewrite) {
             (_, true, Some(_)) => {
-                c.error(format!("{path}.proxy"), "use `strip_prefix` or `rewrite`, not both");
+                c.error(
+                    format!("{path}.proxy"),
+                    "use `strip_prefix` or `rewrite`, not both",
+                );
                 return None;
             }
-            (PathMatcher::Prefix(prefix), true, None) => {
-                PathRewrite::ReplacePrefix { prefix: prefix.clone(), with: String::new() }
-            }
+            (PathMatcher::Prefix(prefix), true, None) => PathRewrite::ReplacePrefix {
+                prefix: prefix.clone(),
+                with: String::new(),
+            },
             (_, true, None) => {
-                c.error(format!("{path}.proxy.strip_prefix"), "needs a `match.path.prefix`");
+                c.error(
+                    format!("{path}.proxy.strip_prefix"),
+                    "needs a `match.path.prefix`",
+                );
                 return None;
             }
             (_, false, None) => PathRewrite::Keep,
@@ -493,43 +674,74 @@ fn compile_action(
                 c.error(format!("{path}.proxy.rewrite"), "must start with `/`");
                 return None;
             }
-            (PathMatcher::Prefix(prefix), false, Some(to)) => {
-                PathRewrite::ReplacePrefix { prefix: prefix.clone(), with: to.clone() }
-            }
-            (PathMatcher::Regex(regex), false, Some(to)) => {
-                PathRewrite::Regex { regex: regex.clone(), replacement: to.clone() }
-            }
+            (PathMatcher::Prefix(prefix), false, Some(to)) => PathRewrite::ReplacePrefix {
+                prefix: prefix.clone(),
+                with: to.clone(),
+            },
+            (PathMatcher::Regex(regex), false, Some(to)) => PathRewrite::Regex {
+                regex: regex.clone(),
+                replacement: to.clone(),
+            },
             (_, false, Some(to)) => PathRewrite::ReplaceWhole(to.clone()),
         };
-        return Some(RouteAction::Proxy { cluster: cluster.clone(), rewrite });
+        return Some(RouteAction::Proxy {
+            cluster: cluster.clone(),
+            rewrite,
+        });
     }
     if let Some(redirect) = &route.redirect {
         if ![301, 302, 303, 307, 308].contains(&redirect.status) {
-            c.error(format!("{path}.redirect.status"), "must be 301, 302, 303, 307 or 308");
+            c.error(
+                format!("{path}.redirect.status"),
+                "must be 301, 302, 303, 307 or 308",
+            );
         }
         if redirect.to.is_empty() || HeaderValue::from_str(&redirect.to).is_err() {
             c.error(format!("{path}.redirect.to"), "must be a non-empty URL");
         }
-        return Some(RouteAction::Redirect { to: redirect.to.clone(), status: redirect.status });
+        return Some(RouteAction::Redirect {
+            to: redirect.to.clone(),
+            status: redirect.status,
+        });
     }
     let respond = route.respond.as_ref()?;
     if !(100..=599).contains(&respond.status) {
-        c.error(format!("{path}.respond.status"), "must be between 100 and 599");
+        c.error(
+            format!("{path}.respond.status"),
+            "must be between 100 and 599",
+        );
     }
-    let content_type = respond.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
+    let content_type = respond
+        .content_type
+        .as_deref()
+        .unwrap_or("text/plain; charset=utf-8");
     let Ok(content_type) = HeaderValue::from_str(content_type) else {
-        c.error(format!("{path}.respond.content_type"), "not a valid header value");
+        c.error(
+            format!("{path}.respond.content_type"),
+            "not a valid header value",
+        );
         return None;
     };
-    Some(RouteAction::Respond { status: respond.status, body: Bytes::from(respond.body.clone()), content_type })
+    Some(RouteAction::Respond {
+        status: respond.status,
+        body: Bytes::from(respond.body.clone()),
+        content_type,
+    })
 }
 
-fn compile_header_rewrite(c: &mut Compiler, section: &HeaderRewriteSection, path: &str) -> HeaderRewrite {
+fn compile_header_rewrite(
+    c: &mut Compiler,
+    section: &HeaderRewriteSection,
+    path: &str,
+) -> HeaderRewrite {
     let mut rewrite = HeaderRewrite::default();
     let pairs = |map: &std::collections::BTreeMap<String, String>, kind: &str, c: &mut Compiler| {
         let mut out = Vec::new();
         for (name, value) in map {
-            match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
                 (Ok(name), Ok(value)) => out.push((name, value)),
                 (Err(_), _) => c.error(format!("{path}.{kind}.{name}"), "not a valid header name"),
                 (_, Err(_)) => c.error(format!("{path}.{kind}.{name}"), "not a valid header value"),
@@ -542,7 +754,10 @@ fn compile_header_rewrite(c: &mut Compiler, section: &HeaderRewriteSection, path
     for (j, name) in section.remove.iter().enumerate() {
         match HeaderName::from_bytes(name.as_bytes()) {
             Ok(name) => rewrite.remove.push(name),
-            Err(_) => c.error(format!("{path}.remove[{j}]"), format!("`{name}` is not a valid header name")),
+            Err(_) => c.error(
+                format!("{path}.remove[{j}]"),
+                format!("`{name}` is not a valid header name"),
+            ),
         }
     }
     rewrite
@@ -584,10 +799,30 @@ routes:
     redirect: { to: "https://x" }
 "#,
         );
-        assert!(errors.iter().any(|e| e.starts_with("routes[0].match.path.regex: invalid regex")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("routes[1].proxy.cluster: no cluster named `missing`")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("routes[2].match.methods[0]")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("routes[3]: a route has exactly one action")), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("routes[0].match.path.regex: invalid regex")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("routes[1].proxy.cluster: no cluster named `missing`")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("routes[2].match.methods[0]")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("routes[3]: a route has exactly one action")),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -605,9 +840,25 @@ clusters:
     load_balancing: consistent_hash
 "#,
         );
-        assert!(errors.iter().any(|e| e.starts_with("listeners[0].address")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("listeners[1].tls.certificates[0]: cannot read")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("clusters[0].backends[0].address")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("clusters[0].hash_on")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.starts_with("listeners[0].address")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("listeners[1].tls.certificates[0]: cannot read")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("clusters[0].backends[0].address")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("clusters[0].hash_on")),
+            "{errors:?}"
+        );
     }
 }

@@ -22,7 +22,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { path: path.into(), message: message.into() }
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -79,9 +82,8 @@ pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
 
 /// Parse config text (already read from a file).
 pub fn parse_str(text: &str) -> Result<GatewayConfig, ConfigErrors> {
-    let mut document: Value = serde_yaml_ng::from_str(text).map_err(|e| {
-        ConfigErrors(vec![ConfigError::new("", format!("not valid YAML: {e}"))])
-    })?;
+    let mut document: Value = serde_yaml_ng::from_str(text)
+        .map_err(|e| ConfigErrors(vec![ConfigError::new("", format!("not valid YAML: {e}"))]))?;
     let mut errors = Vec::new();
     interpolate_env(&mut document, &mut String::new(), &mut errors);
     let mut config = GatewayConfig::default();
@@ -93,7 +95,10 @@ pub fn parse_str(text: &str) -> Result<GatewayConfig, ConfigErrors> {
     };
     for (key, value) in top {
         let Some(name) = key.as_str() else {
-            errors.push(ConfigError::new("", format!("section names must be strings, got {key:?}")));
+            errors.push(ConfigError::new(
+                "",
+                format!("section names must be strings, got {key:?}"),
+            ));
             continue;
         };
         match name {
@@ -120,7 +125,11 @@ pub fn parse_str(text: &str) -> Result<GatewayConfig, ConfigErrors> {
 }
 
 /// Deserialize one value, reporting the path of the offending field inside it.
-fn parse_item<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
+fn parse_item<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(item) => Some(item),
         Err(error) => {
@@ -139,7 +148,11 @@ fn parse_item<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<Co
 }
 
 /// Deserialize a list item by item so that every bad item is reported, not just the first.
-fn parse_list<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Vec<T> {
+fn parse_list<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<T> {
     match value {
         Value::Sequence(items) => items
             .into_iter()
@@ -148,7 +161,10 @@ fn parse_list<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<Co
             .collect(),
         Value::Null => Vec::new(),
         _ => {
-            errors.push(ConfigError::new(path, "must be a list (`- name: ...` items)"));
+            errors.push(ConfigError::new(
+                path,
+                "must be a list (`- name: ...` items)",
+            ));
             Vec::new()
         }
     }
@@ -157,10 +173,12 @@ fn parse_list<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<Co
 /// Replace `${NAME}` and `${NAME:-default}` in every string scalar with the environment's value.
 fn interpolate_env(value: &mut Value, path: &mut String, errors: &mut Vec<ConfigError>) {
     match value {
-        Value::String(text) if text.contains("${") => match substitute_env(text, |name| std::env::var(name).ok()) {
-            Ok(replaced) => *text = replaced,
-            Err(message) => errors.push(ConfigError::new(path.clone(), message)),
-        },
+        Value::String(text) if text.contains("${") => {
+            match substitute_env(text, |name| std::env::var(name).ok()) {
+                Ok(replaced) => *text = replaced,
+                Err(message) => errors.push(ConfigError::new(path.clone(), message)),
+            }
+        }
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
@@ -186,7 +204,10 @@ fn interpolate_env(value: &mut Value, path: &mut String, errors: &mut Vec<Config
 }
 
 /// Expand `${NAME}` / `${NAME:-default}` using `lookup`; an unset variable without default is an error.
-pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub fn substitute_env(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -201,15 +222,17 @@ pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Re
             None => (reference, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`${{{reference}}}` is not a valid environment variable reference"));
+            return Err(format!(
+                "`${{{reference}}}` is not a valid environment variable reference"
+            ));
         }
         match (lookup(name), default) {
             (Some(value), _) => out.push_str(&value),
             (None, Some(default)) => out.push_str(default),
             (None, None) => {
                 return Err(format!(
-                    "environment variable {name} is not set; export it or write `${{{name}:-default}}`"
-                ))
+                "environment variable {name} is not set; export it or write `${{{name}:-default}}`"
+            ))
             }
         }
         rest = &after[end + 1..];
@@ -226,8 +249,13 @@ mod tests {
     fn env_references_are_expanded_with_defaults() {
         let lookup = |name: &str| (name == "SET").then(|| "value".to_string());
         assert_eq!(substitute_env("a-${SET}-b", lookup).unwrap(), "a-value-b");
-        assert_eq!(substitute_env("${UNSET:-fallback}", lookup).unwrap(), "fallback");
-        assert!(substitute_env("${UNSET}", lookup).unwrap_err().contains("UNSET is not set"));
+        assert_eq!(
+            substitute_env("${UNSET:-fallback}", lookup).unwrap(),
+            "fallback"
+        );
+        assert!(substitute_env("${UNSET}", lookup)
+            .unwrap_err()
+            .contains("UNSET is not set"));
         assert!(substitute_env("${oops", lookup).is_err());
     }
 
@@ -249,8 +277,15 @@ bogus: 1
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"routes[0].match.hots"), "{paths:?}");
         assert!(paths.contains(&"routes[1].respond.status"), "{paths:?}");
-        assert!(paths.contains(&"clusters[0].backends[0].wieght"), "{paths:?}");
+        assert!(
+            paths.contains(&"clusters[0].backends[0].wieght"),
+            "{paths:?}"
+        );
         assert!(paths.contains(&"bogus"), "{paths:?}");
-        assert!(errors[0].message.contains("unknown field `hots`"), "{}", errors[0].message);
+        assert!(
+            errors[0].message.contains("unknown field `hots`"),
+            "{}",
+            errors[0].message
+        );
     }
 }

@@ -44,7 +44,9 @@ pub struct AccessLogSection {
 
 impl Default for AccessLogSection {
     fn default() -> Self {
-        AccessLogSection { target: default_access_log_target() }
+        AccessLogSection {
+            target: default_access_log_target(),
+        }
     }
 }
 
@@ -220,8 +222,14 @@ impl TryFrom<HashOnRaw> for HashOnSection {
     fn try_from(raw: HashOnRaw) -> Result<Self, String> {
         match raw {
             HashOnRaw::Keyword(word) if word == "client_ip" => Ok(HashOnSection::ClientIp),
-            HashOnRaw::Map(HashOnMap { header: Some(name), cookie: None }) => Ok(HashOnSection::Header(name)),
-            HashOnRaw::Map(HashOnMap { header: None, cookie: Some(name) }) => Ok(HashOnSection::Cookie(name)),
+            HashOnRaw::Map(HashOnMap {
+                header: Some(name),
+                cookie: None,
+            }) => Ok(HashOnSection::Header(name)),
+            HashOnRaw::Map(HashOnMap {
+                header: None,
+                cookie: Some(name),
+            }) => Ok(HashOnSection::Cookie(name)),
             _ => Err("write `client_ip`, `{header: NAME}` or `{cookie: NAME}`".to_string()),
         }
     }
@@ -305,7 +313,10 @@ pub struct PassiveHealthSection {
 
 impl Default for PassiveHealthSection {
     fn default() -> Self {
-        PassiveHealthSection { consecutive_failures: default_consecutive_failures(), cooldown: None }
+        PassiveHealthSection {
+            consecutive_failures: default_consecutive_failures(),
+            cooldown: None,
+        }
     }
 }
 

@@ -20,7 +20,12 @@ impl TrustedProxies {
             let net = entry
                 .parse::<IpNet>()
                 .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| (i, format!("`{entry}` is neither an IP address nor a CIDR like 10.0.0.0/8")))?;
+                .map_err(|_| {
+                    (
+                        i,
+                        format!("`{entry}` is neither an IP address nor a CIDR like 10.0.0.0/8"),
+                    )
+                })?;
             networks.push(net);
         }
         Ok(TrustedProxies { networks })
@@ -46,7 +51,11 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// The client address: the peer, or — when the peer is a trusted proxy — the right-most address in
 /// `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&HeaderValue>, trusted: &TrustedProxies) -> IpAddr {
+pub fn client_ip(
+    peer: IpAddr,
+    forwarded_for: Option<&HeaderValue>,
+    trusted: &TrustedProxies,
+) -> IpAddr {
     let peer = canonical(peer);
     if trusted.is_empty() || !trusted.contains(peer) {
         return peer;
@@ -77,7 +86,10 @@ pub fn request_id(incoming: Option<&HeaderValue>, peer_trusted: bool) -> HeaderV
     if peer_trusted {
         if let Some(value) = incoming {
             let bytes = value.as_bytes();
-            if !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic()) {
+            if !bytes.is_empty()
+                && bytes.len() <= MAX_REQUEST_ID_LEN
+                && bytes.iter().all(|b| b.is_ascii_graphic())
+            {
                 return value.clone();
             }
         }
@@ -99,11 +111,23 @@ mod tests {
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.0.2.1".into()]).unwrap();
         let xff = HeaderValue::from_static("203.0.113.9, 198.51.100.7, 10.1.1.1");
-        assert_eq!(client_ip(ip("10.0.0.5"), Some(&xff), &trusted), ip("198.51.100.7"));
-        assert_eq!(client_ip(ip("203.0.113.50"), Some(&xff), &trusted), ip("203.0.113.50"));
-        assert_eq!(client_ip(ip("::ffff:10.0.0.5"), Some(&xff), &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), Some(&xff), &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_ip(ip("203.0.113.50"), Some(&xff), &trusted),
+            ip("203.0.113.50")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.5"), Some(&xff), &trusted),
+            ip("198.51.100.7")
+        );
         let garbage = HeaderValue::from_static("nonsense");
-        assert_eq!(client_ip(ip("10.0.0.5"), Some(&garbage), &trusted), ip("10.0.0.5"));
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), Some(&garbage), &trusted),
+            ip("10.0.0.5")
+        );
         assert!(TrustedProxies::parse(&["nope".into()]).is_err());
     }
 

@@ -75,7 +75,9 @@ impl HeaderMatcher {
         match &self.condition {
             HeaderCondition::Present => values.peek().is_some(),
             HeaderCondition::Exact(expected) => values.any(|v| v == expected),
-            HeaderCondition::Regex(regex) => values.any(|v| v.to_str().is_ok_and(|s| regex.is_match(s))),
+            HeaderCondition::Regex(regex) => {
+                values.any(|v| v.to_str().is_ok_and(|s| regex.is_match(s)))
+            }
         }
     }
 }
@@ -85,9 +87,15 @@ impl HeaderMatcher {
 pub enum PathRewrite {
     Keep,
     /// Replace the matched prefix with this (empty for strip_prefix).
-    ReplacePrefix { prefix: String, with: String },
+    ReplacePrefix {
+        prefix: String,
+        with: String,
+    },
     ReplaceWhole(String),
-    Regex { regex: Regex, replacement: String },
+    Regex {
+        regex: Regex,
+        replacement: String,
+    },
 }
 
 impl PathRewrite {
@@ -110,7 +118,9 @@ impl PathRewrite {
                 Some(out)
             }
             PathRewrite::ReplaceWhole(with) => Some(with.clone()),
-            PathRewrite::Regex { regex, replacement } => Some(regex.replace(path, replacement.as_str()).into_owned()),
+            PathRewrite::Regex { regex, replacement } => {
+                Some(regex.replace(path, replacement.as_str()).into_owned())
+            }
         }
     }
 }
@@ -132,9 +142,19 @@ impl HeaderRewrite {
 /// What a matched route does.
 #[derive(Debug)]
 pub enum RouteAction {
-    Proxy { cluster: Arc<Cluster>, rewrite: PathRewrite },
-    Redirect { to: String, status: u16 },
-    Respond { status: u16, body: Bytes, content_type: HeaderValue },
+    Proxy {
+        cluster: Arc<Cluster>,
+        rewrite: PathRewrite,
+    },
+    Redirect {
+        to: String,
+        status: u16,
+    },
+    Respond {
+        status: u16,
+        body: Bytes,
+        content_type: HeaderValue,
+    },
 }
 
 /// Timeouts that override the cluster's.
@@ -186,7 +206,10 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn new(routes: Vec<Arc<Route>>) -> Self {
-        let mut table = RouteTable { routes, ..Default::default() };
+        let mut table = RouteTable {
+            routes,
+            ..Default::default()
+        };
         let mut wildcards: HashMap<String, Vec<usize>> = HashMap::new();
         for (index, route) in table.routes.iter().enumerate() {
             if route.hosts.is_empty() {
@@ -195,7 +218,11 @@ impl RouteTable {
             for host in &route.hosts {
                 match host.strip_prefix('*') {
                     Some(suffix) => wildcards.entry(suffix.to_string()).or_default().push(index),
-                    None => table.exact_hosts.entry(host.clone()).or_default().push(index),
+                    None => table
+                        .exact_hosts
+                        .entry(host.clone())
+                        .or_default()
+                        .push(index),
                 }
             }
         }
@@ -215,7 +242,13 @@ impl RouteTable {
     }
 
     /// The most specific route for this request. `host` must be lowercase without port.
-    pub fn find(&self, host: &str, path: &str, method: &Method, headers: &HeaderMap) -> Option<&Arc<Route>> {
+    pub fn find(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<Route>> {
         let pick = |list: &[usize]| {
             list.iter()
                 .map(|&i| &self.routes[i])
@@ -238,7 +271,8 @@ impl RouteTable {
 /// The request's host, lowercased, without port or trailing dot. Borrows when already normal.
 pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let without_port = if raw.starts_with('[') {
-        raw.split_once(']').map_or(raw, |(v6, _)| &raw[..v6.len() + 1])
+        raw.split_once(']')
+            .map_or(raw, |(v6, _)| &raw[..v6.len() + 1])
     } else {
         raw.rsplit_once(':').map_or(raw, |(host, _)| host)
     };
@@ -254,7 +288,13 @@ pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
 
-    fn route(name: &str, hosts: &[&str], path: PathMatcher, methods: &[&str], headers: usize) -> Arc<Route> {
+    fn route(
+        name: &str,
+        hosts: &[&str],
+        path: PathMatcher,
+        methods: &[&str],
+        headers: usize,
+    ) -> Arc<Route> {
         Arc::new(Route {
             name: Arc::from(name),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
@@ -266,7 +306,11 @@ mod tests {
                     condition: HeaderCondition::Present,
                 })
                 .collect(),
-            action: RouteAction::Respond { status: 200, body: Bytes::new(), content_type: HeaderValue::from_static("text/plain") },
+            action: RouteAction::Respond {
+                status: 200,
+                body: Bytes::new(),
+                content_type: HeaderValue::from_static("text/plain"),
+            },
             request_headers: HeaderRewrite::default(),
             response_headers: HeaderRewrite::default(),
             timeouts: RouteTimeouts::default(),
@@ -279,25 +323,103 @@ mod tests {
     fn most_specific_route_wins() {
         let table = RouteTable::new(vec![
             route("catch-all", &[], PathMatcher::Any, &[], 0),
-            route("any-prefix", &[], PathMatcher::Prefix("/api".into()), &[], 0),
+            route(
+                "any-prefix",
+                &[],
+                PathMatcher::Prefix("/api".into()),
+                &[],
+                0,
+            ),
             route("wild", &["*.example.com"], PathMatcher::Any, &[], 0),
-            route("wild-deeper", &["*.eu.example.com"], PathMatcher::Any, &[], 0),
-            route("exact-host", &["api.example.com"], PathMatcher::Prefix("/".into()), &[], 0),
-            route("exact-host-long", &["api.example.com"], PathMatcher::Prefix("/v1/".into()), &[], 0),
-            route("exact-path", &["api.example.com"], PathMatcher::Exact("/v1/users".into()), &[], 0),
-            route("regex", &["api.example.com"], PathMatcher::Regex(Regex::new("^/v1/items/[0-9]+$").unwrap()), &[], 0),
-            route("post-only", &["api.example.com"], PathMatcher::Prefix("/v1/".into()), &["POST"], 0),
-            route("with-header", &["api.example.com"], PathMatcher::Prefix("/v1/".into()), &["POST"], 1),
+            route(
+                "wild-deeper",
+                &["*.eu.example.com"],
+                PathMatcher::Any,
+                &[],
+                0,
+            ),
+            route(
+                "exact-host",
+                &["api.example.com"],
+                PathMatcher::Prefix("/".into()),
+                &[],
+                0,
+            ),
+            route(
+                "exact-host-long",
+                &["api.example.com"],
+                PathMatcher::Prefix("/v1/".into()),
+                &[],
+                0,
+            ),
+            route(
+                "exact-path",
+                &["api.example.com"],
+                PathMatcher::Exact("/v1/users".into()),
+                &[],
+                0,
+            ),
+            route(
+                "regex",
+                &["api.example.com"],
+                PathMatcher::Regex(Regex::new("^/v1/items/[0-9]+$").unwrap()),
+                &[],
+                0,
+            ),
+            route(
+                "post-only",
+                &["api.example.com"],
+                PathMatcher::Prefix("/v1/".into()),
+                &["POST"],
+                0,
+            ),
+            route(
+                "with-header",
+                &["api.example.com"],
+                PathMatcher::Prefix("/v1/".into()),
+                &["POST"],
+                1,
+            ),
         ]);
         let none = HeaderMap::new();
         let mut with_header = HeaderMap::new();
         with_header.insert("x-h0", HeaderValue::from_static("1"));
         let cases: &[(&str, &str, &str, &HeaderMap, Option<&str>)] = &[
-            ("api.example.com", "/v1/users", "GET", &none, Some("exact-path")),
-            ("api.example.com", "/v1/other", "GET", &none, Some("exact-host-long")),
-            ("api.example.com", "/v1/other", "POST", &none, Some("post-only")),
-            ("api.example.com", "/v1/other", "POST", &with_header, Some("with-header")),
-            ("api.example.com", "/v1/items/42", "GET", &none, Some("exact-host-long")),
+            (
+                "api.example.com",
+                "/v1/users",
+                "GET",
+                &none,
+                Some("exact-path"),
+            ),
+            (
+                "api.example.com",
+                "/v1/other",
+                "GET",
+                &none,
+                Some("exact-host-long"),
+            ),
+            (
+                "api.example.com",
+                "/v1/other",
+                "POST",
+                &none,
+                Some("post-only"),
+            ),
+            (
+                "api.example.com",
+                "/v1/other",
+                "POST",
+                &with_header,
+                Some("with-header"),
+            ),
+            (
+                "api.example.com",
+                "/v1/items/42",
+                "GET",
+                &none,
+                Some("exact-host-long"),
+            ),
             ("api.example.com", "/v2", "GET", &none, Some("exact-host")),
             ("www.example.com", "/api", "GET", &none, Some("wild")),
             ("a.eu.example.com", "/", "GET", &none, Some("wild-deeper")),
@@ -305,7 +427,9 @@ mod tests {
             ("other.org", "/", "GET", &none, Some("catch-all")),
         ];
         for (host, path, method, headers, expected) in cases {
-            let found = table.find(host, path, &method.parse().unwrap(), headers).map(|r| &*r.name);
+            let found = table
+                .find(host, path, &method.parse().unwrap(), headers)
+                .map(|r| &*r.name);
             assert_eq!(found, *expected, "{method} {host}{path}");
         }
     }
@@ -314,20 +438,37 @@ mod tests {
     fn regex_beats_no_path_but_loses_to_prefix() {
         let table = RouteTable::new(vec![
             route("any", &[], PathMatcher::Any, &[], 0),
-            route("regex", &[], PathMatcher::Regex(Regex::new("^/items/[0-9]+$").unwrap()), &[], 0),
+            route(
+                "regex",
+                &[],
+                PathMatcher::Regex(Regex::new("^/items/[0-9]+$").unwrap()),
+                &[],
+                0,
+            ),
         ]);
-        let found = table.find("h", "/items/7", &Method::GET, &HeaderMap::new()).unwrap();
+        let found = table
+            .find("h", "/items/7", &Method::GET, &HeaderMap::new())
+            .unwrap();
         assert_eq!(&*found.name, "regex");
     }
 
     #[test]
     fn rewrites_paths() {
-        let strip = PathRewrite::ReplacePrefix { prefix: "/api".into(), with: String::new() };
+        let strip = PathRewrite::ReplacePrefix {
+            prefix: "/api".into(),
+            with: String::new(),
+        };
         assert_eq!(strip.apply("/api/users?x=1").as_deref(), Some("/users?x=1"));
         assert_eq!(strip.apply("/api").as_deref(), Some("/"));
-        let swap = PathRewrite::ReplacePrefix { prefix: "/old/".into(), with: "/new/".into() };
+        let swap = PathRewrite::ReplacePrefix {
+            prefix: "/old/".into(),
+            with: "/new/".into(),
+        };
         assert_eq!(swap.apply("/old/a").as_deref(), Some("/new/a"));
-        let regex = PathRewrite::Regex { regex: Regex::new("^/u/([0-9]+)$").unwrap(), replacement: "/users/$1".into() };
+        let regex = PathRewrite::Regex {
+            regex: Regex::new("^/u/([0-9]+)$").unwrap(),
+            replacement: "/users/$1".into(),
+        };
         assert_eq!(regex.apply("/u/12").as_deref(), Some("/users/12"));
     }
 

@@ -59,7 +59,9 @@ pub struct SniResolver {
 
 impl SniResolver {
     pub fn new(store: CertStore) -> Self {
-        SniResolver { store: ArcSwap::from_pointee(store) }
+        SniResolver {
+            store: ArcSwap::from_pointee(store),
+        }
     }
 
     pub fn replace(&self, store: CertStore) {
@@ -94,8 +96,9 @@ pub fn load_certified_key(cert_path: &str, key_path: &str) -> Result<CertifiedKe
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| format!("cannot read a private key from {key_path}: {e}"))?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(certs, key, &provider)
-        .map_err(|e| format!("certificate {cert_path} and key {key_path} do not form a usable pair: {e}"))?;
+    let certified = CertifiedKey::from_der(certs, key, &provider).map_err(|e| {
+        format!("certificate {cert_path} and key {key_path} do not form a usable pair: {e}")
+    })?;
     Ok(certified)
 }
 
@@ -110,21 +113,29 @@ pub fn load_ca_bundle(path: &str) -> Result<Vec<Vec<u8>>, String> {
     }
     let mut roots = rustls::RootCertStore::empty();
     for cert in &certs {
-        roots.add(cert.clone()).map_err(|e| format!("CA file {path} holds an unusable certificate: {e}"))?;
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("CA file {path} holds an unusable certificate: {e}"))?;
     }
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
 
 /// Write a self-signed certificate for `localhost`, `127.0.0.1` and `::1` to the given paths.
 pub fn generate_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<(), String> {
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| format!("generating a certificate: {e}"))?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let certified = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| format!("generating a certificate: {e}"))?;
     for path in [cert_path, key_path] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
     }
-    std::fs::write(cert_path, certified.cert.pem()).map_err(|e| format!("writing {}: {e}", cert_path.display()))?;
+    std::fs::write(cert_path, certified.cert.pem())
+        .map_err(|e| format!("writing {}: {e}", cert_path.display()))?;
     write_private(key_path, certified.signing_key.serialize_pem().as_bytes())
         .map_err(|e| format!("writing {}: {e}", key_path.display()))?;
     Ok(())
@@ -134,7 +145,12 @@ pub fn generate_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<(),
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(contents)
 }
 
@@ -151,8 +167,11 @@ mod tests {
         }
         let load = |p: &Path| {
             Arc::new(
-                load_certified_key(p.with_extension("crt").to_str().unwrap(), p.with_extension("key").to_str().unwrap())
-                    .unwrap(),
+                load_certified_key(
+                    p.with_extension("crt").to_str().unwrap(),
+                    p.with_extension("key").to_str().unwrap(),
+                )
+                .unwrap(),
             )
         };
         let (ka, kb, kc) = (load(&a), load(&b), load(&c));
@@ -160,11 +179,24 @@ mod tests {
         store.add(ka.clone(), &["api.example.com".into()], false);
         store.add(kb.clone(), &["*.example.com".into()], false);
         store.add(kc.clone(), &[], true);
-        assert!(Arc::ptr_eq(&store.lookup(Some("api.example.com")).unwrap(), &ka));
-        assert!(Arc::ptr_eq(&store.lookup(Some("www.example.com")).unwrap(), &kb));
-        assert!(Arc::ptr_eq(&store.lookup(Some("a.b.example.com")).unwrap(), &kc));
+        assert!(Arc::ptr_eq(
+            &store.lookup(Some("api.example.com")).unwrap(),
+            &ka
+        ));
+        assert!(Arc::ptr_eq(
+            &store.lookup(Some("www.example.com")).unwrap(),
+            &kb
+        ));
+        assert!(Arc::ptr_eq(
+            &store.lookup(Some("a.b.example.com")).unwrap(),
+            &kc
+        ));
         assert!(Arc::ptr_eq(&store.lookup(None).unwrap(), &kc));
-        assert!(load_certified_key(a.with_extension("crt").to_str().unwrap(), b.with_extension("key").to_str().unwrap()).is_err());
+        assert!(load_certified_key(
+            a.with_extension("crt").to_str().unwrap(),
+            b.with_extension("key").to_str().unwrap()
+        )
+        .is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -44,9 +44,12 @@ pub fn init(target: &AccessLogTarget) -> std::io::Result<()> {
             return Ok(());
         }
         AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-        AccessLogTarget::File(path) => {
-            Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
-        }
+        AccessLogTarget::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        ),
     };
     let (sender, receiver) = sync_channel(QUEUE_LINES);
     std::thread::Builder::new()
@@ -63,7 +66,9 @@ pub fn enabled() -> bool {
 
 /// Queue one record.
 pub fn log(record: &AccessRecord<'_>) {
-    let Some(Some(sender)) = SENDER.get() else { return };
+    let Some(Some(sender)) = SENDER.get() else {
+        return;
+    };
     let mut line = Vec::with_capacity(384);
     if serde_json::to_writer(&mut line, record).is_err() {
         return;

@@ -31,7 +31,11 @@ impl ServeHttp for AdminApp {
                 self.update_connection_gauges();
                 (200, "text/plain; version=0.0.4", render())
             }
-            _ => (404, "text/plain", b"not found; try /healthz, /readyz or /metrics\n".to_vec()),
+            _ => (
+                404,
+                "text/plain",
+                b"not found; try /healthz, /readyz or /metrics\n".to_vec(),
+            ),
         };
         Response::builder()
             .status(status)
@@ -48,7 +52,10 @@ impl AdminApp {
         let counts = established_by_local_port();
         for (name, port) in &self.listeners {
             let open = counts.get(port).copied().unwrap_or(0);
-            METRICS.open_connections.with_label_values(&[name]).set(open);
+            METRICS
+                .open_connections
+                .with_label_values(&[name])
+                .set(open);
         }
     }
 }
@@ -57,10 +64,13 @@ impl AdminApp {
 fn established_by_local_port() -> HashMap<u16, i64> {
     let mut counts = HashMap::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let mut fields = line.split_whitespace();
-            let (Some(_), Some(local), Some(_), Some(state)) = (fields.next(), fields.next(), fields.next(), fields.next())
+            let (Some(_), Some(local), Some(_), Some(state)) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
             else {
                 continue;
             };
@@ -68,7 +78,11 @@ fn established_by_local_port() -> HashMap<u16, i64> {
             if state != "01" {
                 continue;
             }
-            if let Some(port) = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) {
+            if let Some(port) = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
                 *counts.entry(port).or_insert(0) += 1;
             }
         }

@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The gateway's metric families, registered in one registry.
@@ -21,34 +21,50 @@ pub struct Metrics {
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let registry = Registry::new();
     let requests = IntCounterVec::new(
-        Opts::new("gateway_requests_total", "Requests answered, by route and status class"),
+        Opts::new(
+            "gateway_requests_total",
+            "Requests answered, by route and status class",
+        ),
         &["route", "status_class"],
     )
     .expect("valid metric");
     let duration = HistogramVec::new(
-        HistogramOpts::new("gateway_request_duration_seconds", "Time from request head to last response byte")
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(
+            "gateway_request_duration_seconds",
+            "Time from request head to last response byte",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
         &["route"],
     )
     .expect("valid metric");
     let upstream_healthy = IntGaugeVec::new(
-        Opts::new("gateway_upstream_healthy", "1 when the backend passes its active health check"),
+        Opts::new(
+            "gateway_upstream_healthy",
+            "1 when the backend passes its active health check",
+        ),
         &["cluster", "backend"],
     )
     .expect("valid metric");
     let upstream_ejections = IntCounterVec::new(
-        Opts::new("gateway_upstream_ejections_total", "Passive ejections after consecutive failures"),
+        Opts::new(
+            "gateway_upstream_ejections_total",
+            "Passive ejections after consecutive failures",
+        ),
         &["cluster", "backend"],
     )
     .expect("valid metric");
     let open_connections = IntGaugeVec::new(
-        Opts::new("gateway_open_connections", "Established client connections per listener"),
+        Opts::new(
+            "gateway_open_connections",
+            "Established client connections per listener",
+        ),
         &["listener"],
     )
     .expect("valid metric");
@@ -57,9 +73,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["result"],
     )
     .expect("valid metric");
-    let access_log_dropped =
-        IntCounter::new("gateway_access_log_dropped_total", "Access log lines dropped because the writer fell behind")
-            .expect("valid metric");
+    let access_log_dropped = IntCounter::new(
+        "gateway_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind",
+    )
+    .expect("valid metric");
     for collector in [
         Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(duration.clone()),
@@ -69,7 +87,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(config_reloads.clone()),
         Box::new(access_log_dropped.clone()),
     ] {
-        registry.register(collector).expect("metric names are unique");
+        registry
+            .register(collector)
+            .expect("metric names are unique");
     }
     Metrics {
         registry,
@@ -94,7 +114,8 @@ impl RouteMetrics {
     pub fn for_route(route: &str) -> Self {
         let m = &*METRICS;
         RouteMetrics {
-            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| m.requests.with_label_values(&[route, class])),
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| m.requests.with_label_values(&[route, class])),
             duration: m.duration.with_label_values(&[route]),
         }
     }
@@ -102,7 +123,9 @@ impl RouteMetrics {
     /// Handles not registered anywhere (unit tests).
     pub fn detached() -> Self {
         RouteMetrics {
-            by_class: std::array::from_fn(|_| IntCounter::new("detached", "detached").expect("valid metric")),
+            by_class: std::array::from_fn(|_| {
+                IntCounter::new("detached", "detached").expect("valid metric")
+            }),
             duration: prometheus::Histogram::with_opts(HistogramOpts::new("detached", "detached"))
                 .expect("valid metric"),
         }
@@ -117,11 +140,15 @@ impl RouteMetrics {
 
 /// Gauge handle for one backend's health.
 pub fn upstream_health_gauge(cluster: &str, backend: &str) -> IntGauge {
-    METRICS.upstream_healthy.with_label_values(&[cluster, backend])
+    METRICS
+        .upstream_healthy
+        .with_label_values(&[cluster, backend])
 }
 
 pub fn upstream_ejection_counter(cluster: &str, backend: &str) -> IntCounter {
-    METRICS.upstream_ejections.with_label_values(&[cluster, backend])
+    METRICS
+        .upstream_ejections
+        .with_label_values(&[cluster, backend])
 }
 
 /// The text exposition of every metric.

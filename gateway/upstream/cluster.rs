@@ -40,8 +40,8 @@ pub struct HttpCheck {
 pub struct UpstreamTls {
     pub sni: Option<String>,
     pub verify: bool,
-    /// DER certificates of the CA bundle, when not the system store.
-    pub ca_der: Option<Arc<Vec<Vec<u8>>>>,
+    /// The CA bundle, when not the system store.
+    pub ca: Option<Arc<[pingora::utils::tls::WrappedX509]>>,
 }
 
 /// Passive ejection policy.
@@ -76,8 +76,18 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(address: &str, host: String, port: u16, weight: u32, gauge: IntGauge, ejections: IntCounter) -> Self {
-        let literal = host.parse::<IpAddr>().ok().map(|ip| Arc::new(SocketAddr::new(ip, port)));
+    pub fn new(
+        address: &str,
+        host: String,
+        port: u16,
+        weight: u32,
+        gauge: IntGauge,
+        ejections: IntCounter,
+    ) -> Self {
+        let literal = host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| Arc::new(SocketAddr::new(ip, port)));
         gauge.set(1);
         Backend {
             address: Arc::from(address),
@@ -112,11 +122,16 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Record the outcome of the active health check; returns true when the state flipped.
+    /// Record the outcome of the active health check; returns true when the state flipped. A backend
+    /// that passes its checks again is also forgiven its passive ejection: the probe is fresher evidence.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         let flipped = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
         if flipped {
             self.health_gauge.set(i64::from(healthy));
+            if healthy {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                self.ejected_until_ms.store(0, Ordering::Relaxed);
+            }
         }
         flipped
     }
@@ -138,8 +153,10 @@ impl Backend {
             }
         }
         self.set_healthy(previous.is_healthy());
-        self.ejected_until_ms
-            .store(previous.ejected_until_ms.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.ejected_until_ms.store(
+            previous.ejected_until_ms.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -153,7 +170,10 @@ pub fn now_ms() -> u64 {
 #[derive(Debug)]
 enum Selector {
     /// Backend indices in smooth-weighted order; a shared cursor walks it.
-    RoundRobin { slots: Vec<u16>, cursor: AtomicUsize },
+    RoundRobin {
+        slots: Vec<u16>,
+        cursor: AtomicUsize,
+    },
     /// Sorted (point, backend index) pairs of the ketama ring.
     Ring { points: Vec<(u64, u16)> },
 }
@@ -171,6 +191,9 @@ pub struct Cluster {
     pub retries: u32,
     pub timeouts: ClusterTimeouts,
     pub dns_refresh: Duration,
+    /// Keeps this cluster's pooled connections apart from other clusters' (Pingora's pool key ignores
+    /// the CA bundle, so two clusters with one address and SNI but different trust must not share).
+    pub pool_group: u64,
 }
 
 /// Points per unit of weight on the hash ring (ketama uses 160 per server).
@@ -195,11 +218,22 @@ impl Cluster {
     pub fn new(parts: ClusterParts) -> Self {
         let weights: Vec<u32> = parts.backends.iter().map(|b| b.weight.max(1)).collect();
         let selector = if parts.consistent_hash {
-            Selector::Ring { points: build_ring(&parts.backends) }
+            Selector::Ring {
+                points: build_ring(&parts.backends),
+            }
         } else {
-            Selector::RoundRobin { slots: smooth_weighted_order(&weights), cursor: AtomicUsize::new(0) }
+            Selector::RoundRobin {
+                slots: smooth_weighted_order(&weights),
+                cursor: AtomicUsize::new(0),
+            }
         };
+        let mut identity = parts.name.as_bytes().to_vec();
+        if let Some(ca) = parts.tls.as_ref().and_then(|tls| tls.ca.as_ref()) {
+            ca.iter()
+                .for_each(|cert| identity.extend_from_slice(cert.borrow_raw_cert()));
+        }
         Cluster {
+            pool_group: xxhash_rust::xxh3::xxh3_64(&identity),
             name: parts.name,
             backends: parts.backends,
             selector,
@@ -292,7 +326,10 @@ impl Cluster {
 fn smooth_weighted_order(weights: &[u32]) -> Vec<u16> {
     let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
     let scale = total.div_ceil(MAX_SLOTS).max(1);
-    let weights: Vec<i64> = weights.iter().map(|&w| (u64::from(w) / scale).max(1) as i64).collect();
+    let weights: Vec<i64> = weights
+        .iter()
+        .map(|&w| (u64::from(w) / scale).max(1) as i64)
+        .collect();
     let total: i64 = weights.iter().sum();
     let mut current = vec![0i64; weights.len()];
     let mut order = Vec::with_capacity(total as usize);
@@ -347,7 +384,10 @@ mod tests {
             hash_on: None,
             tls: None,
             health_check: None,
-            passive: PassiveHealth { consecutive_failures: 2, cooldown: Duration::from_secs(60) },
+            passive: PassiveHealth {
+                consecutive_failures: 2,
+                cooldown: Duration::from_secs(60),
+            },
             retries: 1,
             timeouts: ClusterTimeouts {
                 connect: Duration::from_secs(1),
@@ -361,7 +401,10 @@ mod tests {
     #[test]
     fn weighted_round_robin_follows_weights_smoothly() {
         assert_eq!(smooth_weighted_order(&[5, 1, 1]), vec![0, 0, 1, 0, 2, 0, 0]);
-        let c = cluster(vec![backend("127.0.0.1:1", 3), backend("127.0.0.1:2", 1)], false);
+        let c = cluster(
+            vec![backend("127.0.0.1:1", 3), backend("127.0.0.1:2", 1)],
+            false,
+        );
         let mut counts = [0; 2];
         for _ in 0..400 {
             counts[c.select(None, 0).unwrap().0] += 1;
@@ -371,7 +414,10 @@ mod tests {
 
     #[test]
     fn tried_and_ejected_backends_are_skipped() {
-        let c = cluster(vec![backend("127.0.0.1:1", 1), backend("127.0.0.1:2", 1)], false);
+        let c = cluster(
+            vec![backend("127.0.0.1:1", 1), backend("127.0.0.1:2", 1)],
+            false,
+        );
         for _ in 0..10 {
             assert_eq!(c.select(None, 0b01).unwrap().0, 1);
         }
@@ -387,11 +433,23 @@ mod tests {
 
     #[test]
     fn consistent_hash_keeps_keys_on_their_backend() {
-        let c = cluster((1..=4).map(|p| backend(&format!("127.0.0.1:{p}"), 1)).collect(), true);
-        let first: Vec<usize> = (0..100).map(|k| c.select(Some(format!("user-{k}").as_bytes()), 0).unwrap().0).collect();
-        let again: Vec<usize> = (0..100).map(|k| c.select(Some(format!("user-{k}").as_bytes()), 0).unwrap().0).collect();
+        let c = cluster(
+            (1..=4)
+                .map(|p| backend(&format!("127.0.0.1:{p}"), 1))
+                .collect(),
+            true,
+        );
+        let first: Vec<usize> = (0..100)
+            .map(|k| c.select(Some(format!("user-{k}").as_bytes()), 0).unwrap().0)
+            .collect();
+        let again: Vec<usize> = (0..100)
+            .map(|k| c.select(Some(format!("user-{k}").as_bytes()), 0).unwrap().0)
+            .collect();
         assert_eq!(first, again);
-        assert!((0..4).all(|b| first.contains(&b)), "keys spread over every backend");
+        assert!(
+            (0..4).all(|b| first.contains(&b)),
+            "keys spread over every backend"
+        );
         c.backends[2].set_healthy(false);
         for (k, &before) in first.iter().enumerate() {
             let after = c.select(Some(format!("user-{k}").as_bytes()), 0).unwrap().0;

@@ -57,7 +57,11 @@ async fn upkeep_cluster(cluster: Arc<Cluster>) {
             None if needs_dns => cluster.dns_refresh,
             None => return,
         };
-        let until_dns = if needs_dns { next_dns.saturating_duration_since(Instant::now()) } else { wait };
+        let until_dns = if needs_dns {
+            next_dns.saturating_duration_since(Instant::now())
+        } else {
+            wait
+        };
         tokio::time::sleep(wait.min(until_dns)).await;
     }
 }
@@ -69,14 +73,30 @@ async fn resolve_backends(cluster: &Cluster) {
             Ok(Ok(mut addrs)) => match addrs.next() {
                 Some(addr) => {
                     if backend.resolved() != Some(addr) {
-                        log::info!("cluster {}: {} resolved to {addr}", cluster.name, backend.address);
+                        log::info!(
+                            "cluster {}: {} resolved to {addr}",
+                            cluster.name,
+                            backend.address
+                        );
                     }
                     backend.set_resolved(addr);
                 }
-                None => log::warn!("cluster {}: {} resolved to no address", cluster.name, backend.address),
+                None => log::warn!(
+                    "cluster {}: {} resolved to no address",
+                    cluster.name,
+                    backend.address
+                ),
             },
-            Ok(Err(e)) => log::warn!("cluster {}: cannot resolve {}: {e}", cluster.name, backend.address),
-            Err(_) => log::warn!("cluster {}: resolving {} timed out", cluster.name, backend.address),
+            Ok(Err(e)) => log::warn!(
+                "cluster {}: cannot resolve {}: {e}",
+                cluster.name,
+                backend.address
+            ),
+            Err(_) => log::warn!(
+                "cluster {}: resolving {} timed out",
+                cluster.name,
+                backend.address
+            ),
         }
     }
 }
@@ -91,12 +111,17 @@ struct Streak {
 async fn check_backends(cluster: &Arc<Cluster>, spec: &HealthCheckSpec, streaks: &mut [Streak]) {
     let mut checks = JoinSet::new();
     for (index, backend) in cluster.backends.iter().enumerate() {
-        let Some(addr) = backend.resolved() else { continue };
+        let Some(addr) = backend.resolved() else {
+            continue;
+        };
         let checker = build_checker(cluster, backend, addr, spec);
         let timeout = spec.timeout * 2 + Duration::from_millis(100);
         checks.spawn(async move {
             let target = LbBackend::new(&addr.to_string()).expect("a socket address parses");
-            let passed = matches!(tokio::time::timeout(timeout, checker.check(&target)).await, Ok(Ok(())));
+            let passed = matches!(
+                tokio::time::timeout(timeout, checker.check(&target)).await,
+                Ok(Ok(()))
+            );
             (index, passed)
         });
     }
@@ -106,13 +131,23 @@ async fn check_backends(cluster: &Arc<Cluster>, spec: &HealthCheckSpec, streaks:
         if passed {
             streak.passes += 1;
             streak.failures = 0;
-            if !backend.is_healthy() && streak.passes >= spec.healthy_threshold && backend.set_healthy(true) {
-                log::info!("cluster {}: backend {} is healthy again", cluster.name, backend.address);
+            if !backend.is_healthy()
+                && streak.passes >= spec.healthy_threshold
+                && backend.set_healthy(true)
+            {
+                log::info!(
+                    "cluster {}: backend {} is healthy again",
+                    cluster.name,
+                    backend.address
+                );
             }
         } else {
             streak.failures += 1;
             streak.passes = 0;
-            if backend.is_healthy() && streak.failures >= spec.unhealthy_threshold && backend.set_healthy(false) {
+            if backend.is_healthy()
+                && streak.failures >= spec.unhealthy_threshold
+                && backend.set_healthy(false)
+            {
                 log::warn!(
                     "cluster {}: backend {} failed {} health checks in a row, marked unhealthy",
                     cluster.name,
@@ -130,14 +165,23 @@ fn build_checker(
     addr: std::net::SocketAddr,
     spec: &HealthCheckSpec,
 ) -> Box<dyn HealthCheck + Send + Sync> {
-    let timeouts = PeerTimeouts { connect: spec.timeout, read: spec.timeout, idle: Duration::from_secs(1) };
+    let timeouts = PeerTimeouts {
+        connect: spec.timeout,
+        read: spec.timeout,
+        idle: Duration::from_secs(1),
+    };
     let peer = http_peer(cluster, backend, addr, timeouts);
     match &spec.http {
         Some(http_spec) => {
-            let host = http_spec.host.clone().unwrap_or_else(|| backend.address.to_string());
+            let host = http_spec
+                .host
+                .clone()
+                .unwrap_or_else(|| backend.address.to_string());
             let mut check = HttpHealthCheck::new(&host, cluster.tls.is_some());
             check.peer_template = peer;
-            if let Ok(mut req) = pingora::http::RequestHeader::build("GET", http_spec.path.as_bytes(), None) {
+            if let Ok(mut req) =
+                pingora::http::RequestHeader::build("GET", http_spec.path.as_bytes(), None)
+            {
                 let _ = req.insert_header("host", &host);
                 let _ = req.insert_header("user-agent", "gateway-health-check");
                 check.req = req;

@@ -19,12 +19,21 @@ pub struct PeerTimeouts {
 }
 
 /// A peer for `backend` at `addr`, with TLS, SNI and verification as the cluster says.
-pub fn http_peer(cluster: &Cluster, backend: &Backend, addr: SocketAddr, timeouts: PeerTimeouts) -> HttpPeer {
+pub fn http_peer(
+    cluster: &Cluster,
+    backend: &Backend,
+    addr: SocketAddr,
+    timeouts: PeerTimeouts,
+) -> HttpPeer {
     let (tls, sni) = match &cluster.tls {
-        Some(tls) => (true, tls.sni.clone().unwrap_or_else(|| backend.host.clone())),
+        Some(tls) => (
+            true,
+            tls.sni.clone().unwrap_or_else(|| backend.host.clone()),
+        ),
         None => (false, String::new()),
     };
     let mut peer = HttpPeer::new(addr, tls, sni);
+    peer.group_key = cluster.pool_group;
     let options = &mut peer.options;
     options.connection_timeout = Some(timeouts.connect);
     options.total_connection_timeout = Some(timeouts.connect);
@@ -33,17 +42,16 @@ pub fn http_peer(cluster: &Cluster, backend: &Backend, addr: SocketAddr, timeout
     if let Some(tls) = &cluster.tls {
         options.verify_cert = tls.verify;
         options.verify_hostname = tls.verify;
-        if let Some(ca) = &tls.ca_der {
-            options.ca = Some(ca_list(ca));
-        }
+        options.ca = tls.ca.clone();
     }
     peer
 }
 
-/// Pingora's CA type for the rustls backend, from DER certificates already checked at config load.
-fn ca_list(ders: &[Vec<u8>]) -> Arc<[WrappedX509]> {
-    ders.iter()
-        .map(|der| WrappedX509::new(der.clone(), |raw| parse_x509(raw)))
+/// Pingora's CA type for the rustls backend, built once at config load from DER certificates that
+/// rustls already accepted (so parsing cannot fail).
+pub fn ca_list(ders: Vec<Vec<u8>>) -> Arc<[WrappedX509]> {
+    ders.into_iter()
+        .map(|der| WrappedX509::new(der, parse_x509))
         .collect::<Vec<_>>()
         .into()
 }

@@ -17,7 +17,9 @@ async fn main() -> std::io::Result<()> {
             }
         }
     }
-    let addr = listen.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{listen}: {e}")))?;
+    let addr = listen.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{listen}: {e}"))
+    })?;
     let origin = MockOrigin::start_on(addr, &name, false).await?;
     println!("mock origin `{name}` listening on http://{}", origin.addr);
     tokio::signal::ctrl_c().await?;

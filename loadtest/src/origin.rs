@@ -34,7 +34,10 @@ pub struct RecordedRequest {
 impl RecordedRequest {
     /// First value of a header (name in lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -62,7 +65,11 @@ impl MockOrigin {
     }
 
     /// Start on a given address; `record` keeps the last requests for `requests()`.
-    pub async fn start_on(addr: SocketAddr, name: &str, record: bool) -> std::io::Result<MockOrigin> {
+    pub async fn start_on(
+        addr: SocketAddr,
+        name: &str,
+        record: bool,
+    ) -> std::io::Result<MockOrigin> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -84,7 +91,13 @@ impl MockOrigin {
 
     /// The recorded requests, oldest first (health checks excluded).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state.recorded.lock().expect("not poisoned").iter().cloned().collect()
+        self.state
+            .recorded
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Requests that were not health checks.
@@ -135,27 +148,54 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    state: Arc<State>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     state.served.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     if parts.uri.path() == "/health" {
         let status = state.health_status.load(Ordering::Relaxed);
-        return Ok(response(status, &state.name, "text/plain", Bytes::from_static(b"health\n")));
+        return Ok(response(
+            status,
+            &state.name,
+            "text/plain",
+            Bytes::from_static(b"health\n"),
+        ));
     }
     let query = parts.uri.query().unwrap_or("");
-    let status = query_param(query, "status").and_then(|s| s.parse().ok()).unwrap_or(200);
+    let status = query_param(query, "status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     if let Some(delay) = query_param(query, "delay_ms").and_then(|s| s.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
-        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let uri = parts.uri.path_and_query().map_or("/".to_string(), |pq| pq.as_str().to_string());
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_string(), |pq| pq.as_str().to_string());
     let reply = match query_param(query, "size").and_then(|s| s.parse::<usize>().ok()) {
-        Some(size) => response(status, &state.name, "text/plain", Bytes::from(vec![b'x'; size])),
+        Some(size) => response(
+            status,
+            &state.name,
+            "text/plain",
+            Bytes::from(vec![b'x'; size]),
+        ),
         None => {
             let echo = serde_json::json!({
                 "origin": state.name,
@@ -164,7 +204,12 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
                 "headers": headers.iter().map(|(n, v)| (n.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<_, _>>(),
                 "body_len": body.len(),
             });
-            response(status, &state.name, "application/json", Bytes::from(echo.to_string()))
+            response(
+                status,
+                &state.name,
+                "application/json",
+                Bytes::from(echo.to_string()),
+            )
         }
     };
     if state.record {
@@ -172,12 +217,22 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Fu
         if recorded.len() == RECORDED_MAX {
             recorded.pop_front();
         }
-        recorded.push_back(RecordedRequest { method: parts.method.to_string(), uri, headers, body });
+        recorded.push_back(RecordedRequest {
+            method: parts.method.to_string(),
+            uri,
+            headers,
+            body,
+        });
     }
     Ok(reply)
 }
 
-fn response(status: u16, origin: &str, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+fn response(
+    status: u16,
+    origin: &str,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)

@@ -15,7 +15,11 @@ use tempfile::TempDir;
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Ports of the standard test listeners.
@@ -28,7 +32,11 @@ pub struct Ports {
 
 impl Ports {
     pub fn new() -> Self {
-        Ports { http: free_port(), https: free_port(), admin: free_port() }
+        Ports {
+            http: free_port(),
+            https: free_port(),
+            admin: free_port(),
+        }
     }
 }
 
@@ -39,7 +47,9 @@ pub struct TestDir {
 
 impl TestDir {
     pub fn new() -> Self {
-        TestDir { dir: tempfile::tempdir().unwrap() }
+        TestDir {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -119,7 +129,11 @@ impl Gateway {
             matches!(client.get(&ready).send().await, Ok(r) if r.status() == 200)
         })
         .await;
-        assert!(started, "gateway did not become ready; its log:\n{}", dir.gateway_log());
+        assert!(
+            started,
+            "gateway did not become ready; its log:\n{}",
+            dir.gateway_log()
+        );
         gateway
     }
 
@@ -132,7 +146,11 @@ impl Gateway {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 }
@@ -152,7 +170,11 @@ fn install_crypto_provider() {
 /// Plain HTTP client that does not pool connections across tests' expectations.
 pub fn client() -> reqwest::Client {
     install_crypto_provider();
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// HTTPS client trusting only `ca_pem`, resolving the given names to loopback addresses.
@@ -168,8 +190,11 @@ pub fn tls_client(ca_pem: &str, names: &[(&str, SocketAddr)], http1_only: bool) 
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols =
-        if http1_only { vec![b"http/1.1".to_vec()] } else { vec![b"h2".to_vec(), b"http/1.1".to_vec()] };
+    config.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     let mut builder = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -191,7 +216,9 @@ impl TestCa {
     pub fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         TestCa { issuer }
     }
@@ -202,11 +229,18 @@ impl TestCa {
 
     /// Issue a server certificate for `names`, written as `<stem>.crt` / `<stem>.key` in `dir`.
     pub fn issue(&self, names: &[&str], dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let (cert_path, key_path) = (dir.join(format!("{stem}.crt")), dir.join(format!("{stem}.key")));
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         (cert_path, key_path)
