@@ -204,3 +204,21 @@ async fn sigterm_lets_in_flight_requests_finish() {
     .await;
     assert!(exited, "gateway exits after the grace period");
 }
+
+#[test]
+fn shipped_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("conf/gateway.yaml")];
+    for entry in std::fs::read_dir(root.join("conf/examples")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    for file in files {
+        let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["validate", "-c"])
+            .arg(&file)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&output.stderr));
+    }
+}
