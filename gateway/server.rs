@@ -59,6 +59,12 @@ pub fn ensure_dev_certificates(config: &GatewayConfig) {
     }
 }
 
+fn write_pid_file(path: &str) {
+    if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+        log::warn!("cannot write the pid file {path}: {e}");
+    }
+}
+
 fn whole_seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
@@ -101,6 +107,10 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     let phases = server.watch_execution_phase();
     // Daemonizing forks here: threads must start after it.
     server.bootstrap();
+    if !options.daemon {
+        // Pingora writes the pid file only when daemonized; NGINX users expect one either way.
+        write_pid_file(&settings.pid_file);
+    }
     access_log::init(&settings.access_log)
         .map_err(|e| format!("cannot open the access log {:?}: {e}", settings.access_log))?;
     watch_readiness(phases);

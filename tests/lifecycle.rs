@@ -222,3 +222,63 @@ fn shipped_configs_are_valid() {
         assert!(output.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&output.stderr));
     }
 }
+
+#[tokio::test]
+async fn upgrade_hands_the_listeners_to_a_new_process_without_failed_requests() {
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let mut old = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &origin)).await;
+    let pid_file = dir.path("gateway.pid");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), old.child.id().to_string());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let worker = tokio::spawn({
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), old.url("/"));
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                // A new connection per request: each one is accepted by whichever process owns the socket.
+                let client = client();
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+    });
+
+    let log = std::fs::File::create(dir.path("new.log")).unwrap();
+    let mut new = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--upgrade", "-c"])
+        .arg(dir.path("gateway.yaml"))
+        .current_dir(dir.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    // The new process waits on the upgrade socket; then the old one is told to hand over.
+    let waiting = eventually(Duration::from_secs(10), || async { dir.path("upgrade.sock").exists() }).await;
+    assert!(waiting, "{}", std::fs::read_to_string(dir.path("new.log")).unwrap_or_default());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    old.signal("QUIT");
+    let old_exited = eventually(Duration::from_secs(15), || {
+        let done = matches!(old.child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    let new_pid_written = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == new.id().to_string())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    worker.await.unwrap();
+    let served_by_new = get(&client(), &old.url("/")).await.0;
+    let _ = new.kill();
+    let _ = new.wait();
+    assert!(old_exited, "old process did not exit");
+    assert!(new_pid_written, "new process did not write its pid");
+    assert_eq!(served_by_new, 200);
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "ok: {}", ok.load(Ordering::Relaxed));
+}
