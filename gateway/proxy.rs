@@ -612,3 +612,18 @@ impl ProxyHttp for EdgeProxy {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_values_are_found_across_headers() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("cookie", "a=1; session=abc").unwrap();
+        req.append_header("cookie", "other=2").unwrap();
+        assert_eq!(cookie_value(&req, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie_value(&req, "other"), Some(&b"2"[..]));
+        assert_eq!(cookie_value(&req, "sess"), None);
+    }
+}

@@ -219,7 +219,12 @@ fn shipped_configs_are_valid() {
             .current_dir(root)
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}: {}", file.display(), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
@@ -229,7 +234,10 @@ async fn upgrade_hands_the_listeners_to_a_new_process_without_failed_requests() 
     let (dir, ports) = (TestDir::new(), Ports::new());
     let mut old = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &origin)).await;
     let pid_file = dir.path("gateway.pid");
-    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), old.child.id().to_string());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        old.child.id().to_string()
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -257,8 +265,15 @@ async fn upgrade_hands_the_listeners_to_a_new_process_without_failed_requests() 
         .spawn()
         .unwrap();
     // The new process waits on the upgrade socket; then the old one is told to hand over.
-    let waiting = eventually(Duration::from_secs(10), || async { dir.path("upgrade.sock").exists() }).await;
-    assert!(waiting, "{}", std::fs::read_to_string(dir.path("new.log")).unwrap_or_default());
+    let waiting = eventually(Duration::from_secs(10), || async {
+        dir.path("upgrade.sock").exists()
+    })
+    .await;
+    assert!(
+        waiting,
+        "{}",
+        std::fs::read_to_string(dir.path("new.log")).unwrap_or_default()
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     old.signal("QUIT");
     let old_exited = eventually(Duration::from_secs(15), || {
@@ -280,5 +295,10 @@ async fn upgrade_hands_the_listeners_to_a_new_process_without_failed_requests() 
     assert!(new_pid_written, "new process did not write its pid");
     assert_eq!(served_by_new, 200);
     assert!(ok.load(Ordering::Relaxed) > 0);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "ok: {}", ok.load(Ordering::Relaxed));
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "ok: {}",
+        ok.load(Ordering::Relaxed)
+    );
 }

@@ -82,6 +82,18 @@ async fn trusted_proxies_keep_their_request_id() {
         origin.requests().pop().unwrap().header("x-request-id"),
         Some("edge-123")
     );
+    // A trusted proxy's X-Forwarded-For is extended, not replaced.
+    client
+        .get(gateway.url("/proxied"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
     // Unprintable or overlong ids are replaced even from a trusted proxy.
     let long = "x".repeat(200);
     let response = client

@@ -209,3 +209,41 @@ async fn access_log_has_one_json_line_per_request_with_every_field() {
     assert!(record["time"].as_str().unwrap().ends_with('Z'));
     assert!(record["consumer"].is_null());
 }
+
+#[tokio::test]
+async fn tcp_health_checks_take_a_closed_port_out() {
+    let alive = MockOrigin::start("alive").await.unwrap();
+    let dead = free_port();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let body = format!(
+        r#"
+clusters:
+  - name: web
+    backends: [{{ address: "{}" }}, {{ address: "127.0.0.1:{dead}" }}]
+    health_check: {{ type: tcp, interval: 100ms, unhealthy_threshold: 1 }}
+    passive_health: {{ consecutive_failures: 0 }}
+    retries: 0
+routes:
+  - name: web
+    proxy: {{ cluster: web }}
+"#,
+        alive.addr
+    );
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let client = client();
+    let dead_gauge =
+        format!("gateway_upstream_healthy{{backend=\"127.0.0.1:{dead}\",cluster=\"web\"}}");
+    let alive_gauge = format!(
+        "gateway_upstream_healthy{{backend=\"{}\",cluster=\"web\"}}",
+        alive.addr
+    );
+    let marked = eventually(Duration::from_secs(3), || async {
+        let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
+        metric_value(&metrics, &dead_gauge) == 0.0 && metric_value(&metrics, &alive_gauge) == 1.0
+    })
+    .await;
+    assert!(marked);
+    for _ in 0..20 {
+        assert_eq!(get(&client, &gateway.url("/")).await.0, 200);
+    }
+}

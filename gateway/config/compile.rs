@@ -37,6 +37,8 @@ pub enum Mode {
 }
 
 const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
+/// Largest backend weight (bounds the round-robin table and the hash ring).
+const MAX_WEIGHT: u32 = 1000;
 
 struct Compiler<'a> {
     errors: Vec<ConfigError>,
@@ -313,10 +315,12 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
     let mut backends = Vec::with_capacity(cluster.backends.len());
     for (j, backend) in cluster.backends.iter().enumerate() {
         let bpath = format!("{path}.backends[{j}]");
-        if backend.weight == 0 {
+        if backend.weight == 0 || backend.weight > MAX_WEIGHT {
             c.error(
                 format!("{bpath}.weight"),
-                "must be at least 1 (remove the backend to send it nothing)",
+                format!(
+                    "must be between 1 and {MAX_WEIGHT} (remove the backend to send it nothing)"
+                ),
             );
         }
         let Some((host, port)) = split_host_port(&backend.address) else {

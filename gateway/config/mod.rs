@@ -289,3 +289,50 @@ bogus: 1
         );
     }
 }
+
+#[cfg(test)]
+mod robustness_tests {
+    use super::compile::{compile, Mode};
+    use super::*;
+
+    /// Odd documents never panic: each gives errors (or an empty but valid config).
+    #[test]
+    fn odd_documents_are_errors_not_panics() {
+        let documents = [
+            "",
+            "null",
+            "[]",
+            "\"just a string\"",
+            "42",
+            "listeners: 5",
+            "listeners: [1, 2, {}]",
+            "routes: {a: b}",
+            "server: []",
+            "server: {threads: -1}",
+            "server: {grace_period: 10}",
+            "server: {max_body_size: -5}",
+            "server: {trusted_proxies: [300.1.1.1]}",
+            "listeners: [{name: a, address: '127.0.0.1:99999'}]",
+            "clusters: [{name: c, backends: []}]",
+            "clusters: [{name: c, backends: [{address: '10.0.0.1:80', weight: 4000000000}]}]",
+            "clusters: [{name: c, backends: [{address: '[::1]:0'}]}]",
+            "clusters: [{name: c, backends: [{address: ':80'}]}]",
+            "clusters: [{name: c, backends: [{address: 'a:1'}], hash_on: {header: 'bad header'}, load_balancing: consistent_hash}]",
+            "routes: [{name: r, respond: {status: 1000}}]",
+            "routes: [{name: r, respond: {status: 200, content_type: \"a\\nb\"}}]",
+            "routes: [{name: r, match: {path: {exact: /a, prefix: /b}}, respond: {}}]",
+            "routes: [{name: r, match: {path: {regex: '(((('}}, respond: {}}]",
+            "routes: [{name: r, match: {hosts: ['*'], methods: ['G E T']}, respond: {}}]",
+            "routes: [{name: r, redirect: {to: \"\\n\"}}]",
+            "routes: [{name: r, request_headers: {set: {'bad name': x}}, respond: {}}]",
+            "a: &x [*x]",
+            "x: ${UNSET_VARIABLE_FOR_TEST}",
+            "{{{{",
+        ];
+        for document in documents {
+            if let Ok(config) = parse_str(document) {
+                let _ = compile(&config, Mode::Validate, None);
+            }
+        }
+    }
+}

@@ -6,6 +6,9 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+/// Longest accepted duration: keeps deadline arithmetic far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A duration written as `250ms`, `5s`, `1m30s`, `2h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -19,13 +22,17 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str("a duration with a unit, like `250ms`, `5s` or `1m`")
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(value.trim())
-                    .map(HumanDuration)
-                    .map_err(|e| {
-                        E::custom(format!(
-                            "invalid duration `{value}` ({e}); write it with a unit, like `250ms`, `5s` or `1m`"
-                        ))
-                    })
+                let duration = humantime::parse_duration(value.trim()).map_err(|e| {
+                    E::custom(format!(
+                        "invalid duration `{value}` ({e}); write it with a unit, like `250ms`, `5s` or `1m`"
+                    ))
+                })?;
+                if duration > MAX_DURATION {
+                    return Err(E::custom(format!(
+                        "`{value}` is longer than the 365 days a duration may be"
+                    )));
+                }
+                Ok(HumanDuration(duration))
             }
         }
         deserializer.deserialize_str(DurationVisitor)
@@ -79,6 +86,7 @@ mod tests {
         let d: HumanDuration = serde_yaml_ng::from_str("250ms").unwrap();
         assert_eq!(d.0, Duration::from_millis(250));
         assert!(serde_yaml_ng::from_str::<HumanDuration>("5").is_err());
+        assert!(serde_yaml_ng::from_str::<HumanDuration>("1000000000y").is_err());
         let s: ByteSize = serde_yaml_ng::from_str("10MiB").unwrap();
         assert_eq!(s.0, 10 * 1024 * 1024);
         let s: ByteSize = serde_yaml_ng::from_str("4096").unwrap();

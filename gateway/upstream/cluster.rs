@@ -197,7 +197,9 @@ pub struct Cluster {
 }
 
 /// Points per unit of weight on the hash ring (ketama uses 160 per server).
-const RING_POINTS_PER_WEIGHT: u32 = 160;
+const RING_POINTS_PER_WEIGHT: u64 = 160;
+/// Upper bound of the ring size.
+const MAX_RING_POINTS: u64 = 160 * 1024;
 /// Upper bound of the round-robin table; weights are scaled down beyond it.
 const MAX_SLOTS: u64 = 4096;
 
@@ -349,9 +351,12 @@ fn smooth_weighted_order(weights: &[u32]) -> Vec<u16> {
 }
 
 fn build_ring(backends: &[Backend]) -> Vec<(u64, u16)> {
-    let mut points = Vec::new();
+    // 160 points per unit of weight, scaled down so big clusters keep the ring small.
+    let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight.max(1))).sum();
+    let per_weight = (MAX_RING_POINTS / total_weight.max(1)).clamp(1, RING_POINTS_PER_WEIGHT);
+    let mut points = Vec::with_capacity((per_weight * total_weight) as usize);
     for (index, backend) in backends.iter().enumerate() {
-        for replica in 0..backend.weight.max(1) * RING_POINTS_PER_WEIGHT {
+        for replica in 0..u64::from(backend.weight.max(1)) * per_weight {
             let label = format!("{}-{replica}", backend.address);
             points.push((xxhash_rust::xxh3::xxh3_64(label.as_bytes()), index as u16));
         }
