@@ -88,7 +88,7 @@ impl EdgeProxy {
         header.insert_header(CONTENT_LENGTH, body.len())?;
         header.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         if let Some(route) = &ctx.route {
-            apply_response_rewrite(&route.response_headers, &mut header)?;
+            apply_rewrite(&route.response_headers, &mut header)?;
         }
         let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
         session
@@ -119,28 +119,40 @@ impl EdgeProxy {
     }
 }
 
-fn apply_request_rewrite(rewrite: &HeaderRewrite, header: &mut RequestHeader) -> Result<()> {
-    for name in &rewrite.remove {
-        header.remove_header(name);
-    }
-    for (name, value) in &rewrite.set {
-        header.insert_header(name.clone(), value.clone())?;
-    }
-    for (name, value) in &rewrite.add {
-        header.append_header(name.clone(), value.clone())?;
-    }
-    Ok(())
+/// Request and response heads take the same header edits.
+trait HeaderEdits {
+    fn remove(&mut self, name: &HeaderName);
+    fn set(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()>;
+    fn add(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()>;
 }
 
-fn apply_response_rewrite(rewrite: &HeaderRewrite, header: &mut ResponseHeader) -> Result<()> {
-    for name in &rewrite.remove {
-        header.remove_header(name);
-    }
+macro_rules! header_edits_for {
+    ($head:ty) => {
+        impl HeaderEdits for $head {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            fn set(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()> {
+                self.insert_header(name.clone(), value.clone())
+            }
+            fn add(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()> {
+                self.append_header(name.clone(), value.clone()).map(|_| ())
+            }
+        }
+    };
+}
+
+header_edits_for!(RequestHeader);
+header_edits_for!(ResponseHeader);
+
+/// Apply a route's edits in order: remove, set, add.
+fn apply_rewrite(rewrite: &HeaderRewrite, head: &mut impl HeaderEdits) -> Result<()> {
+    rewrite.remove.iter().for_each(|name| head.remove(name));
     for (name, value) in &rewrite.set {
-        header.insert_header(name.clone(), value.clone())?;
+        head.set(name, value)?;
     }
     for (name, value) in &rewrite.add {
-        header.append_header(name.clone(), value.clone())?;
+        head.add(name, value)?;
     }
     Ok(())
 }
@@ -322,7 +334,7 @@ impl ProxyHttp for EdgeProxy {
         };
         let req = session.req_header();
         let mut buf = [0u8; 16];
-        let key = match &cluster.hash_on {
+        let key = match &cluster.settings.hash_on {
             None => None,
             Some(hash_on) => {
                 let from_request = match hash_on {
@@ -349,9 +361,15 @@ impl ProxyHttp for EdgeProxy {
         ctx.backend = Some(index);
         ctx.upstream = Some(addr);
         let mut timeouts = PeerTimeouts {
-            connect: route.timeouts.connect.unwrap_or(cluster.timeouts.connect),
-            read: route.timeouts.read.unwrap_or(cluster.timeouts.read),
-            idle: cluster.timeouts.idle,
+            connect: route
+                .timeouts
+                .connect
+                .unwrap_or(cluster.settings.timeouts.connect),
+            read: route
+                .timeouts
+                .read
+                .unwrap_or(cluster.settings.timeouts.read),
+            idle: cluster.settings.timeouts.idle,
         };
         if let Some(deadline) = ctx.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -383,7 +401,7 @@ impl ProxyHttp for EdgeProxy {
         if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
             cluster.record_failure(index);
             // Nothing was sent yet, so any method may go to another backend.
-            if ctx.attempts <= cluster.retries {
+            if ctx.attempts <= cluster.settings.retries {
                 e.set_retry(true);
             }
         }
@@ -440,7 +458,7 @@ impl ProxyHttp for EdgeProxy {
                 upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
             }
         }
-        apply_request_rewrite(&route.request_headers, upstream)
+        apply_rewrite(&route.request_headers, upstream)
     }
 
     async fn request_body_filter(
@@ -488,7 +506,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let Some(route) = ctx.route.as_deref() {
             if !route.response_headers.is_empty() {
-                apply_response_rewrite(&route.response_headers, upstream_response)?;
+                apply_rewrite(&route.response_headers, upstream_response)?;
             }
         }
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())
@@ -528,7 +546,7 @@ impl ProxyHttp for EdgeProxy {
         // A stale pooled connection may be retried, but only for idempotent requests, only before
         // anything reached the client, and within the cluster's retry budget.
         e.retry.decide_reuse(client_reused);
-        let retries = ctx.cluster().map_or(0, |c| c.retries);
+        let retries = ctx.cluster().map_or(0, |c| c.settings.retries);
         let retry_allowed = session.req_header().method.is_idempotent()
             && !session.as_downstream().retry_buffer_truncated()
             && session.response_written().is_none()

@@ -13,11 +13,10 @@ use common::*;
 use loadtest::MockOrigin;
 
 fn proxy_to(dir: &TestDir, ports: &Ports, origin: &MockOrigin) -> String {
-    let body = format!(
-        "clusters:\n  - name: web\n    backends: [{{ address: \"{}\" }}]\nroutes:\n  - name: web\n    proxy: {{ cluster: web }}\n",
-        origin.addr
-    );
-    dir.plain_config(ports, &body)
+    dir.proxy_config(
+        ports,
+        &format!("    backends: [{{ address: \"{}\" }}]", origin.addr),
+    )
 }
 
 #[test]
@@ -28,50 +27,28 @@ fn validate_names_the_yaml_path_of_a_typo_and_fails() {
         "routes:\n  - name: ok\n    respond: { status: 200 }\n",
     );
     let path = dir.write_config(&good);
-    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (ok, stderr) = gateway_cli(&["validate"], &path);
+    assert!(ok, "{stderr}");
 
     let typo = good.replace("respond: { status: 200 }", "respnd: { status: 200 }")
         + "  - name: second\n    match: { path: { prefix: nope } }\n    respond: { status: 200 }\n";
     let path = dir.write_config(&typo);
-    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, stderr) = gateway_cli(&["validate"], &path);
+    assert!(!ok);
     assert!(
         stderr.contains("routes[0].respnd: unknown field `respnd`"),
         "{stderr}"
     );
     // Semantic errors are not reported while the schema is broken, but schema errors are all listed.
-    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "run must refuse a bad file");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("routes[0].respnd"));
+    let (ok, stderr) = gateway_cli(&["run"], &path);
+    assert!(!ok, "run must refuse a bad file");
+    assert!(stderr.contains("routes[0].respnd"));
 
     let semantic = good
         + "  - name: second\n    match: { path: { prefix: nope } }\n    respond: { status: 200 }\n";
     let path = dir.write_config(&semantic);
-    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["validate", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let (ok, stderr) = gateway_cli(&["validate"], &path);
+    assert!(!ok);
     assert!(
         stderr.contains("routes[1].match.path: `nope` must start with `/`"),
         "{stderr}"

@@ -28,21 +28,16 @@ async fn weighted_round_robin_follows_the_weights() {
     let b = MockOrigin::start("b").await.unwrap();
     let c = MockOrigin::start("c").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let body = format!(
+    let cluster = format!(
         r#"
-clusters:
-  - name: web
     backends:
       - {{ address: "{}", weight: 1 }}
       - {{ address: "{}", weight: 2 }}
       - {{ address: "{}", weight: 5 }}
-routes:
-  - name: web
-    proxy: {{ cluster: web }}
 "#,
         a.addr, b.addr, c.addr
     );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
     let client = client();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..800 {
@@ -67,20 +62,15 @@ async fn consistent_hash_keeps_each_user_on_one_backend() {
         MockOrigin::start("c").await.unwrap(),
     ];
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let body = format!(
+    let cluster = format!(
         r#"
-clusters:
-  - name: web
     load_balancing: consistent_hash
     hash_on: {{ header: x-user }}
     backends: [{{ address: "{}" }}, {{ address: "{}" }}, {{ address: "{}" }}]
-routes:
-  - name: web
-    proxy: {{ cluster: web }}
 "#,
         origins[0].addr, origins[1].addr, origins[2].addr
     );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
     let client = client();
     let mut used = std::collections::HashSet::new();
     for user in 0..30 {
@@ -109,20 +99,15 @@ async fn connect_failures_are_retried_on_another_backend() {
     let alive = MockOrigin::start("alive").await.unwrap();
     let dead = free_port();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let body = format!(
+    let cluster = format!(
         r#"
-clusters:
-  - name: web
     backends: [{{ address: "127.0.0.1:{dead}" }}, {{ address: "{}" }}]
     passive_health: {{ consecutive_failures: 0 }}
     retries: 1
-routes:
-  - name: web
-    proxy: {{ cluster: web }}
 "#,
         alive.addr
     );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
     let client = client();
     for i in 0..20 {
         // POST too: nothing reached the dead backend, so retrying is safe for any method.
@@ -147,20 +132,15 @@ async fn killed_backend_is_taken_out_by_health_checks_and_comes_back() {
     let mut b = MockOrigin::start("b").await.unwrap();
     let b_addr = b.addr;
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let body = format!(
+    let cluster = format!(
         r#"
-clusters:
-  - name: web
     backends: [{{ address: "{}" }}, {{ address: "{b_addr}" }}]
     health_check: {{ path: /health, interval: 200ms, timeout: 200ms, unhealthy_threshold: 1, healthy_threshold: 1 }}
     retries: 1
-routes:
-  - name: web
-    proxy: {{ cluster: web }}
 "#,
         a.addr
     );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
     let client = client();
     let gauge = format!("gateway_upstream_healthy{{backend=\"{b_addr}\",cluster=\"web\"}}");
     for _ in 0..10 {
@@ -207,19 +187,14 @@ async fn unhealthy_backend_answers_its_health_check_badly_and_gets_no_traffic() 
     let a = MockOrigin::start("a").await.unwrap();
     let b = MockOrigin::start("b").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let body = format!(
+    let cluster = format!(
         r#"
-clusters:
-  - name: web
     backends: [{{ address: "{}" }}, {{ address: "{}" }}]
     health_check: {{ path: /health, expected_status: [200, 204], interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 2 }}
-routes:
-  - name: web
-    proxy: {{ cluster: web }}
 "#,
         a.addr, b.addr
     );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
     let client = client();
     b.set_health_status(500);
     let before = b.request_count();

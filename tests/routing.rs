@@ -187,11 +187,7 @@ async fn redirect_and_fixed_responses_are_answered_by_the_gateway() {
     let origin = MockOrigin::start("origin").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
     let gateway = Gateway::start(&dir, ports, &routing_config(&dir, &ports, &origin)).await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = no_redirect_client();
     let response = client
         .get(gateway.url("/a/b?c=d"))
         .header("host", "old.test")

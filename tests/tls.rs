@@ -192,11 +192,7 @@ fn presented_chain(sni: Option<&str>, port: u16) -> Vec<rustls_pki_types::Certif
 async fn plain_listener_redirects_to_https() {
     let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
     let gateway = Gateway::start(&dir, ports, &tls_config(&dir, &ports, &ca)).await;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = no_redirect_client();
     let response = client
         .post(gateway.url("/pay?x=1"))
         .header("host", "a.test")

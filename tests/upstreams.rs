@@ -215,21 +215,16 @@ async fn tcp_health_checks_take_a_closed_port_out() {
     let alive = MockOrigin::start("alive").await.unwrap();
     let dead = free_port();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let body = format!(
+    let cluster = format!(
         r#"
-clusters:
-  - name: web
     backends: [{{ address: "{}" }}, {{ address: "127.0.0.1:{dead}" }}]
     health_check: {{ type: tcp, interval: 100ms, unhealthy_threshold: 1 }}
     passive_health: {{ consecutive_failures: 0 }}
     retries: 0
-routes:
-  - name: web
-    proxy: {{ cluster: web }}
 "#,
         alive.addr
     );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
     let client = client();
     let dead_gauge =
         format!("gateway_upstream_healthy{{backend=\"127.0.0.1:{dead}\",cluster=\"web\"}}");

@@ -22,7 +22,7 @@ use crate::edge::tls::{load_ca_bundle, load_certified_key, CertStore};
 use crate::observe::metrics::{upstream_ejection_counter, upstream_health_gauge, RouteMetrics};
 use crate::runtime::*;
 use crate::upstream::cluster::{
-    Backend, Cluster, ClusterParts, ClusterTimeouts, HashOn, HealthCheckSpec, HttpCheck,
+    Backend, Cluster, ClusterSettings, ClusterTimeouts, HashOn, HealthCheckSpec, HttpCheck,
     PassiveHealth, UpstreamTls,
 };
 use crate::upstream::peer::ca_list;
@@ -430,10 +430,7 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
     if c.errors.len() > errors_before {
         return None;
     }
-    Some(Cluster::new(ClusterParts {
-        name: Arc::from(cluster.name.as_str()),
-        backends,
-        consistent_hash,
+    let settings = ClusterSettings {
         hash_on,
         tls,
         health_check,
@@ -457,7 +454,13 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
                 .map_or(Duration::from_secs(60), |d| d.0),
         },
         dns_refresh: cluster.dns_refresh.map_or(Duration::from_secs(30), |d| d.0),
-    }))
+    };
+    Some(Cluster::new(
+        Arc::from(cluster.name.as_str()),
+        backends,
+        consistent_hash,
+        settings,
+    ))
 }
 
 /// `host:port`, `1.2.3.4:80` or `[::1]:80`.
@@ -709,10 +712,15 @@ fn compile_action(
         });
     }
     let respond = route.respond.as_ref()?;
-    if !(100..=599).contains(&respond.status) {
+    if !(200..=599).contains(&respond.status) {
         c.error(
             format!("{path}.respond.status"),
-            "must be between 100 and 599",
+            "must be between 200 and 599",
+        );
+    } else if matches!(respond.status, 204 | 304) && !respond.body.is_empty() {
+        c.error(
+            format!("{path}.respond.body"),
+            format!("a {} response cannot have a body", respond.status),
         );
     }
     let content_type = respond

@@ -178,12 +178,9 @@ enum Selector {
     Ring { points: Vec<(u64, u16)> },
 }
 
-/// A named, load-balanced group of backends.
+/// How a cluster connects, balances and checks; everything but the backends themselves.
 #[derive(Debug)]
-pub struct Cluster {
-    pub name: Arc<str>,
-    pub backends: Vec<Backend>,
-    selector: Selector,
+pub struct ClusterSettings {
     pub hash_on: Option<HashOn>,
     pub tls: Option<UpstreamTls>,
     pub health_check: Option<HealthCheckSpec>,
@@ -191,6 +188,15 @@ pub struct Cluster {
     pub retries: u32,
     pub timeouts: ClusterTimeouts,
     pub dns_refresh: Duration,
+}
+
+/// A named, load-balanced group of backends.
+#[derive(Debug)]
+pub struct Cluster {
+    pub name: Arc<str>,
+    pub backends: Vec<Backend>,
+    selector: Selector,
+    pub settings: ClusterSettings,
     /// Keeps this cluster's pooled connections apart from other clusters' (Pingora's pool key ignores
     /// the CA bundle, so two clusters with one address and SNI but different trust must not share).
     pub pool_group: u64,
@@ -203,25 +209,17 @@ const MAX_RING_POINTS: u64 = 160 * 1024;
 /// Upper bound of the round-robin table; weights are scaled down beyond it.
 const MAX_SLOTS: u64 = 4096;
 
-pub struct ClusterParts {
-    pub name: Arc<str>,
-    pub backends: Vec<Backend>,
-    pub consistent_hash: bool,
-    pub hash_on: Option<HashOn>,
-    pub tls: Option<UpstreamTls>,
-    pub health_check: Option<HealthCheckSpec>,
-    pub passive: PassiveHealth,
-    pub retries: u32,
-    pub timeouts: ClusterTimeouts,
-    pub dns_refresh: Duration,
-}
-
 impl Cluster {
-    pub fn new(parts: ClusterParts) -> Self {
-        let weights: Vec<u32> = parts.backends.iter().map(|b| b.weight.max(1)).collect();
-        let selector = if parts.consistent_hash {
+    pub fn new(
+        name: Arc<str>,
+        backends: Vec<Backend>,
+        consistent_hash: bool,
+        settings: ClusterSettings,
+    ) -> Self {
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight.max(1)).collect();
+        let selector = if consistent_hash {
             Selector::Ring {
-                points: build_ring(&parts.backends),
+                points: build_ring(&backends),
             }
         } else {
             Selector::RoundRobin {
@@ -229,23 +227,17 @@ impl Cluster {
                 cursor: AtomicUsize::new(0),
             }
         };
-        let mut identity = parts.name.as_bytes().to_vec();
-        if let Some(ca) = parts.tls.as_ref().and_then(|tls| tls.ca.as_ref()) {
+        let mut identity = name.as_bytes().to_vec();
+        if let Some(ca) = settings.tls.as_ref().and_then(|tls| tls.ca.as_ref()) {
             ca.iter()
                 .for_each(|cert| identity.extend_from_slice(cert.borrow_raw_cert()));
         }
         Cluster {
             pool_group: xxhash_rust::xxh3::xxh3_64(&identity),
-            name: parts.name,
-            backends: parts.backends,
+            name,
+            backends,
             selector,
-            hash_on: parts.hash_on,
-            tls: parts.tls,
-            health_check: parts.health_check,
-            passive: parts.passive,
-            retries: parts.retries,
-            timeouts: parts.timeouts,
-            dns_refresh: parts.dns_refresh,
+            settings,
         }
     }
 
@@ -301,7 +293,7 @@ impl Cluster {
 
     /// A request to this backend failed; returns true when this failure ejected it.
     pub fn record_failure(&self, index: usize) -> bool {
-        let threshold = self.passive.consecutive_failures;
+        let threshold = self.settings.passive.consecutive_failures;
         if threshold == 0 {
             return false;
         }
@@ -311,14 +303,14 @@ impl Cluster {
             return false;
         }
         backend.consecutive_failures.store(0, Ordering::Relaxed);
-        let until = now_ms() + self.passive.cooldown.as_millis() as u64;
+        let until = now_ms() + self.settings.passive.cooldown.as_millis() as u64;
         backend.ejected_until_ms.store(until, Ordering::Relaxed);
         backend.ejections.inc();
         log::warn!(
             "cluster {}: backend {} ejected for {:?} after {failures} consecutive failures",
             self.name,
             backend.address,
-            self.passive.cooldown
+            self.settings.passive.cooldown
         );
         true
     }
@@ -382,10 +374,7 @@ mod tests {
     }
 
     fn cluster(backends: Vec<Backend>, consistent_hash: bool) -> Cluster {
-        Cluster::new(ClusterParts {
-            name: Arc::from("c"),
-            backends,
-            consistent_hash,
+        let settings = ClusterSettings {
             hash_on: None,
             tls: None,
             health_check: None,
@@ -400,7 +389,8 @@ mod tests {
                 idle: Duration::from_secs(1),
             },
             dns_refresh: Duration::from_secs(30),
-        })
+        };
+        Cluster::new(Arc::from("c"), backends, consistent_hash, settings)
     }
 
     #[test]

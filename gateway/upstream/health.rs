@@ -47,14 +47,14 @@ async fn upkeep_cluster(cluster: Arc<Cluster>) {
     loop {
         if needs_dns && Instant::now() >= next_dns {
             resolve_backends(&cluster).await;
-            next_dns = Instant::now() + cluster.dns_refresh;
+            next_dns = Instant::now() + cluster.settings.dns_refresh;
         }
-        let wait = match &cluster.health_check {
+        let wait = match &cluster.settings.health_check {
             Some(spec) => {
                 check_backends(&cluster, spec, &mut streaks).await;
                 spec.interval
             }
-            None if needs_dns => cluster.dns_refresh,
+            None if needs_dns => cluster.settings.dns_refresh,
             None => return,
         };
         let until_dns = if needs_dns {
@@ -177,7 +177,7 @@ fn build_checker(
                 .host
                 .clone()
                 .unwrap_or_else(|| backend.address.to_string());
-            let mut check = HttpHealthCheck::new(&host, cluster.tls.is_some());
+            let mut check = HttpHealthCheck::new(&host, cluster.settings.tls.is_some());
             check.peer_template = peer;
             if let Ok(mut req) =
                 pingora::http::RequestHeader::build("GET", http_spec.path.as_bytes(), None)

@@ -25,7 +25,7 @@ pub fn http_peer(
     addr: SocketAddr,
     timeouts: PeerTimeouts,
 ) -> HttpPeer {
-    let (tls, sni) = match &cluster.tls {
+    let (tls, sni) = match &cluster.settings.tls {
         Some(tls) => (
             true,
             tls.sni.clone().unwrap_or_else(|| backend.host.clone()),
@@ -39,7 +39,7 @@ pub fn http_peer(
     options.total_connection_timeout = Some(timeouts.connect);
     options.read_timeout = Some(timeouts.read);
     options.idle_timeout = Some(timeouts.idle);
-    if let Some(tls) = &cluster.tls {
+    if let Some(tls) = &cluster.settings.tls {
         options.verify_cert = tls.verify;
         options.verify_hostname = tls.verify;
         options.ca = tls.ca.clone();

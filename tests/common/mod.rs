@@ -87,6 +87,16 @@ admin:
         )
     }
 
+    /// A plain-listener config whose one route proxies everything to cluster `web`; `cluster` holds the
+    /// cluster's YAML lines after its name, indented by four spaces.
+    pub fn proxy_config(&self, ports: &Ports, cluster: &str) -> String {
+        let body = format!(
+            "clusters:\n  - name: web\n{}\nroutes:\n  - name: web\n    proxy: {{ cluster: web }}\n",
+            cluster.trim_matches('\n')
+        );
+        self.plain_config(ports, &body)
+    }
+
     pub fn write_config(&self, yaml: &str) -> PathBuf {
         let path = self.path("gateway.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -165,6 +175,30 @@ impl Drop for Gateway {
 /// The clients use rustls with ring, like the gateway.
 fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Run the gateway binary with `args` followed by `-c config`; returns (success, stderr).
+pub fn gateway_cli(args: &[&str], config: &Path) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A client that reports redirects instead of following them.
+pub fn no_redirect_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 /// Plain HTTP client that does not pool connections across tests' expectations.
