@@ -76,15 +76,17 @@ impl ErrorKind {
     }
 }
 
-/// The JSON error body.
+/// The JSON error body of a gateway error kind.
 pub fn error_body(kind: ErrorKind, request_id: &str) -> bytes::Bytes {
+    json_error(kind.status(), kind.code(), kind.message(), request_id)
+}
+
+/// A JSON error body; `code` and `message` are the gateway's own static texts, never request data.
+pub fn json_error(status: u16, code: &str, message: &str, request_id: &str) -> bytes::Bytes {
     let mut body = String::with_capacity(160);
     let _ = write!(
         body,
-        r#"{{"error":{{"status":{},"code":"{}","message":"{}","request_id":{}}}}}"#,
-        kind.status(),
-        kind.code(),
-        kind.message(),
+        r#"{{"error":{{"status":{status},"code":"{code}","message":"{message}","request_id":{}}}}}"#,
         serde_json::Value::String(request_id.to_string())
     );
     body.push('\n');

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use pingora::server::{ExecutionPhase, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch};
 
 use crate::config::compile::{compile, Mode};
 use crate::config::{load_file, ConfigErrors};
@@ -28,7 +28,8 @@ pub struct Reloader {
     pub settings: ProcessSettings,
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub resolvers: HashMap<String, Arc<SniResolver>>,
-    pub reloaded: Arc<Notify>,
+    /// Bumped after each successful reload; background services restart on the new generation.
+    pub generation: watch::Sender<u64>,
 }
 
 impl Reloader {
@@ -53,7 +54,7 @@ impl Reloader {
             }
         }
         self.runtime.store(Arc::new(compiled.runtime));
-        self.reloaded.notify_one();
+        self.generation.send_modify(|generation| *generation += 1);
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gateway::config::compile::{compile, Mode};
 use gateway::config::load_file;
+use gateway::edge::consumers::{digest_hex, key_digest};
 use gateway::server::{run, RunOptions};
 
 #[derive(Parser)]
@@ -29,6 +30,8 @@ enum Command {
         #[arg(short, long)]
         daemon: bool,
     },
+    /// Print the SHA-256 of an API key read from standard input, for `consumers[].api_keys[].sha256`.
+    HashKey,
     /// Check a config file: parse, validate and build every component without binding sockets.
     Validate {
         /// Config file.
@@ -40,6 +43,20 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     match Cli::parse().command {
+        Command::HashKey => {
+            let mut key = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut key) {
+                eprintln!("cannot read the key from standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            let key = key.trim_end_matches(['\n', '\r']);
+            if key.is_empty() {
+                eprintln!("usage: printf %s \"$KEY\" | gateway hash-key");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", digest_hex(&key_digest(key.as_bytes())));
+            ExitCode::SUCCESS
+        }
         Command::Validate { config } => {
             let result = load_file(&config)
                 .and_then(|parsed| compile(&parsed, Mode::Validate, None).map(|_| ()));

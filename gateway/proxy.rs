@@ -8,17 +8,25 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION};
+use http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::edge::auth::{AuthFailure, Authenticated};
 use crate::edge::client::{client_ip, request_id};
+use crate::edge::limits::{
+    counter_key, now_ns, Decision, InFlight, InFlightGuard, LimitKey, LimitPolicy, Limiter,
+};
+use crate::edge::mtls::ClientIdentity;
 use crate::edge::routes::{normalize_host, HeaderRewrite, Route, RouteAction};
-use crate::error::{error_body, ErrorKind};
+use crate::error::{error_body, json_error, ErrorKind};
 use crate::observe::access_log::{self, AccessRecord};
+use crate::observe::metrics::METRICS;
 use crate::runtime::{ListenerSpec, Runtime};
 use crate::upstream::cluster::{Cluster, HashOn};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
@@ -29,10 +37,57 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 /// The proxy of one listener.
 pub struct EdgeProxy {
     pub listener: ListenerSpec,
     pub runtime: Arc<ArcSwap<Runtime>>,
+    pub limiter: Arc<Limiter>,
+}
+
+/// Why the gateway refused a request before proxying it.
+#[derive(Debug, Clone)]
+enum Refusal {
+    IpDenied,
+    Auth(AuthFailure),
+    Rate {
+        policy: Arc<str>,
+        decision: Decision,
+    },
+    Concurrency {
+        policy: Arc<str>,
+    },
+}
+
+impl Refusal {
+    fn status(&self) -> u16 {
+        match self {
+            Refusal::IpDenied => 403,
+            Refusal::Auth(failure) => failure.status(),
+            Refusal::Rate { .. } | Refusal::Concurrency { .. } => 429,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Refusal::IpDenied => "ip_denied",
+            Refusal::Auth(failure) => failure.code(),
+            Refusal::Rate { .. } => "rate_limited",
+            Refusal::Concurrency { .. } => "concurrency_limited",
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            Refusal::IpDenied => "requests from this address are not allowed here",
+            Refusal::Auth(failure) => failure.message(),
+            Refusal::Rate { .. } => "rate limit exceeded; retry after the time in Retry-After",
+            Refusal::Concurrency { .. } => "too many requests in flight for this caller",
+        }
+    }
 }
 
 /// Per-request state, kept across retries.
@@ -51,6 +106,13 @@ pub struct RequestCtx {
     body_bytes: u64,
     deadline: Option<Instant>,
     error: Option<ErrorKind>,
+    /// Code of a refusal (auth, IP rules, limits), for the access log.
+    refusal: Option<&'static str>,
+    consumer: Option<Authenticated>,
+    /// The tightest rate decision, reported in RateLimit-* headers.
+    limit_decision: Option<Decision>,
+    /// Concurrency slots held until the request is logged.
+    in_flight: Vec<InFlightGuard>,
 }
 
 impl RequestCtx {
@@ -87,6 +149,9 @@ impl EdgeProxy {
         }
         header.insert_header(CONTENT_LENGTH, body.len())?;
         header.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        if let Some(decision) = &ctx.limit_decision {
+            insert_rate_limit_headers(&mut header, decision)?;
+        }
         if let Some(route) = &ctx.route {
             apply_rewrite(&route.response_headers, &mut header)?;
         }
@@ -97,6 +162,91 @@ impl EdgeProxy {
         if !head_only {
             session.write_response_body(Some(body), true).await?;
         }
+        Ok(())
+    }
+
+    /// Refuse with the refusal's status, a JSON error, and its challenge or retry headers.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: Refusal,
+    ) -> Result<()> {
+        let route = ctx.route.as_deref().map_or("_unmatched", |r| &*r.name);
+        match &refusal {
+            Refusal::Rate { policy, .. } | Refusal::Concurrency { policy } => {
+                METRICS.limited.with_label_values(&[route, policy]).inc()
+            }
+            other => METRICS
+                .auth_failures
+                .with_label_values(&[route, other.code()])
+                .inc(),
+        }
+        ctx.refusal = Some(refusal.code());
+        let body = json_error(
+            refusal.status(),
+            refusal.code(),
+            refusal.message(),
+            ctx.request_id.to_str().unwrap_or(""),
+        );
+        let challenge;
+        let retry_after;
+        let mut extra: Vec<(&HeaderName, &HeaderValue)> = vec![(&CONTENT_TYPE, &APPLICATION_JSON)];
+        match &refusal {
+            Refusal::Auth(failure) if failure.status() == 401 => {
+                challenge = HeaderValue::from_static(failure.challenge());
+                extra.push((&WWW_AUTHENTICATE, &challenge));
+            }
+            Refusal::Rate { decision, .. } => {
+                retry_after = HeaderValue::from(decision.retry_after_secs);
+                extra.push((&RETRY_AFTER, &retry_after));
+                ctx.limit_decision = Some(*decision);
+            }
+            Refusal::Concurrency { .. } => {
+                retry_after = HeaderValue::from_static("1");
+                extra.push((&RETRY_AFTER, &retry_after));
+            }
+            _ => {}
+        }
+        self.respond(session, ctx, refusal.status(), &extra, body)
+            .await
+    }
+
+    /// Take a token from every rate policy of the route and a slot from every concurrency policy.
+    fn apply_limits(
+        &self,
+        route: &Route,
+        ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> std::result::Result<(), Refusal> {
+        let now = now_ns();
+        let mut tightest: Option<Decision> = None;
+        for policy in &route.limits {
+            let key = limit_key(policy, ctx, route, req);
+            if let Some(max) = policy.max_in_flight {
+                match InFlight::try_acquire(&self.limiter.in_flight, key, max) {
+                    Some(guard) => ctx.in_flight.push(guard),
+                    None => {
+                        return Err(Refusal::Concurrency {
+                            policy: policy.name.clone(),
+                        })
+                    }
+                }
+            }
+            if let Some(rate) = &policy.rate {
+                let decision = self.limiter.rates.acquire(key, rate, now);
+                if !decision.allowed {
+                    return Err(Refusal::Rate {
+                        policy: policy.name.clone(),
+                        decision,
+                    });
+                }
+                if tightest.is_none_or(|t| decision.remaining < t.remaining) {
+                    tightest = Some(decision);
+                }
+            }
+        }
+        ctx.limit_decision = tightest;
         Ok(())
     }
 
@@ -157,6 +307,40 @@ fn apply_rewrite(rewrite: &HeaderRewrite, head: &mut impl HeaderEdits) -> Result
     Ok(())
 }
 
+/// The counter of `policy` this request counts against.
+fn limit_key(policy: &LimitPolicy, ctx: &RequestCtx, route: &Route, req: &RequestHeader) -> u64 {
+    let mut buf = [0u8; 16];
+    // Client addresses use another seed so that no name can collide with an address.
+    let by_ip = |buf: &mut [u8; 16]| match ctx.client_ip {
+        Some(ip) => counter_key(policy.seed ^ 1, ip_bytes(ip, buf)),
+        None => counter_key(policy.seed ^ 1, b""),
+    };
+    match &policy.key {
+        LimitKey::Consumer => match &ctx.consumer {
+            Some(found) => counter_key(policy.seed, found.consumer.as_bytes()),
+            None => by_ip(&mut buf),
+        },
+        LimitKey::ClientIp => by_ip(&mut buf),
+        LimitKey::Route => counter_key(policy.seed, route.name.as_bytes()),
+        LimitKey::Header(name) => match req.headers.get(name) {
+            Some(value) => counter_key(policy.seed, value.as_bytes()),
+            None => by_ip(&mut buf),
+        },
+    }
+}
+
+fn insert_rate_limit_headers(header: &mut ResponseHeader, decision: &Decision) -> Result<()> {
+    header.insert_header(RATELIMIT_LIMIT.clone(), HeaderValue::from(decision.limit))?;
+    header.insert_header(
+        RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(decision.remaining),
+    )?;
+    header.insert_header(
+        RATELIMIT_RESET.clone(),
+        HeaderValue::from(decision.reset_secs),
+    )
+}
+
 /// The value of cookie `name` in the request's Cookie headers.
 fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
     req.headers.get_all(COOKIE).iter().find_map(|header| {
@@ -201,6 +385,10 @@ impl ProxyHttp for EdgeProxy {
             body_bytes: 0,
             deadline: None,
             error: None,
+            refusal: None,
+            consumer: None,
+            limit_decision: None,
+            in_flight: Vec::new(),
         }
     }
 
@@ -239,9 +427,9 @@ impl ProxyHttp for EdgeProxy {
                 .await?;
             return Ok(true);
         };
-        let req = session.req_header();
-        let host = normalize_host(request_host(req));
         if let Some(redirect) = self.listener.redirect_https {
+            let req = session.req_header();
+            let host = normalize_host(request_host(req));
             let port = if redirect.port == 443 {
                 String::new()
             } else {
@@ -260,15 +448,57 @@ impl ProxyHttp for EdgeProxy {
             .await?;
             return Ok(true);
         }
-        let Some(route) = runtime
-            .routes
-            .find(&host, req.uri.path(), &req.method, &req.headers)
-            .cloned()
-        else {
+        if !runtime.listener_ip_rules.is_empty() {
+            let rules = runtime.listener_ip_rules.get(&self.listener.name);
+            if rules.is_some_and(|rules| ctx.client_ip.is_some_and(|ip| !rules.admits(ip))) {
+                self.refuse(session, ctx, Refusal::IpDenied).await?;
+                return Ok(true);
+            }
+        }
+        let found = {
+            let req = session.req_header();
+            let host = normalize_host(request_host(req));
+            runtime
+                .routes
+                .find(&host, req.uri.path(), &req.method, &req.headers)
+                .cloned()
+        };
+        let Some(route) = found else {
             self.respond_error(session, ctx, ErrorKind::RouteNotFound)
                 .await?;
             return Ok(true);
         };
+        ctx.route = Some(route.clone());
+        if let Some(rules) = &route.ip_rules {
+            if ctx.client_ip.is_some_and(|ip| !rules.admits(ip)) {
+                self.refuse(session, ctx, Refusal::IpDenied).await?;
+                return Ok(true);
+            }
+        }
+        if let Some(auth) = &route.auth {
+            let client_cert = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|tls| tls.extension.get::<ClientIdentity>());
+            match runtime
+                .auth
+                .authenticate(auth, session.req_header(), client_cert)
+                .await
+            {
+                Ok(found) => ctx.consumer = Some(found),
+                Err(failure) => {
+                    self.refuse(session, ctx, Refusal::Auth(failure)).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        if !route.limits.is_empty() {
+            if let Err(refusal) = self.apply_limits(&route, ctx, session.req_header()) {
+                self.refuse(session, ctx, refusal).await?;
+                return Ok(true);
+            }
+        }
+        let req = session.req_header();
         let declared_length = req
             .headers
             .get(CONTENT_LENGTH)
@@ -292,6 +522,7 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             RouteAction::Redirect { to, status } => {
+                let host = normalize_host(request_host(req));
                 let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
                 let target = to.replace("{host}", &host).replace("{uri}", uri);
                 let location = HeaderValue::from_str(&target).map_err(|_| {
@@ -458,6 +689,36 @@ impl ProxyHttp for EdgeProxy {
                 upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
             }
         }
+        if let Some(runtime) = &ctx.runtime {
+            let settings = &runtime.auth.settings;
+            // Identity headers come only from the gateway, never from the client.
+            upstream.remove_header(&settings.consumer_header);
+            upstream.remove_header(&settings.groups_header);
+            if let Some(auth) = &route.auth {
+                if let Some(query) = runtime.auth.strip_credentials(auth, upstream) {
+                    let mut target = upstream.uri.path().to_string();
+                    if !query.is_empty() {
+                        target.push('?');
+                        target.push_str(&query);
+                    }
+                    let uri = target.parse::<http::Uri>().map_err(|_| {
+                        Error::explain(ErrorType::InvalidHTTPHeader, "query without the API key")
+                    })?;
+                    upstream.set_uri(uri);
+                }
+            }
+            if let Some(found) = &ctx.consumer {
+                upstream.insert_header(settings.consumer_header.clone(), &*found.consumer)?;
+                if let Some(consumer) = found
+                    .groups
+                    .as_ref()
+                    .filter(|c| !c.groups_header.is_empty())
+                {
+                    upstream
+                        .insert_header(settings.groups_header.clone(), &consumer.groups_header)?;
+                }
+            }
+        }
         apply_rewrite(&route.request_headers, upstream)
     }
 
@@ -508,6 +769,9 @@ impl ProxyHttp for EdgeProxy {
             if !route.response_headers.is_empty() {
                 apply_rewrite(&route.response_headers, upstream_response)?;
             }
+        }
+        if let Some(decision) = &ctx.limit_decision {
+            insert_rate_limit_headers(upstream_response, decision)?;
         }
         upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())
     }
@@ -625,8 +889,8 @@ impl ProxyHttp for EdgeProxy {
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             route: ctx.route.as_deref().map(|r| &*r.name),
             upstream: upstream.as_deref(),
-            consumer: None,
-            error: ctx.error.map(ErrorKind::code),
+            consumer: ctx.consumer.as_ref().map(|c| &*c.consumer),
+            error: ctx.refusal.or(ctx.error.map(ErrorKind::code)),
         });
     }
 }

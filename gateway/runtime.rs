@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
+use crate::edge::auth::AuthRuntime;
 use crate::edge::client::TrustedProxies;
+use crate::edge::ip_rules::IpRules;
 use crate::edge::routes::RouteTable;
 use crate::edge::tls::CertStore;
 use crate::observe::metrics::RouteMetrics;
@@ -45,6 +49,14 @@ pub struct ListenerSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSpec {
     pub h2: bool,
+    pub client_auth: Option<ClientAuthSpec>,
+}
+
+/// mTLS settings of a listener (fixed for the life of the process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuthSpec {
+    pub ca_ders: Vec<Vec<u8>>,
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +69,9 @@ pub struct RedirectHttps {
 #[derive(Debug)]
 pub struct Runtime {
     pub trusted_proxies: TrustedProxies,
+    pub auth: AuthRuntime,
+    /// IP rules of listeners that have them, by listener name.
+    pub listener_ip_rules: HashMap<String, IpRules>,
     pub routes: RouteTable,
     pub clusters: Vec<Arc<Cluster>>,
     /// Metrics of requests that matched no route.

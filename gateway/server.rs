@@ -16,10 +16,13 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::config::compile::{compile, Mode};
 use crate::config::{load_file, GatewayConfig};
+use crate::edge::jwks::JwksRefresher;
+use crate::edge::limits::{LimitSweeper, Limiter};
+use crate::edge::mtls::{client_verifier, IdentityCallback};
 use crate::edge::tls::{generate_dev_certificate, SniResolver};
 use crate::lifecycle::{watch_readiness, Reloader};
 use crate::observe::access_log;
@@ -116,6 +119,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     watch_readiness(phases);
 
     let runtime = Arc::new(ArcSwap::from_pointee(compiled.runtime));
+    let limiter = Arc::new(Limiter::default());
     let mut resolvers = HashMap::new();
     for (name, store) in compiled.cert_stores {
         resolvers.insert(name, Arc::new(SniResolver::new(store)));
@@ -123,6 +127,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
 
     for listener in &settings.listeners {
         let app = EdgeProxy {
+            limiter: limiter.clone(),
             listener: listener.clone(),
             runtime: runtime.clone(),
         };
@@ -135,8 +140,20 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         let address = listener.address.to_string();
         match (&listener.tls, resolvers.get(&listener.name)) {
             (Some(tls), Some(resolver)) => {
-                let mut tls_settings = TlsSettings::intermediate("", "")
-                    .map_err(|e| format!("listener {}: TLS settings: {e}", listener.name))?;
+                let mut tls_settings = match &tls.client_auth {
+                    Some(client_auth) => {
+                        let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback))
+                            .map_err(|e| {
+                                format!("listener {}: TLS settings: {e}", listener.name)
+                            })?;
+                        let verifier = client_verifier(&client_auth.ca_ders, client_auth.required)
+                            .map_err(|e| format!("listener {}: {e}", listener.name))?;
+                        settings.set_client_cert_verifier(verifier);
+                        settings
+                    }
+                    None => TlsSettings::intermediate("", "")
+                        .map_err(|e| format!("listener {}: TLS settings: {e}", listener.name))?,
+                };
                 tls_settings.set_cert_resolver(resolver.clone());
                 if tls.h2 {
                     tls_settings.enable_h2();
@@ -166,13 +183,24 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         server.add_service(service);
     }
 
-    let reloaded = Arc::new(Notify::new());
+    let (generation, generation_watch) = watch::channel(0u64);
     server.add_service(background_service(
         "upstream upkeep",
         UpstreamUpkeep {
             runtime: runtime.clone(),
-            reloaded: reloaded.clone(),
+            generation: generation_watch.clone(),
         },
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        JwksRefresher {
+            runtime: runtime.clone(),
+            generation: generation_watch,
+        },
+    ));
+    server.add_service(background_service(
+        "limit sweeper",
+        LimitSweeper { limiter },
     ));
     server.add_service(background_service(
         "config reload",
@@ -181,7 +209,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             settings,
             runtime,
             resolvers,
-            reloaded,
+            generation,
         },
     ));
     server.run_forever()

@@ -12,8 +12,12 @@ use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use super::schema::*;
+use super::security;
 use super::{ConfigError, ConfigErrors, GatewayConfig};
+use crate::edge::auth::AuthRuntime;
 use crate::edge::client::TrustedProxies;
+use crate::edge::ip_rules::IpRules;
+use crate::edge::limits::LimitPolicy;
 use crate::edge::routes::{
     HeaderCondition, HeaderMatcher, HeaderRewrite, PathMatcher, PathRewrite, Route, RouteAction,
     RouteTable, RouteTimeouts,
@@ -40,14 +44,14 @@ const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
 /// Largest backend weight (bounds the round-robin table and the hash ring).
 const MAX_WEIGHT: u32 = 1000;
 
-struct Compiler<'a> {
-    errors: Vec<ConfigError>,
-    mode: Mode,
-    previous: Option<&'a Runtime>,
+pub(super) struct Compiler<'a> {
+    pub(super) errors: Vec<ConfigError>,
+    pub(super) mode: Mode,
+    pub(super) previous: Option<&'a Runtime>,
 }
 
 impl Compiler<'_> {
-    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push(ConfigError::new(path, message));
     }
 }
@@ -103,9 +107,21 @@ pub fn compile(
         });
     let default_max_body = server.max_body_size.map_or(DEFAULT_MAX_BODY, |s| s.0);
 
-    let (listeners, cert_stores) = compile_listeners(&mut c, &config.listeners, admin);
+    let (listeners, cert_stores, listener_ip_rules) =
+        compile_listeners(&mut c, &config.listeners, admin);
     let clusters = compile_clusters(&mut c, &config.clusters);
-    let routes = compile_routes(&mut c, &config.routes, &clusters, default_max_body);
+    let auth = security::compile_auth(&mut c, &config.consumers, &config.auth);
+    let limits = security::compile_limits(&mut c, &config.limits);
+    let routes = compile_routes(
+        &mut c,
+        &config.routes,
+        RouteContext {
+            clusters: &clusters,
+            limits: &limits,
+            auth: &auth,
+            default_max_body,
+        },
+    );
 
     if !c.errors.is_empty() {
         return Err(ConfigErrors(c.errors));
@@ -131,6 +147,8 @@ pub fn compile(
     };
     let runtime = Runtime {
         trusted_proxies,
+        auth,
+        listener_ip_rules,
         routes: RouteTable::new(routes),
         clusters: clusters.into_values().collect(),
         unmatched_metrics: RouteMetrics::for_route("_unmatched"),
@@ -142,11 +160,17 @@ pub fn compile(
     })
 }
 
+type CompiledListeners = (
+    Vec<ListenerSpec>,
+    Vec<(String, CertStore)>,
+    HashMap<String, IpRules>,
+);
+
 fn compile_listeners(
     c: &mut Compiler,
     listeners: &[ListenerSection],
     admin: Option<SocketAddr>,
-) -> (Vec<ListenerSpec>, Vec<(String, CertStore)>) {
+) -> CompiledListeners {
     if listeners.is_empty() {
         c.error(
             "listeners",
@@ -157,6 +181,7 @@ fn compile_listeners(
     let mut addresses: HashSet<SocketAddr> = admin.into_iter().collect();
     let mut specs = Vec::new();
     let mut stores = Vec::new();
+    let mut ip_rules = HashMap::new();
     for (i, listener) in listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         if !names.insert(listener.name.as_str()) {
@@ -207,8 +232,30 @@ fn compile_listeners(
                 listener.name.clone(),
                 compile_certificates(c, tls, &format!("{path}.tls")),
             ));
-            TlsSpec { h2: tls.h2 }
+            let client_auth =
+                tls.client_auth
+                    .as_ref()
+                    .and_then(|auth| match load_ca_bundle(&auth.ca_file) {
+                        Ok(ca_ders) => Some(ClientAuthSpec {
+                            ca_ders,
+                            required: auth.required,
+                        }),
+                        Err(message) => {
+                            c.error(format!("{path}.tls.client_auth.ca_file"), message);
+                            None
+                        }
+                    });
+            TlsSpec {
+                h2: tls.h2,
+                client_auth,
+            }
         });
+        if let Some(rules) = &listener.ip_rules {
+            ip_rules.insert(
+                listener.name.clone(),
+                security::compile_ip_rules(c, rules, &format!("{path}.ip_rules")),
+            );
+        }
         specs.push(ListenerSpec {
             name: listener.name.clone(),
             address,
@@ -217,7 +264,7 @@ fn compile_listeners(
             redirect_https,
         });
     }
-    (specs, stores)
+    (specs, stores, ip_rules)
 }
 
 fn compile_certificates(c: &mut Compiler, tls: &TlsSection, path: &str) -> CertStore {
@@ -476,11 +523,18 @@ fn split_host_port(address: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port))
 }
 
+/// What routes may refer to.
+struct RouteContext<'a> {
+    clusters: &'a HashMap<String, Arc<Cluster>>,
+    limits: &'a HashMap<String, Arc<LimitPolicy>>,
+    auth: &'a AuthRuntime,
+    default_max_body: u64,
+}
+
 fn compile_routes(
     c: &mut Compiler,
     routes: &[RouteSection],
-    clusters: &HashMap<String, Arc<Cluster>>,
-    default_max_body: u64,
+    context: RouteContext,
 ) -> Vec<Arc<Route>> {
     let mut names = HashSet::new();
     let mut out = Vec::with_capacity(routes.len());
@@ -492,7 +546,7 @@ fn compile_routes(
                 format!("duplicate route name `{}`", route.name),
             );
         }
-        if let Some(built) = compile_route(c, route, &path, clusters, default_max_body) {
+        if let Some(built) = compile_route(c, route, &path, &context) {
             out.push(Arc::new(built));
         }
     }
@@ -503,9 +557,9 @@ fn compile_route(
     c: &mut Compiler,
     route: &RouteSection,
     path: &str,
-    clusters: &HashMap<String, Arc<Cluster>>,
-    default_max_body: u64,
+    context: &RouteContext,
 ) -> Option<Route> {
+    let clusters = context.clusters;
     let errors_before = c.errors.len();
     let m = &route.matcher;
     let mut hosts = Vec::with_capacity(m.hosts.len());
@@ -615,6 +669,33 @@ fn compile_route(
         &route.response_headers,
         &format!("{path}.response_headers"),
     );
+    let route_auth = route
+        .auth
+        .as_ref()
+        .map(|auth| security::compile_route_auth(c, auth, path, context.auth));
+    let route_limits = route
+        .limits
+        .iter()
+        .enumerate()
+        .filter_map(|(j, name)| match context.limits.get(name) {
+            Some(policy) => Some(policy.clone()),
+            None => {
+                let known: Vec<&str> = context.limits.keys().map(String::as_str).collect();
+                c.error(
+                    format!("{path}.limits[{j}]"),
+                    format!(
+                        "no limit policy named `{name}` (defined: {})",
+                        known.join(", ")
+                    ),
+                );
+                None
+            }
+        })
+        .collect();
+    let route_ip_rules = route
+        .ip_rules
+        .as_ref()
+        .map(|rules| security::compile_ip_rules(c, rules, &format!("{path}.ip_rules")));
     if c.errors.len() > errors_before {
         return None;
     }
@@ -632,7 +713,12 @@ fn compile_route(
             read: route.timeouts.read.map(|d| d.0),
             total: route.timeouts.total.map(|d| d.0),
         },
-        max_body_size: route.max_body_size.map_or(default_max_body, |s| s.0),
+        max_body_size: route
+            .max_body_size
+            .map_or(context.default_max_body, |s| s.0),
+        auth: route_auth,
+        limits: route_limits,
+        ip_rules: route_ip_rules,
         metrics: RouteMetrics::for_route(&route.name),
     })
 }

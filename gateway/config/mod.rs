@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod schema;
+mod security;
 pub mod units;
 
 use std::fmt;
@@ -65,9 +66,13 @@ pub struct GatewayConfig {
     pub listeners: Vec<ListenerSection>,
     pub clusters: Vec<ClusterSection>,
     pub routes: Vec<RouteSection>,
+    pub consumers: Vec<ConsumerSection>,
+    pub auth: AuthSection,
+    pub limits: Vec<LimitSection>,
 }
 
-const SECTIONS: &str = "`server`, `admin`, `listeners`, `clusters`, `routes`";
+const SECTIONS: &str =
+    "`server`, `admin`, `listeners`, `clusters`, `routes`, `consumers`, `auth`, `limits`";
 
 /// Read and parse a config file; every error found is returned at once.
 pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
@@ -111,6 +116,13 @@ pub fn parse_str(text: &str) -> Result<GatewayConfig, ConfigErrors> {
             "listeners" => config.listeners = parse_list(value, "listeners", &mut errors),
             "clusters" => config.clusters = parse_list(value, "clusters", &mut errors),
             "routes" => config.routes = parse_list(value, "routes", &mut errors),
+            "consumers" => config.consumers = parse_list(value, "consumers", &mut errors),
+            "limits" => config.limits = parse_list(value, "limits", &mut errors),
+            "auth" => {
+                if let Some(auth) = parse_item(value, "auth", &mut errors) {
+                    config.auth = auth;
+                }
+            }
             other => errors.push(ConfigError::new(
                 other,
                 format!("unknown section; expected one of {SECTIONS}"),

@@ -77,6 +77,8 @@ pub struct ListenerSection {
     pub tls: Option<TlsSection>,
     /// Answer every request on this (plain) listener with a redirect to HTTPS.
     pub redirect_https: Option<RedirectHttpsSection>,
+    /// Client addresses allowed or denied on this listener (checked before routing).
+    pub ip_rules: Option<IpRulesSection>,
 }
 
 /// `listeners[].tls:` certificates chosen by SNI, plus a default.
@@ -88,6 +90,29 @@ pub struct TlsSection {
     /// Offer HTTP/2 through ALPN (default true).
     #[serde(default = "default_true")]
     pub h2: bool,
+    /// Ask clients for a certificate (mTLS), verified against a CA bundle.
+    pub client_auth: Option<ClientAuthSection>,
+}
+
+/// `listeners[].tls.client_auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuthSection {
+    /// PEM bundle of the CAs that issue client certificates.
+    pub ca_file: String,
+    /// Refuse the handshake without a valid client certificate (default true); false only asks for one.
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+/// `ip_rules` of a listener or route: CIDRs or addresses; deny wins, and a non-empty allow list admits only its members.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IpRulesSection {
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 /// `listeners[].tls.certificates[]:` one PEM certificate chain and its private key.
@@ -350,6 +375,36 @@ pub struct RouteSection {
     pub timeouts: TimeoutsSection,
     /// Largest accepted request body (default `server.max_body_size`); larger gets 413.
     pub max_body_size: Option<ByteSize>,
+    /// Who may use the route (anonymous when absent).
+    pub auth: Option<RouteAuthSection>,
+    /// Names of `limits` policies applied to the route, all of them.
+    #[serde(default)]
+    pub limits: Vec<String>,
+    /// Client addresses allowed or denied on this route.
+    pub ip_rules: Option<IpRulesSection>,
+}
+
+/// `routes[].auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteAuthSection {
+    /// Accepted credentials, any of: `api_key`, `jwt`, `mtls`.
+    pub methods: Vec<AuthMethodSection>,
+    /// Only these consumers may pass (403 otherwise).
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// Only consumers in one of these groups may pass (403 otherwise).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `routes[].auth.methods[]`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethodSection {
+    ApiKey,
+    Jwt,
+    Mtls,
 }
 
 /// `routes[].match`.
@@ -479,4 +534,187 @@ pub struct TimeoutsSection {
     pub read: Option<HumanDuration>,
     /// The whole upstream exchange, from connect to the last body byte.
     pub total: Option<HumanDuration>,
+}
+
+/// `consumers[]`: a caller the gateway knows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSection {
+    /// Unique name; forwarded upstream and logged.
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// API keys, stored as hashes only.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySection>,
+    /// Client-certificate identities (subject CN, a SAN, or the full subject) that are this consumer.
+    #[serde(default)]
+    pub mtls_identities: Vec<String>,
+}
+
+/// `consumers[].api_keys[]`: `{sha256: HEX}` (from `gateway hash-key`), or `{env: NAME}` to hash the key held in
+/// that environment variable at start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySection {
+    pub sha256: Option<String>,
+    pub env: Option<String>,
+    /// With `env`: when the variable is unset or empty, generate a random key at start and print it once.
+    #[serde(default)]
+    pub generate_if_unset: bool,
+}
+
+/// `auth:` how credentials are presented and verified.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    #[serde(default)]
+    pub api_key: ApiKeyLookupSection,
+    /// JWT issuers, each with pinned algorithms and keys.
+    #[serde(default)]
+    pub jwt_issuers: Vec<JwtIssuerSection>,
+    /// Headers that carry the identity upstream.
+    #[serde(default)]
+    pub forward: ForwardIdentitySection,
+}
+
+/// `auth.api_key`: besides `Authorization: Bearer KEY`, where keys may be presented.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyLookupSection {
+    /// Request headers holding the key (default `[x-api-key]`).
+    #[serde(default = "default_api_key_headers")]
+    pub headers: Vec<String>,
+    /// Query parameter holding the key (none by default; keys in URLs end up in logs elsewhere).
+    pub query_param: Option<String>,
+}
+
+impl Default for ApiKeyLookupSection {
+    fn default() -> Self {
+        ApiKeyLookupSection {
+            headers: default_api_key_headers(),
+            query_param: None,
+        }
+    }
+}
+
+fn default_api_key_headers() -> Vec<String> {
+    vec!["x-api-key".to_string()]
+}
+
+/// `auth.forward`: identity headers sent upstream (client-sent copies are always removed).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardIdentitySection {
+    #[serde(default = "default_consumer_header")]
+    pub consumer_header: String,
+    #[serde(default = "default_groups_header")]
+    pub groups_header: String,
+}
+
+impl Default for ForwardIdentitySection {
+    fn default() -> Self {
+        ForwardIdentitySection {
+            consumer_header: default_consumer_header(),
+            groups_header: default_groups_header(),
+        }
+    }
+}
+
+fn default_consumer_header() -> String {
+    "x-consumer-id".to_string()
+}
+
+fn default_groups_header() -> String {
+    "x-consumer-groups".to_string()
+}
+
+/// `auth.jwt_issuers[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerSection {
+    pub name: String,
+    /// Required `iss` claim; also picks this issuer for tokens that carry it.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one must be present) when given.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Pinned algorithms, e.g. `[RS256]`; a token with any other `alg` is rejected.
+    pub algorithms: Vec<String>,
+    /// HMAC secret (HS*), normally `${ENV}`.
+    pub secret: Option<String>,
+    /// File holding the HMAC secret.
+    pub secret_file: Option<String>,
+    /// PEM public keys (RSA, EC or Ed25519).
+    #[serde(default)]
+    pub public_key_files: Vec<String>,
+    /// JWKS document on disk.
+    pub jwks_file: Option<String>,
+    /// JWKS URL fetched in the background (`http://` or `https://`).
+    pub jwks_url: Option<String>,
+    /// How long a fetched JWKS is used before it is fetched again (default `10m`).
+    pub jwks_cache_ttl: Option<HumanDuration>,
+    /// Least time between refetches caused by an unknown `kid` (default `30s`).
+    pub jwks_min_refetch: Option<HumanDuration>,
+    /// Clock skew allowed on `exp` and `nbf` (default `30s`).
+    pub leeway: Option<HumanDuration>,
+    /// Claim naming the consumer (default `sub`).
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+}
+
+fn default_consumer_claim() -> String {
+    "sub".to_string()
+}
+
+/// `limits[]`: a named rate or concurrency policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSection {
+    pub name: String,
+    /// `N/second`, `N/minute`, `N/hour` or `N/day` (also `N/s`, `N/m`, `N/h`, `N/d`).
+    pub rate: Option<String>,
+    /// Requests allowed at once before the rate applies (default: N of the rate).
+    pub burst: Option<u32>,
+    /// Concurrent requests in flight per key.
+    pub max_in_flight: Option<u32>,
+    /// What the limit is counted by: `consumer` (default; anonymous requests count by client IP), `client_ip`,
+    /// `route`, or `{header: NAME}`.
+    #[serde(default)]
+    pub key: LimitKeySection,
+}
+
+/// `limits[].key`.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq, Default)]
+#[serde(try_from = "LimitKeyRaw")]
+pub enum LimitKeySection {
+    #[default]
+    Consumer,
+    ClientIp,
+    Route,
+    Header(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LimitKeyRaw {
+    Keyword(String),
+    Header { header: String },
+}
+
+impl TryFrom<LimitKeyRaw> for LimitKeySection {
+    type Error = String;
+    fn try_from(raw: LimitKeyRaw) -> Result<Self, String> {
+        match raw {
+            LimitKeyRaw::Keyword(word) => match word.as_str() {
+                "consumer" => Ok(LimitKeySection::Consumer),
+                "client_ip" => Ok(LimitKeySection::ClientIp),
+                "route" => Ok(LimitKeySection::Route),
+                other => Err(format!(
+                    "`{other}`: write `consumer`, `client_ip`, `route` or `{{header: NAME}}`"
+                )),
+            },
+            LimitKeyRaw::Header { header } => Ok(LimitKeySection::Header(header)),
+        }
+    }
 }

@@ -1,5 +1,13 @@
-//! The edge layer: TLS certificates, route matching, client identity (trusted proxies, request id).
+//! The edge layer: TLS certificates and client certificates, route matching, client identity (trusted
+//! proxies, request id), authentication (API keys, JWT, mTLS), limits and IP rules.
 
+pub mod auth;
 pub mod client;
+pub mod consumers;
+pub mod ip_rules;
+pub mod jwks;
+pub mod jwt;
+pub mod limits;
+pub mod mtls;
 pub mod routes;
 pub mod tls;

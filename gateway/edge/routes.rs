@@ -14,6 +14,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 
+use super::auth::RouteAuth;
+use super::ip_rules::IpRules;
+use super::limits::LimitPolicy;
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::cluster::Cluster;
 
@@ -178,6 +181,9 @@ pub struct Route {
     pub response_headers: HeaderRewrite,
     pub timeouts: RouteTimeouts,
     pub max_body_size: u64,
+    pub auth: Option<RouteAuth>,
+    pub limits: Vec<Arc<LimitPolicy>>,
+    pub ip_rules: Option<IpRules>,
     pub metrics: RouteMetrics,
 }
 
@@ -315,6 +321,9 @@ mod tests {
             response_headers: HeaderRewrite::default(),
             timeouts: RouteTimeouts::default(),
             max_body_size: 1024,
+            auth: None,
+            limits: Vec::new(),
+            ip_rules: None,
             metrics: RouteMetrics::detached(),
         })
     }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub open_connections: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub limited: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -78,6 +80,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Access log lines dropped because the writer fell behind",
     )
     .expect("valid metric");
+    let auth_failures = IntCounterVec::new(
+        Opts::new(
+            "gateway_auth_failures_total",
+            "Requests refused by authentication, IP rules or allowlists",
+        ),
+        &["route", "reason"],
+    )
+    .expect("valid metric");
+    let limited = IntCounterVec::new(
+        Opts::new(
+            "gateway_rate_limited_total",
+            "Requests refused by a rate or concurrency limit",
+        ),
+        &["route", "policy"],
+    )
+    .expect("valid metric");
     for collector in [
         Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(duration.clone()),
@@ -86,6 +104,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(open_connections.clone()),
         Box::new(config_reloads.clone()),
         Box::new(access_log_dropped.clone()),
+        Box::new(auth_failures.clone()),
+        Box::new(limited.clone()),
     ] {
         registry
             .register(collector)
@@ -100,6 +120,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         open_connections,
         config_reloads,
         access_log_dropped,
+        auth_failures,
+        limited,
     }
 });
 

@@ -11,22 +11,23 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend as LbBackend;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::cluster::{Backend, Cluster, HealthCheckSpec};
 use super::peer::{http_peer, PeerTimeouts};
 use crate::runtime::Runtime;
 
-/// Runs the upkeep of the current generation; `reloaded` restarts it on the new one.
+/// Runs the upkeep of the current generation; a new `generation` restarts it on the new config.
 pub struct UpstreamUpkeep {
     pub runtime: Arc<ArcSwap<Runtime>>,
-    pub reloaded: Arc<Notify>,
+    pub generation: watch::Receiver<u64>,
 }
 
 #[async_trait]
 impl BackgroundService for UpstreamUpkeep {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut generation = self.generation.clone();
         loop {
             let mut tasks = JoinSet::new();
             for cluster in &self.runtime.load().clusters {
@@ -34,7 +35,12 @@ impl BackgroundService for UpstreamUpkeep {
             }
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = self.reloaded.notified() => tasks.abort_all(),
+                changed = generation.changed() => {
+                    tasks.abort_all();
+                    if changed.is_err() {
+                        return;
+                    }
+                }
             }
         }
     }

@@ -1,0 +1,268 @@
+//! Who is calling: credentials (mTLS identity, `Authorization: Bearer` JWT or API key, API key headers or
+//! query parameter) checked against a route's accepted methods, then the route's consumer/group allowlist.
+//! Plain logic over the request head; the proxy turns failures into 401/403 answers.
+
+use std::sync::Arc;
+
+use http::header::AUTHORIZATION;
+use http::HeaderName;
+use pingora::http::RequestHeader;
+
+use super::consumers::{Consumer, ConsumerTable};
+use super::jwt::{looks_like_jwt, JwtError, JwtVerifier};
+use super::mtls::ClientIdentity;
+
+/// What a route accepts and who may pass.
+#[derive(Debug, Clone, Default)]
+pub struct RouteAuth {
+    pub api_key: bool,
+    pub jwt: bool,
+    pub mtls: bool,
+    pub consumers: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// Where credentials are looked for, and how identity is forwarded.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub api_key_headers: Vec<HeaderName>,
+    pub api_key_query: Option<String>,
+    pub consumer_header: HeaderName,
+    pub groups_header: HeaderName,
+}
+
+/// Everything needed to authenticate, compiled per config generation.
+#[derive(Debug)]
+pub struct AuthRuntime {
+    pub settings: AuthSettings,
+    pub consumers: ConsumerTable,
+    pub jwt: JwtVerifier,
+}
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    ApiKey,
+    Jwt,
+    Mtls,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub consumer: Arc<str>,
+    /// Comma-separated groups, when the consumer is configured.
+    pub groups: Option<Arc<Consumer>>,
+    pub method: AuthMethod,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    MissingCredentials,
+    InvalidApiKey,
+    InvalidJwt(JwtError),
+    UnknownClientCertificate,
+    ConsumerNotAllowed,
+}
+
+impl AuthFailure {
+    pub fn status(self) -> u16 {
+        match self {
+            AuthFailure::ConsumerNotAllowed => 403,
+            _ => 401,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthFailure::MissingCredentials => "missing_credentials",
+            AuthFailure::InvalidApiKey => "invalid_api_key",
+            AuthFailure::InvalidJwt(e) => e.code(),
+            AuthFailure::UnknownClientCertificate => "unknown_client_certificate",
+            AuthFailure::ConsumerNotAllowed => "consumer_not_allowed",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthFailure::MissingCredentials => "this route needs credentials",
+            AuthFailure::InvalidApiKey => "the API key is not valid",
+            AuthFailure::InvalidJwt(_) => "the token is not valid",
+            AuthFailure::UnknownClientCertificate => {
+                "the client certificate belongs to no consumer"
+            }
+            AuthFailure::ConsumerNotAllowed => "this consumer may not use this route",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub fn challenge(self) -> &'static str {
+        match self {
+            AuthFailure::InvalidJwt(_) | AuthFailure::InvalidApiKey => {
+                r#"Bearer realm="gateway", error="invalid_token""#
+            }
+            _ => r#"Bearer realm="gateway""#,
+        }
+    }
+}
+
+/// The bearer token of an `Authorization: Bearer X` header.
+fn bearer(req: &RequestHeader) -> Option<&str> {
+    let value = req.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The value of query parameter `name` (not percent-decoded: keys are URL-safe).
+pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name && !value.is_empty()).then_some(value)
+    })
+}
+
+impl AuthRuntime {
+    /// Authenticate a request for a route, then apply its allowlist.
+    pub async fn authenticate(
+        &self,
+        route: &RouteAuth,
+        req: &RequestHeader,
+        client_cert: Option<&ClientIdentity>,
+    ) -> Result<Authenticated, AuthFailure> {
+        let found = self.identify(route, req, client_cert).await?;
+        let allowed = (route.consumers.is_empty() && route.groups.is_empty())
+            || route.consumers.iter().any(|c| **c == *found.consumer)
+            || found.groups.as_ref().is_some_and(|consumer| {
+                consumer
+                    .groups
+                    .iter()
+                    .any(|g| route.groups.iter().any(|r| **r == **g))
+            });
+        if allowed {
+            Ok(found)
+        } else {
+            Err(AuthFailure::ConsumerNotAllowed)
+        }
+    }
+
+    async fn identify(
+        &self,
+        route: &RouteAuth,
+        req: &RequestHeader,
+        client_cert: Option<&ClientIdentity>,
+    ) -> Result<Authenticated, AuthFailure> {
+        let mut failure = AuthFailure::MissingCredentials;
+        if route.mtls {
+            if let Some(identity) = client_cert {
+                match self.consumers.by_mtls(identity.names()) {
+                    Some(consumer) => return Ok(self.known(consumer, AuthMethod::Mtls)),
+                    None => failure = AuthFailure::UnknownClientCertificate,
+                }
+            }
+        }
+        if let Some(token) = bearer(req) {
+            if route.jwt && looks_like_jwt(token) {
+                return match self.jwt.verify(token).await {
+                    Ok((name, _issuer)) => Ok(self.named(&name, AuthMethod::Jwt)),
+                    Err(e) => Err(AuthFailure::InvalidJwt(e)),
+                };
+            }
+            if route.api_key {
+                return self.api_key(token.as_bytes());
+            }
+        }
+        if route.api_key {
+            for header in &self.settings.api_key_headers {
+                if let Some(key) = req.headers.get(header) {
+                    return self.api_key(key.as_bytes());
+                }
+            }
+            if let (Some(param), Some(query)) = (&self.settings.api_key_query, req.uri.query()) {
+                if let Some(key) = query_value(query, param) {
+                    return self.api_key(key.as_bytes());
+                }
+            }
+        }
+        Err(failure)
+    }
+
+    fn api_key(&self, key: &[u8]) -> Result<Authenticated, AuthFailure> {
+        self.consumers
+            .by_api_key(key)
+            .map(|consumer| self.known(consumer, AuthMethod::ApiKey))
+            .ok_or(AuthFailure::InvalidApiKey)
+    }
+
+    fn known(&self, consumer: &Arc<Consumer>, method: AuthMethod) -> Authenticated {
+        Authenticated {
+            consumer: consumer.name.clone(),
+            groups: Some(consumer.clone()),
+            method,
+        }
+    }
+
+    /// A JWT subject: the configured consumer of that name, or an ad-hoc one without groups.
+    fn named(&self, name: &str, method: AuthMethod) -> Authenticated {
+        match self.consumers.by_name(name) {
+            Some(consumer) => self.known(consumer, method),
+            None => Authenticated {
+                consumer: Arc::from(name),
+                groups: None,
+                method,
+            },
+        }
+    }
+
+    /// Remove the credentials a route consumed so they never reach the upstream; returns the new query when
+    /// the API key parameter had to be dropped from it.
+    pub fn strip_credentials(
+        &self,
+        route: &RouteAuth,
+        upstream: &mut RequestHeader,
+    ) -> Option<String> {
+        if !(route.api_key || route.jwt) {
+            return None;
+        }
+        if bearer(upstream).is_some() {
+            upstream.remove_header(&AUTHORIZATION);
+        }
+        if route.api_key {
+            for header in &self.settings.api_key_headers {
+                upstream.remove_header(header);
+            }
+            if let (Some(param), Some(query)) = (&self.settings.api_key_query, upstream.uri.query())
+            {
+                if query_value(query, param).is_some()
+                    || query.split('&').any(|p| p.split('=').next() == Some(param))
+                {
+                    let kept: Vec<&str> = query
+                        .split('&')
+                        .filter(|pair| pair.split('=').next() != Some(param.as_str()))
+                        .collect();
+                    return Some(kept.join("&"));
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_query_values_are_read() {
+        let mut req = RequestHeader::build("GET", b"/?a=1&api_key=k1", None).unwrap();
+        req.insert_header("authorization", "Bearer  tok ").unwrap();
+        assert_eq!(bearer(&req), Some("tok"));
+        assert_eq!(query_value(req.uri.query().unwrap(), "api_key"), Some("k1"));
+        assert_eq!(query_value("api_key=", "api_key"), None);
+        req.insert_header("authorization", "Basic xyz").unwrap();
+        assert_eq!(bearer(&req), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! JWKS sources of JWT issuers: a file, or a URL fetched with Pingora's HTTP client (DNS resolved
+//! asynchronously, TLS verified with SNI). A background service refreshes each issuer every cache TTL and
+//! keeps the last good key set when a fetch fails.
+
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::upstreams::peer::HttpPeer;
+use tokio::sync::watch;
+
+use super::jwt::{keys_from_jwks, VerifyKey};
+use crate::runtime::Runtime;
+
+/// Largest JWKS document accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where an issuer's JWKS comes from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(JwksUrl),
+}
+
+/// A parsed JWKS URL.
+#[derive(Debug, Clone)]
+pub struct JwksUrl {
+    pub text: String,
+    host: String,
+    port: u16,
+    tls: bool,
+    path_and_query: String,
+}
+
+impl JwksUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(format!(
+                    "`{text}`: only http:// and https:// URLs are supported"
+                ))
+            }
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("`{text}` has no host"))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let path_and_query = uri
+            .path_and_query()
+            .map_or("/".to_string(), |pq| pq.as_str().to_string());
+        Ok(JwksUrl {
+            text: text.to_string(),
+            host,
+            port,
+            tls,
+            path_and_query,
+        })
+    }
+}
+
+impl JwksSource {
+    /// Read or fetch the key set.
+    pub async fn load(&self) -> Result<Vec<VerifyKey>, String> {
+        let text = match self {
+            JwksSource::File(path) => tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || {
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| format!("reading {}: {e}", path.display()))
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())??,
+            JwksSource::Url(url) => tokio::time::timeout(FETCH_TIMEOUT, fetch(url))
+                .await
+                .map_err(|_| format!("fetching {} timed out", url.text))??,
+        };
+        keys_from_jwks(&text)
+    }
+}
+
+static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
+
+async fn fetch(url: &JwksUrl) -> Result<String, String> {
+    let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| format!("resolving {}: {e}", url.host))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", url.host))?;
+    let sni = if url.tls {
+        url.host.clone()
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(addr, url.tls, sni);
+    peer.options.connection_timeout = Some(FETCH_TIMEOUT);
+    peer.options.read_timeout = Some(FETCH_TIMEOUT);
+    let (mut session, _) = CONNECTOR
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| format!("connecting to {}: {e}", url.text))?;
+    let mut request = RequestHeader::build("GET", url.path_and_query.as_bytes(), None)
+        .map_err(|e| e.to_string())?;
+    request
+        .insert_header("host", &url.host)
+        .map_err(|e| e.to_string())?;
+    request
+        .insert_header("accept", "application/json")
+        .map_err(|e| e.to_string())?;
+    request
+        .insert_header("user-agent", "gateway-jwks")
+        .map_err(|e| e.to_string())?;
+    session
+        .write_request_header(Box::new(request))
+        .await
+        .map_err(|e| e.to_string())?;
+    session
+        .finish_request_body()
+        .await
+        .map_err(|e| e.to_string())?;
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = session.response_header().map_or(0, |h| h.status.as_u16());
+    if status != 200 {
+        return Err(format!("{} answered {status}", url.text));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(format!(
+                "{} sent more than {MAX_JWKS_BYTES} bytes",
+                url.text
+            ));
+        }
+    }
+    String::from_utf8(body).map_err(|_| format!("{} sent a body that is not UTF-8", url.text))
+}
+
+/// Refreshes every issuer's JWKS once per cache TTL; restarted on each reload.
+pub struct JwksRefresher {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub generation: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut generation = self.generation.clone();
+        loop {
+            let mut tasks = tokio::task::JoinSet::new();
+            for issuer in &self.runtime.load().auth.jwt.issuers {
+                let Some(source) = issuer.jwks.clone() else {
+                    continue;
+                };
+                let issuer = issuer.clone();
+                tasks.spawn(async move {
+                    loop {
+                        match source.load().await {
+                            Ok(keys) => issuer.fetched.store(Arc::new(keys)),
+                            Err(e) => log::warn!(
+                                "JWT issuer {}: keeping the last good keys: {e}",
+                                issuer.name
+                            ),
+                        }
+                        tokio::time::sleep(issuer.cache_ttl).await;
+                    }
+                });
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                changed = generation.changed() => {
+                    tasks.abort_all();
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! JWT verification with algorithms pinned per issuer. Keys come from an HMAC secret, PEM public keys, a
+//! JWKS file or a JWKS URL (see `jwks.rs`). `alg: none` cannot be expressed, and a key is only ever used
+//! with algorithms of its own family, so HS256 signed with an RSA public key is refused.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::JwksSource;
+
+/// Key families: a key verifies only algorithms of its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyFamily {
+    Hmac,
+    Rsa,
+    Ec,
+    Ed,
+}
+
+pub fn family_of(alg: Algorithm) -> KeyFamily {
+    use Algorithm::*;
+    match alg {
+        HS256 | HS384 | HS512 => KeyFamily::Hmac,
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => KeyFamily::Rsa,
+        ES256 | ES384 => KeyFamily::Ec,
+        EdDSA => KeyFamily::Ed,
+    }
+}
+
+/// One verification key.
+#[derive(Clone)]
+pub struct VerifyKey {
+    pub kid: Option<String>,
+    pub family: KeyFamily,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        write!(f, "VerifyKey({:?}, {:?})", self.kid, self.family)
+    }
+}
+
+/// Why a token was refused; the `code` goes to metrics, logs and the error body (never the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtError {
+    Malformed,
+    AlgorithmNotAllowed,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    MissingClaim,
+    UnknownIssuer,
+}
+
+impl JwtError {
+    pub fn code(self) -> &'static str {
+        match self {
+            JwtError::Malformed => "jwt_malformed",
+            JwtError::AlgorithmNotAllowed => "jwt_algorithm_not_allowed",
+            JwtError::UnknownKey => "jwt_unknown_key",
+            JwtError::BadSignature => "jwt_bad_signature",
+            JwtError::Expired => "jwt_expired",
+            JwtError::NotYetValid => "jwt_not_yet_valid",
+            JwtError::WrongIssuer => "jwt_wrong_issuer",
+            JwtError::WrongAudience => "jwt_wrong_audience",
+            JwtError::MissingClaim => "jwt_missing_claim",
+            JwtError::UnknownIssuer => "jwt_unknown_issuer",
+        }
+    }
+}
+
+/// Parse an algorithm name as written in the config.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    name.parse::<Algorithm>().ok()
+}
+
+/// Keys of a JWKS document, skipping entries that cannot verify anything.
+pub fn keys_from_jwks(text: &str) -> Result<Vec<VerifyKey>, String> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
+            AlgorithmParameters::EllipticCurve(_) => KeyFamily::Ec,
+            AlgorithmParameters::OctetKeyPair(_) => KeyFamily::Ed,
+            AlgorithmParameters::OctetKey(_) => KeyFamily::Hmac,
+        };
+        match DecodingKey::from_jwk(jwk) {
+            Ok(key) => keys.push(VerifyKey {
+                kid: jwk.common.key_id.clone(),
+                family,
+                key,
+            }),
+            Err(e) => log::warn!("JWKS key {:?} skipped: {e}", jwk.common.key_id),
+        }
+    }
+    Ok(keys)
+}
+
+/// A PEM public key of any supported family.
+pub fn key_from_pem(pem: &[u8]) -> Result<VerifyKey, String> {
+    let attempts: [(
+        KeyFamily,
+        fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
+    ); 3] = [
+        (KeyFamily::Rsa, DecodingKey::from_rsa_pem),
+        (KeyFamily::Ec, DecodingKey::from_ec_pem),
+        (KeyFamily::Ed, DecodingKey::from_ed_pem),
+    ];
+    attempts
+        .iter()
+        .find_map(|(family, parse)| {
+            parse(pem).ok().map(|key| VerifyKey {
+                kid: None,
+                family: *family,
+                key,
+            })
+        })
+        .ok_or_else(|| "not a PEM RSA, EC or Ed25519 public key".to_string())
+}
+
+/// One configured issuer.
+#[derive(Debug)]
+pub struct JwtIssuer {
+    pub name: Arc<str>,
+    pub issuer: Option<String>,
+    algorithms: Vec<Algorithm>,
+    validations: HashMap<Algorithm, Validation>,
+    static_keys: Vec<VerifyKey>,
+    /// Keys from the JWKS source, replaced whole on each successful fetch.
+    pub fetched: ArcSwap<Vec<VerifyKey>>,
+    pub jwks: Option<JwksSource>,
+    pub cache_ttl: Duration,
+    min_refetch: Duration,
+    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    consumer_claim: String,
+}
+
+/// Settings of an issuer, from the config.
+pub struct IssuerSpec {
+    pub name: String,
+    pub issuer: Option<String>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<Algorithm>,
+    pub static_keys: Vec<VerifyKey>,
+    pub initial_jwks: Vec<VerifyKey>,
+    pub jwks: Option<JwksSource>,
+    pub cache_ttl: Duration,
+    pub min_refetch: Duration,
+    pub leeway: Duration,
+    pub consumer_claim: String,
+}
+
+impl JwtIssuer {
+    pub fn new(spec: IssuerSpec) -> Self {
+        let validations = spec
+            .algorithms
+            .iter()
+            .map(|&alg| {
+                let mut validation = Validation::new(alg);
+                validation.leeway = spec.leeway.as_secs();
+                validation.validate_nbf = true;
+                match &spec.issuer {
+                    Some(iss) => validation.set_issuer(&[iss]),
+                    None => validation.iss = None,
+                }
+                if spec.audiences.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&spec.audiences);
+                }
+                (alg, validation)
+            })
+            .collect();
+        JwtIssuer {
+            name: Arc::from(spec.name.as_str()),
+            issuer: spec.issuer,
+            algorithms: spec.algorithms,
+            validations,
+            static_keys: spec.static_keys,
+            fetched: ArcSwap::from_pointee(spec.initial_jwks),
+            jwks: spec.jwks,
+            cache_ttl: spec.cache_ttl,
+            min_refetch: spec.min_refetch,
+            last_refetch: tokio::sync::Mutex::new(None),
+            consumer_claim: spec.consumer_claim,
+        }
+    }
+
+    /// Verify a token and return the consumer named by the configured claim.
+    pub async fn verify(&self, token: &str) -> Result<String, JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(JwtError::AlgorithmNotAllowed);
+        }
+        let family = family_of(header.alg);
+        let mut result = self.try_keys(token, header.alg, family, header.kid.as_deref());
+        if result == Err(JwtError::UnknownKey)
+            && self.jwks.is_some()
+            && self.refetch_allowed().await
+        {
+            result = self.try_keys(token, header.alg, family, header.kid.as_deref());
+        }
+        let claims = result?;
+        match claims.get(&self.consumer_claim) {
+            Some(Value::String(name)) if !name.is_empty() => Ok(name.clone()),
+            Some(Value::Number(number)) => Ok(number.to_string()),
+            _ => Err(JwtError::MissingClaim),
+        }
+    }
+
+    fn try_keys(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        family: KeyFamily,
+        kid: Option<&str>,
+    ) -> Result<Map<String, Value>, JwtError> {
+        let validation = self
+            .validations
+            .get(&alg)
+            .ok_or(JwtError::AlgorithmNotAllowed)?;
+        let fetched = self.fetched.load();
+        let candidates = self.static_keys.iter().chain(fetched.iter()).filter(|key| {
+            key.family == family
+                && match (kid, &key.kid) {
+                    (Some(wanted), Some(have)) => wanted == have,
+                    (Some(_), None) => true,
+                    (None, _) => true,
+                }
+        });
+        let mut outcome = Err(JwtError::UnknownKey);
+        for candidate in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &candidate.key, validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(error) => {
+                    use jsonwebtoken::errors::ErrorKind::*;
+                    let mapped = match error.kind() {
+                        InvalidSignature | InvalidEcdsaKey | InvalidRsaKey(_) | Crypto(_) => {
+                            JwtError::BadSignature
+                        }
+                        ExpiredSignature => JwtError::Expired,
+                        ImmatureSignature => JwtError::NotYetValid,
+                        InvalidIssuer => JwtError::WrongIssuer,
+                        InvalidAudience => JwtError::WrongAudience,
+                        MissingRequiredClaim(_) => JwtError::MissingClaim,
+                        InvalidAlgorithm => JwtError::AlgorithmNotAllowed,
+                        _ => JwtError::Malformed,
+                    };
+                    // A signature mismatch may mean "another key"; claim errors are final.
+                    if mapped != JwtError::BadSignature {
+                        return Err(mapped);
+                    }
+                    outcome = Err(mapped);
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Refetch the JWKS now unless one happened within `min_refetch`; true when keys may have changed.
+    async fn refetch_allowed(&self) -> bool {
+        let mut last = self.last_refetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < self.min_refetch) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match &self.jwks {
+            Some(source) => match source.load().await {
+                Ok(keys) => {
+                    self.fetched.store(Arc::new(keys));
+                    true
+                }
+                Err(e) => {
+                    log::warn!(
+                        "JWT issuer {}: refetching keys failed, keeping the last good set: {e}",
+                        self.name
+                    );
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+}
+
+/// All issuers; picks the one a token belongs to.
+#[derive(Debug, Default)]
+pub struct JwtVerifier {
+    pub issuers: Vec<Arc<JwtIssuer>>,
+}
+
+impl JwtVerifier {
+    /// Verify against the issuer named by the token's (unverified) `iss`, or the only issuer.
+    pub async fn verify(&self, token: &str) -> Result<(String, Arc<str>), JwtError> {
+        let issuer = match self.issuers.as_slice() {
+            [] => return Err(JwtError::UnknownIssuer),
+            [only] => only,
+            many => {
+                let claimed = unverified_issuer(token);
+                many.iter()
+                    .find(|i| i.issuer.is_some() && i.issuer.as_deref() == claimed.as_deref())
+                    .or_else(|| many.iter().find(|i| i.issuer.is_none()))
+                    .ok_or(JwtError::UnknownIssuer)?
+            }
+        };
+        issuer
+            .verify(token)
+            .await
+            .map(|consumer| (consumer, issuer.name.clone()))
+    }
+}
+
+/// The `iss` claim read without verification, only to choose which issuer verifies the token.
+fn unverified_issuer(token: &str) -> Option<String> {
+    let mut validation = Validation::default();
+    validation.insecure_disable_signature_validation();
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let data = jsonwebtoken::decode::<Map<String, Value>>(
+        token,
+        &DecodingKey::from_secret(&[]),
+        &validation,
+    )
+    .ok()?;
+    data.claims.get("iss")?.as_str().map(str::to_string)
+}
+
+/// Does this bearer value look like a JWT (three base64url segments)?
+pub fn looks_like_jwt(value: &str) -> bool {
+    let mut parts = value.split('.');
+    let shaped = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    };
+    shaped(parts.next())
+        && shaped(parts.next())
+        && parts.next().is_some_and(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        && parts.next().is_none()
+}
