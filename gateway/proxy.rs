@@ -17,7 +17,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::edge::auth::{AuthFailure, Authenticated};
+use crate::edge::auth::{redacted_path, AuthFailure, Authenticated};
 use crate::edge::client::{client_ip, request_id};
 use crate::edge::limits::{
     counter_key, now_ns, Decision, InFlight, InFlightGuard, LimitKey, LimitPolicy, Limiter,
@@ -847,6 +847,13 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
+    /// The request as Pingora's own error logs show it, without credentials in the query.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        let key_param = ctx.runtime.as_ref().and_then(|rt| rt.auth.settings.api_key_query.as_deref());
+        format!("{} {}, Host: {}", req.method, redacted_path(req, key_param), request_host(req))
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
@@ -868,7 +875,8 @@ impl ProxyHttp for EdgeProxy {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let upstream = ctx.upstream.map(|a| a.to_string());
-        let path = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let key_param = ctx.runtime.as_ref().and_then(|rt| rt.auth.settings.api_key_query.as_deref());
+        let path = redacted_path(req, key_param);
         let protocol = if session.as_downstream().is_http2() {
             "HTTP/2"
         } else {
@@ -881,7 +889,7 @@ impl ProxyHttp for EdgeProxy {
             client: &client,
             method: req.method.as_str(),
             host: request_host(req),
-            path,
+            path: &path,
             protocol,
             status,
             bytes_in: session.as_downstream().body_bytes_read(),

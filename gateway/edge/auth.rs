@@ -125,6 +125,25 @@ pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The path and query with the value of the API key parameter replaced, for logs; borrows when absent.
+pub fn redacted_path<'a>(req: &'a RequestHeader, param: Option<&str>) -> std::borrow::Cow<'a, str> {
+    let full = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let (Some(param), Some(query)) = (param, req.uri.query()) else {
+        return std::borrow::Cow::Borrowed(full);
+    };
+    if !query.split('&').any(|pair| pair.split('=').next() == Some(param)) {
+        return std::borrow::Cow::Borrowed(full);
+    }
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key == param => format!("{key}=REDACTED"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    std::borrow::Cow::Owned(format!("{}?{}", req.uri.path(), redacted.join("&")))
+}
+
 impl AuthRuntime {
     /// Authenticate a request for a route, then apply its allowlist.
     pub async fn authenticate(
@@ -254,6 +273,14 @@ impl AuthRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_key_parameters_are_redacted_for_logs() {
+        let req = RequestHeader::build("GET", b"/p?a=1&api_key=secret&b=2", None).unwrap();
+        assert_eq!(redacted_path(&req, Some("api_key")), "/p?a=1&api_key=REDACTED&b=2");
+        assert_eq!(redacted_path(&req, None), "/p?a=1&api_key=secret&b=2");
+        assert_eq!(redacted_path(&req, Some("other")), "/p?a=1&api_key=secret&b=2");
+    }
 
     #[test]
     fn bearer_and_query_values_are_read() {

@@ -356,3 +356,75 @@ pub fn looks_like_jwt(value: &str) -> bool {
         })
         && parts.next().is_none()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 7515 appendix A.1-A.3 compact tokens (payload: iss "joe", exp in 2011).
+    const A1_HS256: &str = "eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const A2_RS256: &str = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.cC4hiUPoj9Eetdgtv3hF80EGrhuB__dzERat0XF9g2VtQgr9PJbu3XOiZj5RZmh7AAuHIm4Bh-0Qc_lF5YKt_O8W2Fp5jujGbds9uJdbF9CUAr7t1dnZcAcQjbKBYNX4BAynRFdiuB--f_nZLgrnbyTyWzO75vRK5h6xBArLIARNPvkSjtQBMHlb1L07Qe7K0GarZRmB_eSN9383LcOLn6_dO--xi12jzDwusC-eOkHWEsqtFZESc6BfI7noOPqvhJ1phCnvWh6IeYI2w9QOYEUipUTI8np6LbgGY9Fs98rqVt5AXLIhWkWywlVmtVrBp0igcN_IoypGlUPQGe77Rw";
+    const A3_ES256: &str = "eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q";
+
+    /// The published keys of RFC 7515 appendix A (public parts), as a JWKS.
+    const RFC_JWKS: &str = r#"{"keys":[
+        {"kty":"oct","kid":"a1","k":"AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow"},
+        {"kty":"RSA","kid":"a2","e":"AQAB","n":"ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ"},
+        {"kty":"EC","kid":"a3","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+    ]}"#;
+
+    fn verify_ignoring_exp(token: &str, key: &VerifyKey) -> Result<Map<String, Value>, jsonwebtoken::errors::Error> {
+        let alg = jsonwebtoken::decode_header(token)?.alg;
+        let mut validation = Validation::new(alg);
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map(|d| d.claims)
+    }
+
+    #[test]
+    fn rfc7515_appendix_a_tokens_verify_with_their_published_keys() {
+        let keys = keys_from_jwks(RFC_JWKS).unwrap();
+        let key = |kid: &str| keys.iter().find(|k| k.kid.as_deref() == Some(kid)).unwrap();
+        for (token, kid, family) in [(A1_HS256, "a1", KeyFamily::Hmac), (A2_RS256, "a2", KeyFamily::Rsa), (A3_ES256, "a3", KeyFamily::Ec)] {
+            assert_eq!(key(kid).family, family);
+            let claims = verify_ignoring_exp(token, key(kid)).unwrap_or_else(|e| panic!("{kid}: {e}"));
+            assert_eq!(claims["iss"], "joe");
+        }
+        // A flipped payload byte breaks each signature.
+        for (token, kid) in [(A1_HS256, "a1"), (A2_RS256, "a2"), (A3_ES256, "a3")] {
+            let tampered = token.replacen(".eyJpc3MiOiJqb2Ui", ".eyJpc3MiOiJqb2Ei", 1);
+            assert!(verify_ignoring_exp(&tampered, key(kid)).is_err(), "{kid}");
+        }
+    }
+
+    #[test]
+    fn rfc7515_tokens_are_expired_under_normal_validation() {
+        let keys = keys_from_jwks(RFC_JWKS).unwrap();
+        let issuer = JwtIssuer::new(IssuerSpec {
+            name: "rfc".into(),
+            issuer: Some("joe".into()),
+            audiences: vec![],
+            algorithms: vec![Algorithm::HS256, Algorithm::RS256, Algorithm::ES256],
+            static_keys: vec![],
+            initial_jwks: keys,
+            jwks: None,
+            cache_ttl: Duration::from_secs(60),
+            min_refetch: Duration::from_secs(60),
+            leeway: Duration::from_secs(30),
+            consumer_claim: "iss".into(),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for token in [A1_HS256, A2_RS256, A3_ES256] {
+            assert_eq!(runtime.block_on(issuer.verify(token)), Err(JwtError::Expired));
+        }
+    }
+
+    #[test]
+    fn jwt_shapes_are_recognised() {
+        assert!(looks_like_jwt(A1_HS256));
+        assert!(looks_like_jwt("a.b."));
+        assert!(!looks_like_jwt("gw-0123abcd"));
+        assert!(!looks_like_jwt("a.b"));
+        assert!(!looks_like_jwt("a.b.c.d"));
+    }
+}

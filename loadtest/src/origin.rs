@@ -1,7 +1,8 @@
 //! A fast mock HTTP origin (HTTP/1.1 and h2c). Every request is answered according to its query string:
 //! `status=NNN` sets the status, `delay_ms=N` waits first, `size=N` returns N bytes of body instead of the
 //! default JSON echo of what was received. `GET /health` answers with the status set by
-//! `set_health_status` (200 by default). Received requests are recorded for assertions.
+//! `set_health_status` (200 by default); paths given to `set_static` answer a fixed body (e.g. a JWKS).
+//! Received requests are recorded for assertions.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -49,6 +50,7 @@ struct State {
     served: AtomicUsize,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     record: bool,
+    statics: Mutex<std::collections::HashMap<String, (String, Bytes)>>,
 }
 
 /// A running mock origin; dropping it (or `stop`) closes the listener and every open connection.
@@ -78,6 +80,7 @@ impl MockOrigin {
             served: AtomicUsize::new(0),
             recorded: Mutex::new(VecDeque::new()),
             record,
+            statics: Mutex::new(std::collections::HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(listener, state.clone(), stopped));
@@ -108,6 +111,12 @@ impl MockOrigin {
     /// What `GET /health` answers from now on.
     pub fn set_health_status(&self, status: u16) {
         self.state.health_status.store(status, Ordering::Relaxed);
+    }
+
+    /// Answer `GET path` with this body from now on.
+    pub fn set_static(&self, path: &str, content_type: &str, body: impl Into<Bytes>) {
+        let mut statics = self.state.statics.lock().expect("not poisoned");
+        statics.insert(path.to_string(), (content_type.to_string(), body.into()));
     }
 
     /// Close the listener and drop every connection.
@@ -167,6 +176,14 @@ async fn handle(
             "text/plain",
             Bytes::from_static(b"health\n"),
         ));
+    }
+    let fixed = state.statics.lock().expect("not poisoned").get(parts.uri.path()).cloned();
+    if let Some((content_type, body)) = fixed {
+        let mut reply = response(200, &state.name, "text/plain", body);
+        if let Ok(value) = content_type.parse() {
+            reply.headers_mut().insert("content-type", value);
+        }
+        return Ok(reply);
     }
     let query = parts.uri.query().unwrap_or("");
     let status = query_param(query, "status")

@@ -121,12 +121,18 @@ pub struct Gateway {
 impl Gateway {
     /// Write `yaml`, start `gateway run`, wait until `/readyz` answers 200.
     pub async fn start(dir: &TestDir, ports: Ports, yaml: &str) -> Gateway {
+        Self::start_with_env(dir, ports, yaml, &[]).await
+    }
+
+    /// `start` with extra environment variables for the gateway process.
+    pub async fn start_with_env(dir: &TestDir, ports: Ports, yaml: &str, env: &[(&str, &str)]) -> Gateway {
         let config = dir.write_config(yaml);
         let log = std::fs::File::create(dir.path("gateway.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .args(["run", "-c"])
             .arg(&config)
             .current_dir(dir.dir.path())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -314,4 +320,19 @@ pub fn metric_value(metrics: &str, prefix: &str) -> f64 {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// `gateway hash-key` on `key`, as an operator would run it.
+pub fn hash_key(key: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(key.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
