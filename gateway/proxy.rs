@@ -850,8 +850,16 @@ impl ProxyHttp for EdgeProxy {
     /// The request as Pingora's own error logs show it, without credentials in the query.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         let req = session.req_header();
-        let key_param = ctx.runtime.as_ref().and_then(|rt| rt.auth.settings.api_key_query.as_deref());
-        format!("{} {}, Host: {}", req.method, redacted_path(req, key_param), request_host(req))
+        let key_param = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.auth.settings.api_key_query.as_deref());
+        format!(
+            "{} {}, Host: {}",
+            req.method,
+            redacted_path(req, key_param),
+            request_host(req)
+        )
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -875,7 +883,10 @@ impl ProxyHttp for EdgeProxy {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
         let upstream = ctx.upstream.map(|a| a.to_string());
-        let key_param = ctx.runtime.as_ref().and_then(|rt| rt.auth.settings.api_key_query.as_deref());
+        let key_param = ctx
+            .runtime
+            .as_ref()
+            .and_then(|rt| rt.auth.settings.api_key_query.as_deref());
         let path = redacted_path(req, key_param);
         let protocol = if session.as_downstream().is_http2() {
             "HTTP/2"

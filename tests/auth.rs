@@ -59,8 +59,12 @@ async fn api_keys_are_accepted_from_header_bearer_and_query_and_never_forwarded(
     let (dir, gateway) = start(&origin).await;
     let client = client();
     let requests = [
-        client.get(gateway.url("/private/a")).header("x-api-key", ALICE_KEY),
-        client.get(gateway.url("/private/a")).header("x-custom-key", ALICE_KEY),
+        client
+            .get(gateway.url("/private/a"))
+            .header("x-api-key", ALICE_KEY),
+        client
+            .get(gateway.url("/private/a"))
+            .header("x-custom-key", ALICE_KEY),
         client.get(gateway.url("/private/a")).bearer_auth(ALICE_KEY),
         client.get(gateway.url(&format!("/private/a?x=1&api_key={ALICE_KEY}&y=2"))),
     ];
@@ -71,14 +75,28 @@ async fn api_keys_are_accepted_from_header_bearer_and_query_and_never_forwarded(
         assert_eq!(seen.header("x-consumer-id"), Some("alice"));
         assert_eq!(seen.header("x-consumer-groups"), Some("staff,beta"));
         let everything = format!("{} {:?}", seen.uri, seen.headers);
-        assert!(!everything.contains(ALICE_KEY), "key forwarded: {everything}");
+        assert!(
+            !everything.contains(ALICE_KEY),
+            "key forwarded: {everything}"
+        );
     }
     assert_eq!(origin.requests().pop().unwrap().uri, "/private/a?x=1&y=2");
     // The env-held key of bob works too.
-    let response = client.get(gateway.url("/private/b")).header("x-api-key", BOB_KEY).send().await.unwrap();
+    let response = client
+        .get(gateway.url("/private/b"))
+        .header("x-api-key", BOB_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(origin.requests().pop().unwrap().header("x-consumer-id"), Some("bob"));
-    let logged = eventually(std::time::Duration::from_secs(3), || async { dir.access_log().contains("\"consumer\":\"bob\"") }).await;
+    assert_eq!(
+        origin.requests().pop().unwrap().header("x-consumer-id"),
+        Some("bob")
+    );
+    let logged = eventually(std::time::Duration::from_secs(3), || async {
+        dir.access_log().contains("\"consumer\":\"bob\"")
+    })
+    .await;
     assert!(logged);
     assert!(!dir.access_log().contains(ALICE_KEY) && !dir.gateway_log().contains(ALICE_KEY));
 }
@@ -90,14 +108,25 @@ async fn wrong_or_missing_keys_get_401_with_a_challenge_and_no_echo() {
     let client = client();
     let wrong = "wrong-key-that-must-not-echo";
     let cases = [
-        (client.get(gateway.url("/private")).header("x-api-key", wrong), "invalid_api_key"),
-        (client.get(gateway.url("/private")).bearer_auth(wrong), "invalid_api_key"),
+        (
+            client
+                .get(gateway.url("/private"))
+                .header("x-api-key", wrong),
+            "invalid_api_key",
+        ),
+        (
+            client.get(gateway.url("/private")).bearer_auth(wrong),
+            "invalid_api_key",
+        ),
         (client.get(gateway.url("/private")), "missing_credentials"),
     ];
     for (request, code) in cases {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), 401);
-        assert!(response.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer realm=\"gateway\""));
+        assert!(response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer realm=\"gateway\""));
         assert!(response.headers().contains_key("x-request-id"));
         let body = response.text().await.unwrap();
         assert!(!body.contains(wrong), "{body}");
@@ -106,9 +135,24 @@ async fn wrong_or_missing_keys_get_401_with_a_challenge_and_no_echo() {
     }
     assert_eq!(origin.request_count(), 0, "nothing reached the upstream");
     let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
-    assert_eq!(metric_value(&metrics, r#"gateway_auth_failures_total{reason="invalid_api_key",route="private"}"#), 2.0);
-    assert_eq!(metric_value(&metrics, r#"gateway_auth_failures_total{reason="missing_credentials",route="private"}"#), 1.0);
-    let logged = eventually(std::time::Duration::from_secs(3), || async { dir.access_log().matches("invalid_api_key").count() == 2 }).await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_auth_failures_total{reason="invalid_api_key",route="private"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_auth_failures_total{reason="missing_credentials",route="private"}"#
+        ),
+        1.0
+    );
+    let logged = eventually(std::time::Duration::from_secs(3), || async {
+        dir.access_log().matches("invalid_api_key").count() == 2
+    })
+    .await;
     assert!(logged, "{}", dir.access_log());
     assert!(!dir.access_log().contains(wrong));
 }

@@ -131,7 +131,10 @@ pub fn redacted_path<'a>(req: &'a RequestHeader, param: Option<&str>) -> std::bo
     let (Some(param), Some(query)) = (param, req.uri.query()) else {
         return std::borrow::Cow::Borrowed(full);
     };
-    if !query.split('&').any(|pair| pair.split('=').next() == Some(param)) {
+    if !query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some(param))
+    {
         return std::borrow::Cow::Borrowed(full);
     }
     let redacted: Vec<String> = query
@@ -277,9 +280,15 @@ mod tests {
     #[test]
     fn api_key_parameters_are_redacted_for_logs() {
         let req = RequestHeader::build("GET", b"/p?a=1&api_key=secret&b=2", None).unwrap();
-        assert_eq!(redacted_path(&req, Some("api_key")), "/p?a=1&api_key=REDACTED&b=2");
+        assert_eq!(
+            redacted_path(&req, Some("api_key")),
+            "/p?a=1&api_key=REDACTED&b=2"
+        );
         assert_eq!(redacted_path(&req, None), "/p?a=1&api_key=secret&b=2");
-        assert_eq!(redacted_path(&req, Some("other")), "/p?a=1&api_key=secret&b=2");
+        assert_eq!(
+            redacted_path(&req, Some("other")),
+            "/p?a=1&api_key=secret&b=2"
+        );
     }
 
     #[test]

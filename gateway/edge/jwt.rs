@@ -304,6 +304,9 @@ pub struct JwtVerifier {
 impl JwtVerifier {
     /// Verify against the issuer named by the token's (unverified) `iss`, or the only issuer.
     pub async fn verify(&self, token: &str) -> Result<(String, Arc<str>), JwtError> {
+        // A header that does not parse (including `alg: none`, which has no algorithm here) is malformed
+        // whichever issuer the token claims.
+        jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         let issuer = match self.issuers.as_slice() {
             [] => return Err(JwtError::UnknownIssuer),
             [only] => only,
@@ -373,7 +376,10 @@ mod tests {
         {"kty":"EC","kid":"a3","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
     ]}"#;
 
-    fn verify_ignoring_exp(token: &str, key: &VerifyKey) -> Result<Map<String, Value>, jsonwebtoken::errors::Error> {
+    fn verify_ignoring_exp(
+        token: &str,
+        key: &VerifyKey,
+    ) -> Result<Map<String, Value>, jsonwebtoken::errors::Error> {
         let alg = jsonwebtoken::decode_header(token)?.alg;
         let mut validation = Validation::new(alg);
         validation.validate_exp = false;
@@ -385,9 +391,14 @@ mod tests {
     fn rfc7515_appendix_a_tokens_verify_with_their_published_keys() {
         let keys = keys_from_jwks(RFC_JWKS).unwrap();
         let key = |kid: &str| keys.iter().find(|k| k.kid.as_deref() == Some(kid)).unwrap();
-        for (token, kid, family) in [(A1_HS256, "a1", KeyFamily::Hmac), (A2_RS256, "a2", KeyFamily::Rsa), (A3_ES256, "a3", KeyFamily::Ec)] {
+        for (token, kid, family) in [
+            (A1_HS256, "a1", KeyFamily::Hmac),
+            (A2_RS256, "a2", KeyFamily::Rsa),
+            (A3_ES256, "a3", KeyFamily::Ec),
+        ] {
             assert_eq!(key(kid).family, family);
-            let claims = verify_ignoring_exp(token, key(kid)).unwrap_or_else(|e| panic!("{kid}: {e}"));
+            let claims =
+                verify_ignoring_exp(token, key(kid)).unwrap_or_else(|e| panic!("{kid}: {e}"));
             assert_eq!(claims["iss"], "joe");
         }
         // A flipped payload byte breaks each signature.
@@ -413,9 +424,14 @@ mod tests {
             leeway: Duration::from_secs(30),
             consumer_claim: "iss".into(),
         });
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         for token in [A1_HS256, A2_RS256, A3_ES256] {
-            assert_eq!(runtime.block_on(issuer.verify(token)), Err(JwtError::Expired));
+            assert_eq!(
+                runtime.block_on(issuer.verify(token)),
+                Err(JwtError::Expired)
+            );
         }
     }
 

@@ -177,7 +177,12 @@ async fn handle(
             Bytes::from_static(b"health\n"),
         ));
     }
-    let fixed = state.statics.lock().expect("not poisoned").get(parts.uri.path()).cloned();
+    let fixed = state
+        .statics
+        .lock()
+        .expect("not poisoned")
+        .get(parts.uri.path())
+        .cloned();
     if let Some((content_type, body)) = fixed {
         let mut reply = response(200, &state.name, "text/plain", body);
         if let Ok(value) = content_type.parse() {

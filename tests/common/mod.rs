@@ -125,7 +125,12 @@ impl Gateway {
     }
 
     /// `start` with extra environment variables for the gateway process.
-    pub async fn start_with_env(dir: &TestDir, ports: Ports, yaml: &str, env: &[(&str, &str)]) -> Gateway {
+    pub async fn start_with_env(
+        dir: &TestDir,
+        ports: Ports,
+        yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let config = dir.write_config(yaml);
         let log = std::fs::File::create(dir.path("gateway.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
@@ -331,7 +336,12 @@ pub fn hash_key(key: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(key.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(key.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     String::from_utf8(output.stdout).unwrap().trim().to_string()
