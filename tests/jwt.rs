@@ -294,6 +294,13 @@ routes:
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(call(&client, &gateway, &token).await.0, 200);
+
+    // The JWKS server goes away: a refetch (forced by an unknown kid) fails and the last good keys stay.
+    jwks_server.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stray = sign(Algorithm::ES256, &url_signer, Some("u9"), &claims("url.test", "x"));
+    assert_eq!(call(&client, &gateway, &stray).await, (401, "jwt_unknown_key".into()));
+    assert_eq!(call(&client, &gateway, &token).await.0, 200);
 }
 
 #[tokio::test]

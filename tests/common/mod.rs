@@ -224,17 +224,37 @@ pub fn client() -> reqwest::Client {
 
 /// HTTPS client trusting only `ca_pem`, resolving the given names to loopback addresses.
 pub fn tls_client(ca_pem: &str, names: &[(&str, SocketAddr)], http1_only: bool) -> reqwest::Client {
+    tls_client_with_identity(ca_pem, names, http1_only, None)
+}
+
+/// `tls_client` that also presents a client certificate (PEM chain and key files) for mTLS.
+pub fn tls_client_with_identity(
+    ca_pem: &str,
+    names: &[(&str, SocketAddr)],
+    http1_only: bool,
+    identity: Option<(&Path, &Path)>,
+) -> reqwest::Client {
     install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => {
+            let chain = rustls_pki_types::CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = if http1_only {
         vec![b"http/1.1".to_vec()]
     } else {
@@ -274,9 +294,25 @@ impl TestCa {
 
     /// Issue a server certificate for `names`, written as `<stem>.crt` / `<stem>.key` in `dir`.
     pub fn issue(&self, names: &[&str], dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        self.issue_with(names, dir, stem, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Issue a client certificate (for mTLS) for `names`.
+    pub fn issue_client(&self, names: &[&str], dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+        self.issue_with(names, dir, stem, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        dir: &Path,
+        stem: &str,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        params.extended_key_usages = vec![usage];
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);
