@@ -298,8 +298,16 @@ routes:
     // The JWKS server goes away: a refetch (forced by an unknown kid) fails and the last good keys stay.
     jwks_server.stop();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stray = sign(Algorithm::ES256, &url_signer, Some("u9"), &claims("url.test", "x"));
-    assert_eq!(call(&client, &gateway, &stray).await, (401, "jwt_unknown_key".into()));
+    let stray = sign(
+        Algorithm::ES256,
+        &url_signer,
+        Some("u9"),
+        &claims("url.test", "x"),
+    );
+    assert_eq!(
+        call(&client, &gateway, &stray).await,
+        (401, "jwt_unknown_key".into())
+    );
     assert_eq!(call(&client, &gateway, &token).await.0, 200);
 }
 
@@ -330,7 +338,8 @@ routes:
         edit(&mut c);
         sign(Algorithm::HS256, &key, None, &c)
     };
-    let cases: [(&dyn Fn(&mut Value), u16, &str); 6] = [
+    type Edit<'a> = &'a dyn Fn(&mut Value);
+    let cases: [(Edit, u16, &str); 6] = [
         (&|_| {}, 200, ""),
         (&|c| c["exp"] = json!(now() - 60), 401, "jwt_expired"),
         (&|c| c["nbf"] = json!(now() + 600), 401, "jwt_not_yet_valid"),

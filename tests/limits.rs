@@ -26,6 +26,7 @@ limits:
   - {{ name: per-consumer, rate: 60/minute, burst: 5 }}
   - {{ name: per-ip, rate: 2/hour, key: client_ip }}
   - {{ name: two-at-once, max_in_flight: 2 }}
+  - {{ name: route-wide, rate: 60/minute, burst: 3, key: route }}
 clusters:
   - name: origin
     backends: [{{ address: "{origin}" }}]
@@ -35,6 +36,11 @@ routes:
     auth: {{ methods: [api_key] }}
     limits: [per-consumer]
     proxy: {{ cluster: origin }}
+  - name: combined
+    match: {{ path: {{ prefix: /combined }} }}
+    auth: {{ methods: [api_key] }}
+    limits: [per-consumer, route-wide]
+    respond: {{ status: 200, body: ok }}
   - name: by-ip
     match: {{ path: {{ prefix: /by-ip }} }}
     limits: [per-ip]
@@ -129,6 +135,31 @@ async fn a_burst_passes_exactly_the_burst_and_the_rest_get_429_with_headers() {
         ),
         3.0
     );
+}
+
+#[tokio::test]
+async fn several_policies_apply_together_and_the_tightest_is_reported() {
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let gateway = Gateway::start(&dir, ports, &config(&dir, &ports, &origin)).await;
+    let client = client();
+    let mut seen = Vec::new();
+    for key in [ALICE, BOB, ALICE, BOB] {
+        let response = client
+            .get(gateway.url("/combined"))
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        let remaining = response.headers()["ratelimit-remaining"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        seen.push((response.status().as_u16(), remaining));
+    }
+    // The route-wide bucket (burst 3) is shared by both consumers and is the tightest.
+    let expected = [(200, "2"), (200, "1"), (200, "0"), (429, "0")];
+    assert_eq!(seen, expected.map(|(s, r)| (s, r.to_string())));
 }
 
 #[tokio::test]

@@ -110,10 +110,8 @@ pub fn keys_from_jwks(text: &str) -> Result<Vec<VerifyKey>, String> {
 
 /// A PEM public key of any supported family.
 pub fn key_from_pem(pem: &[u8]) -> Result<VerifyKey, String> {
-    let attempts: [(
-        KeyFamily,
-        fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
-    ); 3] = [
+    type Parser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+    let attempts: [(KeyFamily, Parser); 3] = [
         (KeyFamily::Rsa, DecodingKey::from_rsa_pem),
         (KeyFamily::Ec, DecodingKey::from_ec_pem),
         (KeyFamily::Ed, DecodingKey::from_ed_pem),
