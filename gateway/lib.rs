@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ai;
 pub mod config;
 pub mod edge;
 pub mod error;

@@ -17,6 +17,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::ai::relay::{serve as serve_ai, AiOutcome, AiRequest};
 use crate::edge::auth::{redacted_path, AuthFailure, Authenticated};
 use crate::edge::client::{client_ip, request_id};
 use crate::edge::limits::{
@@ -113,6 +114,8 @@ pub struct RequestCtx {
     limit_decision: Option<Decision>,
     /// Concurrency slots held until the request is logged.
     in_flight: Vec<InFlightGuard>,
+    /// What the AI path decided and did.
+    ai: Option<AiOutcome>,
 }
 
 impl RequestCtx {
@@ -389,6 +392,7 @@ impl ProxyHttp for EdgeProxy {
             consumer: None,
             limit_decision: None,
             in_flight: Vec::new(),
+            ai: None,
         }
     }
 
@@ -519,6 +523,16 @@ impl ProxyHttp for EdgeProxy {
                     body.clone(),
                 )
                 .await?;
+                Ok(true)
+            }
+            RouteAction::Ai(policy) => {
+                let request = AiRequest {
+                    catalog: &runtime.ai,
+                    policy,
+                    request_id: &ctx.request_id,
+                };
+                let outcome = serve_ai(session, request).await?;
+                ctx.ai = Some(outcome);
                 Ok(true)
             }
             RouteAction::Redirect { to, status } => {
@@ -909,7 +923,14 @@ impl ProxyHttp for EdgeProxy {
             route: ctx.route.as_deref().map(|r| &*r.name),
             upstream: upstream.as_deref(),
             consumer: ctx.consumer.as_ref().map(|c| &*c.consumer),
-            error: ctx.refusal.or(ctx.error.map(ErrorKind::code)),
+            error: ctx
+                .refusal
+                .or(ctx.error.map(ErrorKind::code))
+                .or(ctx.ai.as_ref().and_then(|a| a.error)),
+            model: ctx.ai.as_ref().and_then(|a| a.model.as_deref()),
+            provider: ctx.ai.as_ref().and_then(|a| a.provider.as_deref()),
+            decision: ctx.ai.as_ref().and_then(|a| a.decision.as_deref()),
+            attempts: ctx.ai.as_ref().map(|a| a.attempts),
         });
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+use crate::ai::catalog::Catalog;
 use crate::edge::auth::AuthRuntime;
 use crate::edge::client::TrustedProxies;
 use crate::edge::ip_rules::IpRules;
@@ -69,6 +70,8 @@ pub struct RedirectHttps {
 #[derive(Debug)]
 pub struct Runtime {
     pub trusted_proxies: TrustedProxies,
+    /// Providers, models and profiles of the AI routes.
+    pub ai: Catalog,
     pub auth: AuthRuntime,
     /// IP rules of listeners that have them, by listener name.
     pub listener_ip_rules: HashMap<String, IpRules>,

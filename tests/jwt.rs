@@ -40,14 +40,12 @@ fn rsa_pair(dir: &Path) -> (Vec<u8>, Vec<u8>) {
     let private = dir.join("rsa.key");
     let public = dir.join("rsa.pub");
     let run = |args: &[&str]| {
-        assert!(
-            Command::new("openssl")
-                .args(args)
-                .status()
-                .unwrap()
-                .success(),
-            "openssl {args:?}"
-        )
+        let status = Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?}");
     };
     run(&[
         "genpkey",

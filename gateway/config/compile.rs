@@ -112,6 +112,7 @@ pub fn compile(
     let clusters = compile_clusters(&mut c, &config.clusters);
     let auth = security::compile_auth(&mut c, &config.consumers, &config.auth);
     let limits = security::compile_limits(&mut c, &config.limits);
+    let ai = super::ai::compile_ai(&mut c, &config.ai);
     let routes = compile_routes(
         &mut c,
         &config.routes,
@@ -119,6 +120,7 @@ pub fn compile(
             clusters: &clusters,
             limits: &limits,
             auth: &auth,
+            ai: &ai,
             default_max_body,
         },
     );
@@ -145,12 +147,16 @@ pub fn compile(
         admin,
         listeners,
     };
+    // Provider deployments are clusters too: the same upkeep resolves and health-checks them.
+    let mut all_clusters: Vec<Arc<Cluster>> = clusters.into_values().collect();
+    all_clusters.extend(ai.providers.iter().filter_map(|p| p.cluster.clone()));
     let runtime = Runtime {
+        ai,
         trusted_proxies,
         auth,
         listener_ip_rules,
         routes: RouteTable::new(routes),
-        clusters: clusters.into_values().collect(),
+        clusters: all_clusters,
         unmatched_metrics: RouteMetrics::for_route("_unmatched"),
     };
     Ok(Compiled {
@@ -528,6 +534,7 @@ struct RouteContext<'a> {
     clusters: &'a HashMap<String, Arc<Cluster>>,
     limits: &'a HashMap<String, Arc<LimitPolicy>>,
     auth: &'a AuthRuntime,
+    ai: &'a crate::ai::catalog::Catalog,
     default_max_body: u64,
 }
 
@@ -641,20 +648,24 @@ fn compile_route(
         route.proxy.is_some(),
         route.redirect.is_some(),
         route.respond.is_some(),
+        route.ai.is_some(),
     ];
     let action = match actions.iter().filter(|a| **a).count() {
-        1 => compile_action(c, route, path, &path_matcher, clusters),
+        1 => match &route.ai {
+            Some(ai) => Some(compile_ai_route(c, ai, path, context.ai)),
+            None => compile_action(c, route, path, &path_matcher, clusters),
+        },
         0 => {
             c.error(
                 path.to_string(),
-                "a route needs one action: `proxy`, `redirect` or `respond`",
+                "a route needs one action: `proxy`, `redirect`, `respond` or `ai`",
             );
             None
         }
         _ => {
             c.error(
                 path.to_string(),
-                "a route has exactly one action: `proxy`, `redirect` or `respond`",
+                "a route has exactly one action: `proxy`, `redirect`, `respond` or `ai`",
             );
             None
         }
@@ -720,6 +731,40 @@ fn compile_route(
         limits: route_limits,
         ip_rules: route_ip_rules,
         metrics: RouteMetrics::for_route(&route.name),
+    })
+}
+
+fn compile_ai_route(
+    c: &mut Compiler,
+    ai: &AiRouteSection,
+    path: &str,
+    catalog: &crate::ai::catalog::Catalog,
+) -> RouteAction {
+    if catalog.is_empty() {
+        c.error(
+            format!("{path}.ai"),
+            "an `ai` route needs models in the `ai:` section",
+        );
+    }
+    for (i, model) in ai.allowed_models.iter().enumerate() {
+        if catalog.model(model).is_none() {
+            c.error(
+                format!("{path}.ai.allowed_models[{i}]"),
+                format!("no model or alias named `{model}`"),
+            );
+        }
+    }
+    for (i, profile) in ai.allowed_profiles.iter().enumerate() {
+        if !catalog.profiles.contains_key(profile) {
+            c.error(
+                format!("{path}.ai.allowed_profiles[{i}]"),
+                format!("no profile named `{profile}`"),
+            );
+        }
+    }
+    RouteAction::Ai(crate::ai::routing::AiPolicy {
+        allowed_models: ai.allowed_models.clone(),
+        allowed_profiles: ai.allowed_profiles.clone(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! Configuration: read the YAML file, substitute `${ENV}` references, parse every section strictly and
 //! collect every error with its YAML path. `compile` then builds the runtime model from the parsed file.
 
+mod ai;
 pub mod compile;
 pub mod schema;
 mod security;
@@ -69,6 +70,7 @@ pub struct GatewayConfig {
     pub consumers: Vec<ConsumerSection>,
     pub auth: AuthSection,
     pub limits: Vec<LimitSection>,
+    pub ai: AiSection,
 }
 
 const SECTIONS: &str =
@@ -118,6 +120,11 @@ pub fn parse_str(text: &str) -> Result<GatewayConfig, ConfigErrors> {
             "routes" => config.routes = parse_list(value, "routes", &mut errors),
             "consumers" => config.consumers = parse_list(value, "consumers", &mut errors),
             "limits" => config.limits = parse_list(value, "limits", &mut errors),
+            "ai" => {
+                if let Some(ai) = parse_item(value, "ai", &mut errors) {
+                    config.ai = ai;
+                }
+            }
             "auth" => {
                 if let Some(auth) = parse_item(value, "auth", &mut errors) {
                     config.auth = auth;

@@ -364,6 +364,8 @@ pub struct RouteSection {
     pub redirect: Option<RedirectSection>,
     /// Action: answer with a fixed response.
     pub respond: Option<RespondSection>,
+    /// Action: serve the OpenAI-compatible AI API.
+    pub ai: Option<AiRouteSection>,
     /// Header changes on the way to the upstream.
     #[serde(default)]
     pub request_headers: HeaderRewriteSection,
@@ -717,4 +719,130 @@ impl TryFrom<LimitKeyRaw> for LimitKeySection {
             LimitKeyRaw::Header { header } => Ok(LimitKeySection::Header(header)),
         }
     }
+}
+
+/// `ai:` providers, the model catalog and how models are chosen.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AiSection {
+    /// Largest request body on AI routes (default `10MiB`).
+    pub max_body_size: Option<ByteSize>,
+    /// Most candidates tried for one request (default 3).
+    pub attempts: Option<u32>,
+    #[serde(default)]
+    pub providers: Vec<ProviderSection>,
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+    /// Other names for catalog models.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+    /// Named, ordered candidate lists: the first healthy one answers, the rest are the fallback chain.
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Vec<String>>,
+    /// Profile used for `model: "auto"` when nothing else decides (default `default`).
+    pub auto_profile: Option<String>,
+}
+
+/// `ai.providers[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub name: String,
+    /// `openai` (any OpenAI-compatible API) or `mock` (answers locally).
+    #[serde(rename = "type")]
+    pub kind: ProviderKindSection,
+    /// E.g. `https://api.openai.com/v1`; with `deployments`, their default.
+    pub base_url: Option<String>,
+    /// Normally `${VAR:-}`: when it ends up empty the provider is disabled with a warning. Omit for local servers.
+    pub api_key: Option<String>,
+    /// Extra request headers (values may use `${ENV}`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Several endpoints or keys, load-balanced (default: one from `base_url`/`api_key`).
+    #[serde(default)]
+    pub deployments: Vec<DeploymentSection>,
+    /// Active check of each deployment, e.g. `{path: /models, expected_status: [200, 401]}` (path is under the base URL).
+    pub health_check: Option<HealthCheckSection>,
+    /// Circuit breaker: opens after consecutive failures, half-opens after the cooldown.
+    #[serde(default)]
+    pub circuit_breaker: PassiveHealthSection,
+    #[serde(default)]
+    pub timeouts: AiTimeoutsSection,
+    /// For `type: mock`.
+    #[serde(default)]
+    pub mock: MockProviderSection,
+}
+
+/// `ai.providers[].type`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKindSection {
+    Openai,
+    Mock,
+}
+
+/// `ai.providers[].deployments[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSection {
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// `ai.providers[].timeouts`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AiTimeoutsSection {
+    /// TCP + TLS connect (default `5s`).
+    pub connect: Option<HumanDuration>,
+    /// Until the response head, and between streamed chunks (default `60s`).
+    pub first_byte: Option<HumanDuration>,
+    /// The whole exchange (default `10m`).
+    pub total: Option<HumanDuration>,
+}
+
+/// `ai.providers[].mock`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MockProviderSection {
+    /// Chunks of a streamed answer (default 4).
+    pub chunks: Option<usize>,
+    /// Pause between streamed chunks (default none).
+    pub chunk_delay: Option<HumanDuration>,
+}
+
+/// `ai.models[]`: a public model name and where it runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    pub name: String,
+    pub provider: String,
+    /// The provider's id for it (default: `name`).
+    pub upstream_model: Option<String>,
+    pub context_window: Option<u64>,
+    /// USD per 1M input tokens.
+    pub input_price: Option<f64>,
+    /// USD per 1M output tokens.
+    pub output_price: Option<f64>,
+    /// Any of `tools`, `vision`, `reasoning`, `long_context`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// The data stays in-house (local servers).
+    #[serde(default)]
+    pub local: bool,
+}
+
+/// `routes[].ai`: an OpenAI-compatible endpoint family (`.../chat/completions`, `/embeddings`, `/completions`,
+/// `/models`) under the route's path.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AiRouteSection {
+    /// Only these models (or aliases of them) may be used here (default: all).
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    /// Only these profiles may be used here (default: all).
+    #[serde(default)]
+    pub allowed_profiles: Vec<String>,
 }

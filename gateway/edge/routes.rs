@@ -17,6 +17,7 @@ use regex::Regex;
 use super::auth::RouteAuth;
 use super::ip_rules::IpRules;
 use super::limits::LimitPolicy;
+use crate::ai::routing::AiPolicy;
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::cluster::Cluster;
 
@@ -158,6 +159,8 @@ pub enum RouteAction {
         body: Bytes,
         content_type: HeaderValue,
     },
+    /// The OpenAI-compatible AI API, with the route's model/profile restrictions.
+    Ai(AiPolicy),
 }
 
 /// Timeouts that override the cluster's.

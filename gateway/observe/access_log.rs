@@ -30,6 +30,15 @@ pub struct AccessRecord<'a> {
     pub upstream: Option<&'a str>,
     pub consumer: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// AI routes: the model and provider that answered (or were tried last), why, and how many attempts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 const QUEUE_LINES: usize = 16 * 1024;

@@ -302,7 +302,10 @@ impl Cluster {
         if failures < threshold {
             return false;
         }
-        backend.consecutive_failures.store(0, Ordering::Relaxed);
+        // Half-open after the cooldown: the next failure ejects again at once, a success closes the breaker.
+        backend
+            .consecutive_failures
+            .store(threshold - 1, Ordering::Relaxed);
         let until = now_ms() + self.settings.passive.cooldown.as_millis() as u64;
         backend.ejected_until_ms.store(until, Ordering::Relaxed);
         backend.ejections.inc();
@@ -313,6 +316,22 @@ impl Cluster {
             self.settings.passive.cooldown
         );
         true
+    }
+}
+
+impl Cluster {
+    /// Take a backend out for `duration` (e.g. a provider's `Retry-After` on 429).
+    pub fn cool_down(&self, index: usize, duration: std::time::Duration) {
+        let backend = &self.backends[index];
+        let until = now_ms() + duration.as_millis() as u64;
+        if backend.ejected_until_ms.fetch_max(until, Ordering::Relaxed) < until {
+            backend.ejections.inc();
+            log::warn!(
+                "cluster {}: backend {} cooled down for {duration:?}",
+                self.name,
+                backend.address
+            );
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! Mock upstreams for the gateway's integration tests and benchmarks.
 
+pub mod llm;
 pub mod origin;
 
+pub use llm::{Behavior, MockLlm, RecordedCall};
 pub use origin::{MockOrigin, RecordedRequest};

@@ -1,0 +1,626 @@
+//! Serve an AI route: read and check the body, choose the plan, then re-originate the request ourselves
+//! through Pingora's HTTP connector (pooled, TLS with SNI to remote providers), trying candidates in order.
+//! Connect errors, timeouts before the first byte, 429 (which also cools the deployment down), 5xx and
+//! `context_length_exceeded` move on to the next candidate. Once bytes reach the client there is no retry:
+//! a failing stream ends with an OpenAI error event. Chunks are relayed as they arrive; a client that goes
+//! away drops the upstream connection.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Method};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use serde_json::{Map, Value};
+
+use super::catalog::{Catalog, Model, Provider, ProviderKind};
+use super::mock;
+use super::openai::{Endpoint, OpenAiError};
+use super::routing::{decide, AiPolicy, Plan};
+use crate::upstream::peer::{http_peer, PeerTimeouts};
+
+static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
+static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
+static X_GATEWAY_PROFILE: HeaderName = HeaderName::from_static("x-gateway-profile");
+static X_GATEWAY_DECISION: HeaderName = HeaderName::from_static("x-gateway-decision");
+static X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
+static X_GATEWAY_PROFILE_REQUEST: HeaderName = HeaderName::from_static("x-gateway-profile");
+
+/// What happened, for the access log and metrics.
+#[derive(Debug, Default)]
+pub struct AiOutcome {
+    pub model: Option<Arc<str>>,
+    pub provider: Option<Arc<str>>,
+    pub decision: Option<String>,
+    pub attempts: u32,
+    pub error: Option<&'static str>,
+}
+
+/// The request-independent inputs of one AI request.
+pub struct AiRequest<'a> {
+    pub catalog: &'a Catalog,
+    pub policy: &'a AiPolicy,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Answer an AI request completely (the proxy phase then only logs).
+pub async fn serve(session: &mut Session, request: AiRequest<'_>) -> pingora::Result<AiOutcome> {
+    let mut outcome = AiOutcome::default();
+    match prepare_and_relay(session, &request, &mut outcome).await {
+        Ok(()) => Ok(outcome),
+        Err(Failure::Answer(error)) => {
+            outcome.error = Some(error.code);
+            write_error(session, &request, &outcome, &error).await?;
+            Ok(outcome)
+        }
+        Err(Failure::Io(e)) => Err(e),
+    }
+}
+
+enum Failure {
+    /// Answer the client with this error (nothing was sent yet).
+    Answer(OpenAiError),
+    /// Writing to the client failed.
+    Io(Box<pingora::Error>),
+}
+
+impl From<OpenAiError> for Failure {
+    fn from(error: OpenAiError) -> Self {
+        Failure::Answer(error)
+    }
+}
+
+impl From<Box<pingora::Error>> for Failure {
+    fn from(error: Box<pingora::Error>) -> Self {
+        Failure::Io(error)
+    }
+}
+
+async fn prepare_and_relay(
+    session: &mut Session,
+    request: &AiRequest<'_>,
+    outcome: &mut AiOutcome,
+) -> Result<(), Failure> {
+    let req = session.req_header();
+    let endpoint = Endpoint::from_path(req.uri.path()).ok_or_else(|| {
+        OpenAiError::new(
+            404,
+            "invalid_request_error",
+            "unknown_endpoint",
+            format!("no such endpoint: {}", req.uri.path()),
+        )
+    })?;
+    if endpoint == Endpoint::Models {
+        if req.method != Method::GET {
+            return Err(OpenAiError::new(
+                405,
+                "invalid_request_error",
+                "method_not_allowed",
+                "use GET for /models",
+            )
+            .into());
+        }
+        let body = models_list(request.catalog, request.policy);
+        return write_json(session, request, outcome, 200, body).await;
+    }
+    if req.method != Method::POST {
+        return Err(OpenAiError::new(
+            405,
+            "invalid_request_error",
+            "method_not_allowed",
+            "use POST",
+        )
+        .into());
+    }
+    let json_content = req
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json_content {
+        return Err(OpenAiError::new(
+            415,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        )
+        .into());
+    }
+    let header_profile = req
+        .headers
+        .get(&X_GATEWAY_PROFILE_REQUEST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let raw = read_body(session, request.catalog.max_body_size).await?;
+    let mut body: Map<String, Value> =
+        serde_json::from_slice(&raw).map_err(|e| OpenAiError::invalid_json(&e.to_string()))?;
+    let plan = decide(
+        request.catalog,
+        &mut body,
+        header_profile.as_deref(),
+        request.policy,
+    )?;
+    outcome.decision = Some(plan.decision.clone());
+    relay(session, request, outcome, endpoint, body, &plan).await
+}
+
+/// Read the whole request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        session.set_keepalive(None);
+        return Err(OpenAiError::body_too_large(limit).into());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit) as usize);
+    while let Some(chunk) = session.read_request_body().await? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            session.set_keepalive(None);
+            return Err(OpenAiError::body_too_large(limit).into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn models_list(catalog: &Catalog, policy: &AiPolicy) -> Bytes {
+    let data: Vec<Value> = catalog
+        .models
+        .iter()
+        .filter(|m| m.provider.enabled && (policy.allowed_models.is_empty() || policy.allowed_models.iter().any(|a| **a == *m.name)))
+        .map(|m| {
+            serde_json::json!({
+                "id": &*m.name, "object": "model", "created": 0, "owned_by": &*m.provider.name,
+                "context_window": m.context_window, "capabilities": m.capabilities, "local": m.local,
+            })
+        })
+        .collect();
+    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+}
+
+/// Why one candidate did not answer (for the final error message).
+fn describe(model: &Model, reason: &str) -> String {
+    format!("{}/{} ({reason})", model.provider.name, model.name)
+}
+
+async fn relay(
+    session: &mut Session,
+    request: &AiRequest<'_>,
+    outcome: &mut AiOutcome,
+    endpoint: Endpoint,
+    mut body: Map<String, Value>,
+    plan: &Plan,
+) -> Result<(), Failure> {
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let mut tried: Vec<String> = Vec::new();
+    let mut any_attempt = false;
+    for model in &plan.candidates {
+        if outcome.attempts >= request.catalog.attempts {
+            break;
+        }
+        let provider = &model.provider;
+        if !provider.enabled {
+            tried.push(describe(model, "provider disabled"));
+            continue;
+        }
+        outcome.model = Some(model.name.clone());
+        outcome.provider = Some(provider.name.clone());
+        if provider.kind == ProviderKind::Mock {
+            outcome.attempts += 1;
+            return answer_mock(
+                session, request, outcome, plan, endpoint, &body, model, stream,
+            )
+            .await;
+        }
+        let Some(cluster) = &provider.cluster else {
+            continue;
+        };
+        let Some((index, addr)) = cluster.select(None, 0) else {
+            tried.push(describe(model, "no healthy deployment"));
+            continue;
+        };
+        outcome.attempts += 1;
+        any_attempt = true;
+        body.insert(
+            "model".to_string(),
+            Value::String(model.upstream_model.to_string()),
+        );
+        let payload = Bytes::from(
+            serde_json::to_vec(&body).map_err(|e| OpenAiError::invalid_json(&e.to_string()))?,
+        );
+        let timeouts = PeerTimeouts {
+            connect: provider.timeouts.connect,
+            read: provider.timeouts.first_byte,
+            idle: Duration::from_secs(30),
+        };
+        let peer = http_peer(cluster, &cluster.backends[index], addr, timeouts);
+        match send(
+            &peer,
+            provider,
+            index,
+            endpoint,
+            payload,
+            stream,
+            request.request_id,
+        )
+        .await
+        {
+            Ok((upstream, head)) => {
+                let status = head.status.as_u16();
+                if status == 429 {
+                    let wait = retry_after(&head).unwrap_or(provider.cooldown);
+                    cluster.cool_down(index, wait);
+                    tried.push(describe(model, "429"));
+                    continue;
+                }
+                if status >= 500 {
+                    cluster.record_failure(index);
+                    tried.push(describe(model, &status.to_string()));
+                    continue;
+                }
+                if status == 400 || status == 413 {
+                    let (upstream, text) = read_small_body(upstream).await;
+                    if text.contains("context_length_exceeded") {
+                        tried.push(describe(model, "context_length_exceeded"));
+                        continue;
+                    }
+                    cluster.record_success(index);
+                    return pass_error(session, request, outcome, plan, &head, text, upstream)
+                        .await;
+                }
+                cluster.record_success(index);
+                return stream_back(
+                    session, request, outcome, plan, upstream, head, &peer, provider,
+                )
+                .await;
+            }
+            Err(reason) => {
+                cluster.record_failure(index);
+                tried.push(describe(model, &reason));
+            }
+        }
+    }
+    let (status, code) = if any_attempt {
+        (502, "all_candidates_failed")
+    } else {
+        (503, "no_available_candidate")
+    };
+    Err(OpenAiError::new(
+        status,
+        "server_error",
+        code,
+        format!("no candidate could answer; tried: {}", tried.join(", ")),
+    )
+    .into())
+}
+
+/// Send the request and read the response head within the first-byte timeout.
+async fn send(
+    peer: &HttpPeer,
+    provider: &Provider,
+    index: usize,
+    endpoint: Endpoint,
+    payload: Bytes,
+    stream: bool,
+    request_id: &HeaderValue,
+) -> Result<(HttpSession, ResponseHeader), String> {
+    let deployment = &provider.deployments[index];
+    let path = format!("{}{}", deployment.base_path, endpoint.upstream_path());
+    let (mut upstream, _reused) = CONNECTOR
+        .get_http_session(peer)
+        .await
+        .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
+    let mut head =
+        RequestHeader::build("POST", path.as_bytes(), Some(8)).map_err(|e| e.to_string())?;
+    let build = |head: &mut RequestHeader| -> pingora::Result<()> {
+        head.insert_header("host", deployment.host.clone())?;
+        head.insert_header(CONTENT_TYPE, "application/json")?;
+        head.insert_header(CONTENT_LENGTH, payload.len())?;
+        head.insert_header(
+            "accept",
+            if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            },
+        )?;
+        head.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
+        if let Some(authorization) = &deployment.authorization {
+            head.insert_header(http::header::AUTHORIZATION, authorization.clone())?;
+        }
+        for (name, value) in &provider.headers {
+            head.insert_header(name.clone(), value.clone())?;
+        }
+        Ok(())
+    };
+    build(&mut head).map_err(|e| e.to_string())?;
+    upstream.set_write_timeout(Some(provider.timeouts.first_byte));
+    upstream
+        .write_request_header(Box::new(head))
+        .await
+        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
+    upstream
+        .write_request_body(payload, true)
+        .await
+        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
+    upstream
+        .finish_request_body()
+        .await
+        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
+    upstream.set_read_timeout(Some(provider.timeouts.first_byte));
+    upstream
+        .read_response_header()
+        .await
+        .map_err(|e| match e.etype() {
+            pingora::ErrorType::ReadTimedout => "timeout".to_string(),
+            other => format!("read: {}", other.as_str()),
+        })?;
+    let head = upstream
+        .response_header()
+        .cloned()
+        .ok_or("no response head")?;
+    Ok((upstream, head))
+}
+
+fn retry_after(head: &ResponseHeader) -> Option<Duration> {
+    let value = head.headers.get("retry-after")?.to_str().ok()?;
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+        .map(|d| d.min(Duration::from_secs(3600)))
+}
+
+/// Read at most 64 KiB of an error body.
+async fn read_small_body(mut upstream: HttpSession) -> (HttpSession, String) {
+    let mut text = Vec::new();
+    while let Ok(Some(chunk)) = upstream.read_response_body().await {
+        text.extend_from_slice(&chunk);
+        if text.len() > 64 * 1024 {
+            break;
+        }
+    }
+    (upstream, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Response head for the client, with the decision headers.
+fn client_head(
+    status: u16,
+    request: &AiRequest<'_>,
+    outcome: &AiOutcome,
+    plan: Option<&Plan>,
+    content_type: Option<&HeaderValue>,
+) -> pingora::Result<ResponseHeader> {
+    let mut head = ResponseHeader::build(status, Some(8))?;
+    match content_type {
+        Some(value) => head.insert_header(CONTENT_TYPE, value.clone())?,
+        None => head.insert_header(CONTENT_TYPE, "application/json")?,
+    }
+    head.insert_header(X_REQUEST_ID.clone(), request.request_id.clone())?;
+    if let Some(model) = &outcome.model {
+        head.insert_header(X_GATEWAY_MODEL.clone(), &**model)?;
+    }
+    if let Some(provider) = &outcome.provider {
+        head.insert_header(X_GATEWAY_PROVIDER.clone(), &**provider)?;
+    }
+    if let Some(profile) = plan.and_then(|p| p.profile.as_deref()) {
+        head.insert_header(X_GATEWAY_PROFILE.clone(), profile)?;
+    }
+    if let Some(decision) = &outcome.decision {
+        head.insert_header(X_GATEWAY_DECISION.clone(), decision.as_str())?;
+    }
+    head.insert_header(X_GATEWAY_ATTEMPTS.clone(), outcome.attempts)?;
+    Ok(head)
+}
+
+async fn write_error(
+    session: &mut Session,
+    request: &AiRequest<'_>,
+    outcome: &AiOutcome,
+    error: &OpenAiError,
+) -> pingora::Result<()> {
+    let body = error.body();
+    let mut head = client_head(error.status, request, outcome, None, None)?;
+    head.insert_header(CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+async fn write_json(
+    session: &mut Session,
+    request: &AiRequest<'_>,
+    outcome: &AiOutcome,
+    status: u16,
+    body: Bytes,
+) -> Result<(), Failure> {
+    let mut head = client_head(status, request, outcome, None, None)?;
+    head.insert_header(CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// A provider's own client error (not worth a fallback) goes back as it was.
+async fn pass_error(
+    session: &mut Session,
+    request: &AiRequest<'_>,
+    outcome: &mut AiOutcome,
+    plan: &Plan,
+    upstream_head: &ResponseHeader,
+    text: String,
+    _upstream: HttpSession,
+) -> Result<(), Failure> {
+    outcome.error = Some("provider_error");
+    let body = Bytes::from(text);
+    let mut head = client_head(
+        upstream_head.status.as_u16(),
+        request,
+        outcome,
+        Some(plan),
+        upstream_head.headers.get(CONTENT_TYPE),
+    )?;
+    head.insert_header(CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// Relay the provider's answer chunk by chunk. No retry from here on: a failure ends the stream with an error
+/// event (SSE) or cuts the connection (plain JSON), never a clean-looking end.
+#[allow(clippy::too_many_arguments)]
+async fn stream_back(
+    session: &mut Session,
+    request: &AiRequest<'_>,
+    outcome: &mut AiOutcome,
+    plan: &Plan,
+    mut upstream: HttpSession,
+    upstream_head: ResponseHeader,
+    peer: &HttpPeer,
+    provider: &Provider,
+) -> Result<(), Failure> {
+    let content_type = upstream_head.headers.get(CONTENT_TYPE);
+    let is_sse = content_type
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut head = client_head(
+        upstream_head.status.as_u16(),
+        request,
+        outcome,
+        Some(plan),
+        content_type,
+    )?;
+    if let Some(cache) = upstream_head.headers.get(http::header::CACHE_CONTROL) {
+        head.insert_header(http::header::CACHE_CONTROL, cache.clone())?;
+    }
+    session.write_response_header(Box::new(head), false).await?;
+    let deadline = Instant::now() + provider.timeouts.total;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        upstream.set_read_timeout(Some(
+            provider
+                .timeouts
+                .first_byte
+                .min(left.max(Duration::from_millis(1))),
+        ));
+        match upstream.read_response_body().await {
+            Ok(Some(chunk)) => {
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
+                    // The client went away: dropping `upstream` closes the provider connection.
+                    outcome.error = Some("client_disconnected");
+                    return Ok(());
+                }
+            }
+            Ok(None) => {
+                session.write_response_body(None, true).await?;
+                CONNECTOR
+                    .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
+                    .await;
+                return Ok(());
+            }
+            Err(e) => {
+                outcome.error = Some("upstream_stream_error");
+                log::warn!(
+                    "AI provider {} failed mid-response: {}",
+                    provider.name,
+                    e.etype().as_str()
+                );
+                if is_sse {
+                    let error = OpenAiError::new(
+                        502,
+                        "server_error",
+                        "upstream_stream_error",
+                        "the provider failed while streaming the answer",
+                    );
+                    let _ = session
+                        .write_response_body(Some(error.sse_event()), false)
+                        .await;
+                    let _ = session.write_response_body(None, true).await;
+                } else {
+                    session.set_keepalive(None);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn answer_mock(
+    session: &mut Session,
+    request: &AiRequest<'_>,
+    outcome: &mut AiOutcome,
+    plan: &Plan,
+    endpoint: Endpoint,
+    body: &Map<String, Value>,
+    model: &Model,
+    stream: bool,
+) -> Result<(), Failure> {
+    let id = format!("chatcmpl-{}", request.request_id.to_str().unwrap_or("mock"));
+    let prompt_tokens = mock::estimate_tokens(serde_json::to_vec(body).map_or(0, |b| b.len()));
+    let text = mock::reply_text(&model.upstream_model, body);
+    let reply = match endpoint {
+        Endpoint::Embeddings => mock::embeddings(&model.upstream_model, body),
+        Endpoint::Completions => {
+            mock::text_completion(&id, &model.upstream_model, &text, prompt_tokens)
+        }
+        Endpoint::ChatCompletions if stream => {
+            let event_stream = HeaderValue::from_static("text/event-stream");
+            let head = client_head(200, request, outcome, Some(plan), Some(&event_stream))?;
+            session.write_response_header(Box::new(head), false).await?;
+            let settings = model.provider.mock;
+            for (i, event) in mock::chat_stream_events(
+                &id,
+                &model.upstream_model,
+                &text,
+                settings.chunks,
+                prompt_tokens,
+            )
+            .into_iter()
+            .enumerate()
+            {
+                if i > 0 && !settings.chunk_delay.is_zero() {
+                    tokio::time::sleep(settings.chunk_delay).await;
+                }
+                if session
+                    .write_response_body(Some(Bytes::from(event)), false)
+                    .await
+                    .is_err()
+                {
+                    outcome.error = Some("client_disconnected");
+                    return Ok(());
+                }
+            }
+            session.write_response_body(None, true).await?;
+            return Ok(());
+        }
+        Endpoint::ChatCompletions | Endpoint::Models => {
+            mock::chat_completion(&id, &model.upstream_model, &text, prompt_tokens)
+        }
+    };
+    let body = Bytes::from(reply.to_string());
+    let mut head = client_head(200, request, outcome, Some(plan), None)?;
+    head.insert_header(CONTENT_LENGTH, body.len())?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}

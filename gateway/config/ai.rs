@@ -1,0 +1,396 @@
+//! Compile the `ai:` section: providers (deployments become a cluster with health checks and a circuit
+//! breaker), models, aliases and profiles, every error with its YAML path.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+
+use super::compile::Compiler;
+use super::schema::*;
+use crate::ai::catalog::{
+    AiTimeouts, Catalog, Deployment, MockSettings, Model, Provider, ProviderKind,
+};
+use crate::observe::metrics::{upstream_ejection_counter, upstream_health_gauge};
+use crate::upstream::cluster::{
+    Backend, Cluster, ClusterSettings, ClusterTimeouts, HealthCheckSpec, HttpCheck, PassiveHealth,
+    UpstreamTls,
+};
+
+const DEFAULT_AI_MAX_BODY: u64 = 10 * 1024 * 1024;
+
+/// A base URL split into what a peer and a request need.
+struct BaseUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+    path: String,
+}
+
+fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("`{text}`: use an http:// or https:// URL")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("`{text}` has no host"))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let path = uri.path().trim_end_matches('/').to_string();
+    Ok(BaseUrl {
+        tls,
+        host,
+        port,
+        path,
+    })
+}
+
+pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
+    let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
+    let mut ordered = Vec::new();
+    for (i, section) in ai.providers.iter().enumerate() {
+        let path = format!("ai.providers[{i}]");
+        if providers.contains_key(&section.name) {
+            c.error(
+                format!("{path}.name"),
+                format!("duplicate provider name `{}`", section.name),
+            );
+            continue;
+        }
+        if let Some(provider) = compile_provider(c, section, &path) {
+            let provider = Arc::new(provider);
+            providers.insert(section.name.clone(), provider.clone());
+            ordered.push(provider);
+        }
+    }
+    let mut models = Vec::new();
+    let mut names = HashSet::new();
+    for (i, section) in ai.models.iter().enumerate() {
+        let path = format!("ai.models[{i}]");
+        if !names.insert(section.name.as_str()) {
+            c.error(
+                format!("{path}.name"),
+                format!("duplicate model name `{}`", section.name),
+            );
+            continue;
+        }
+        let Some(provider) = providers.get(&section.provider) else {
+            c.error(
+                format!("{path}.provider"),
+                format!("no provider named `{}`", section.provider),
+            );
+            continue;
+        };
+        for (j, capability) in section.capabilities.iter().enumerate() {
+            if !["tools", "vision", "reasoning", "long_context"].contains(&capability.as_str()) {
+                c.error(
+                    format!("{path}.capabilities[{j}]"),
+                    format!("`{capability}`: use tools, vision, reasoning or long_context"),
+                );
+            }
+        }
+        models.push(Arc::new(Model {
+            name: Arc::from(section.name.as_str()),
+            provider: provider.clone(),
+            upstream_model: Arc::from(section.upstream_model.as_deref().unwrap_or(&section.name)),
+            context_window: section.context_window,
+            input_price: section.input_price,
+            output_price: section.output_price,
+            capabilities: section.capabilities.clone(),
+            local: section.local,
+        }));
+    }
+    let known = |name: &str| models.iter().find(|m| &*m.name == name).cloned();
+    let mut aliases = HashMap::new();
+    for (alias, target) in &ai.aliases {
+        if known(target).is_none() {
+            c.error(
+                format!("ai.aliases.{alias}"),
+                format!("no model named `{target}`"),
+            );
+        } else if known(alias).is_some() {
+            c.error(
+                format!("ai.aliases.{alias}"),
+                "an alias cannot shadow a model name",
+            );
+        } else {
+            aliases.insert(alias.clone(), target.clone());
+        }
+    }
+    let mut profiles = HashMap::new();
+    for (name, list) in &ai.profiles {
+        let mut chain = Vec::new();
+        for (j, model) in list.iter().enumerate() {
+            let resolved = known(model).or_else(|| aliases.get(model).and_then(|t| known(t)));
+            match resolved {
+                Some(model) => chain.push(model),
+                None => c.error(
+                    format!("ai.profiles.{name}[{j}]"),
+                    format!("no model or alias named `{model}`"),
+                ),
+            }
+        }
+        if chain.is_empty() && !list.is_empty() {
+            continue;
+        }
+        if list.is_empty() {
+            c.error(
+                format!("ai.profiles.{name}"),
+                "a profile lists at least one model",
+            );
+        }
+        profiles.insert(name.clone(), chain);
+    }
+    let auto_profile = ai
+        .auto_profile
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    if !models.is_empty() && !profiles.contains_key(&auto_profile) {
+        c.error(
+            "ai.auto_profile",
+            format!("no profile named `{auto_profile}` (`model: \"auto\"` uses it)"),
+        );
+    }
+    let attempts = ai.attempts.unwrap_or(3);
+    if attempts == 0 {
+        c.error("ai.attempts", "must be at least 1");
+    }
+    Catalog::new(
+        ordered,
+        models,
+        aliases,
+        profiles,
+        auto_profile,
+        attempts,
+        ai.max_body_size.map_or(DEFAULT_AI_MAX_BODY, |s| s.0),
+    )
+}
+
+fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> Option<Provider> {
+    let errors_before = c.errors.len();
+    let timeouts = AiTimeouts {
+        connect: section
+            .timeouts
+            .connect
+            .map_or(Duration::from_secs(5), |d| d.0),
+        first_byte: section
+            .timeouts
+            .first_byte
+            .map_or(Duration::from_secs(60), |d| d.0),
+        total: section
+            .timeouts
+            .total
+            .map_or(Duration::from_secs(600), |d| d.0),
+    };
+    let mock = MockSettings {
+        chunks: section.mock.chunks.unwrap_or(4).max(1),
+        chunk_delay: section.mock.chunk_delay.map_or(Duration::ZERO, |d| d.0),
+    };
+    let mut headers = Vec::new();
+    for (name, value) in &section.headers {
+        match (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(name), Ok(value)) => headers.push((name, value)),
+            _ => c.error(
+                format!("{path}.headers.{name}"),
+                "not a valid header name and value",
+            ),
+        }
+    }
+    let cooldown = section
+        .circuit_breaker
+        .cooldown
+        .map_or(Duration::from_secs(30), |d| d.0);
+    if section.kind == ProviderKindSection::Mock {
+        return (c.errors.len() == errors_before).then(|| Provider {
+            name: Arc::from(section.name.as_str()),
+            kind: ProviderKind::Mock,
+            enabled: true,
+            cluster: None,
+            deployments: Vec::new(),
+            headers,
+            timeouts,
+            mock,
+            cooldown,
+        });
+    }
+    // One deployment from base_url/api_key unless deployments are listed.
+    let listed: Vec<(Option<&String>, Option<&String>, u32)> = if section.deployments.is_empty() {
+        vec![(section.base_url.as_ref(), section.api_key.as_ref(), 1)]
+    } else {
+        section
+            .deployments
+            .iter()
+            .map(|d| {
+                (
+                    d.base_url.as_ref().or(section.base_url.as_ref()),
+                    d.api_key.as_ref().or(section.api_key.as_ref()),
+                    d.weight,
+                )
+            })
+            .collect()
+    };
+    let mut deployments = Vec::new();
+    let mut backends = Vec::new();
+    let mut tls = None;
+    let mut enabled = true;
+    for (j, (base_url, api_key, weight)) in listed.into_iter().enumerate() {
+        let dpath = if section.deployments.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.deployments[{j}]")
+        };
+        let Some(base_url) = base_url else {
+            c.error(
+                format!("{dpath}.base_url"),
+                "an openai provider needs a base_url, e.g. https://api.openai.com/v1",
+            );
+            continue;
+        };
+        let url = match parse_base_url(base_url) {
+            Ok(url) => url,
+            Err(message) => {
+                c.error(format!("{dpath}.base_url"), message);
+                continue;
+            }
+        };
+        if tls.is_some_and(|t| t != url.tls) {
+            c.error(
+                format!("{dpath}.base_url"),
+                "all deployments of a provider use the same scheme",
+            );
+        }
+        tls = Some(url.tls);
+        // A key field that is present but empty means "${VAR:-}" with VAR unset: the provider is disabled.
+        let authorization = match api_key {
+            Some(key) if key.is_empty() => {
+                enabled = false;
+                None
+            }
+            Some(key) => match HeaderValue::from_str(&format!("Bearer {key}")) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    Some(value)
+                }
+                Err(_) => {
+                    c.error(
+                        format!("{dpath}.api_key"),
+                        "contains characters not allowed in a header",
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let default_port = if url.tls { 443 } else { 80 };
+        let host = if url.port == default_port {
+            url.host.clone()
+        } else {
+            format!("{}:{}", url.host, url.port)
+        };
+        let Ok(host_value) = HeaderValue::from_str(&host) else {
+            c.error(
+                format!("{dpath}.base_url"),
+                "the host is not a valid header value",
+            );
+            continue;
+        };
+        let address = if url.host.contains(':') {
+            format!("[{}]:{}", url.host, url.port)
+        } else {
+            format!("{}:{}", url.host, url.port)
+        };
+        let label = format!("ai:{}", section.name);
+        backends.push(Backend::new(
+            &address,
+            url.host.clone(),
+            url.port,
+            weight.max(1),
+            upstream_health_gauge(&label, &address),
+            upstream_ejection_counter(&label, &address),
+        ));
+        deployments.push(Deployment {
+            base_path: url.path,
+            authorization,
+            host: host_value,
+        });
+    }
+    if !enabled {
+        log::warn!("AI provider `{}` is disabled: its API key is empty (set the environment variable it names)", section.name);
+    }
+    let health_check = section.health_check.as_ref().map(|hc| HealthCheckSpec {
+        http: (hc.kind == HealthCheckKind::Http).then(|| HttpCheck {
+            // The check path is under the deployment's base URL (first deployment's prefix).
+            path: format!(
+                "{}{}",
+                deployments.first().map_or("", |d| d.base_path.as_str()),
+                hc.path
+            ),
+            host: None,
+            expected_status: hc.expected_status.clone(),
+        }),
+        interval: hc.interval.map_or(Duration::from_secs(15), |d| d.0),
+        timeout: hc.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        healthy_threshold: hc.healthy_threshold.max(1),
+        unhealthy_threshold: hc.unhealthy_threshold.max(1),
+    });
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    let settings = ClusterSettings {
+        hash_on: None,
+        tls: (tls == Some(true)).then_some(UpstreamTls {
+            sni: None,
+            verify: true,
+            ca: None,
+        }),
+        health_check,
+        passive: PassiveHealth {
+            consecutive_failures: section.circuit_breaker.consecutive_failures,
+            cooldown,
+        },
+        retries: 0,
+        timeouts: ClusterTimeouts {
+            connect: timeouts.connect,
+            read: timeouts.first_byte,
+            idle: Duration::from_secs(30),
+        },
+        dns_refresh: Duration::from_secs(60),
+    };
+    let cluster = Cluster::new(
+        Arc::from(format!("ai:{}", section.name).as_str()),
+        backends,
+        false,
+        settings,
+    );
+    if let Some(old) = c
+        .previous
+        .and_then(|rt| rt.clusters.iter().find(|old| *old.name == *cluster.name))
+    {
+        for backend in &cluster.backends {
+            if let Some(previous) = old.backends.iter().find(|b| b.address == backend.address) {
+                backend.inherit(previous);
+            }
+        }
+    }
+    Some(Provider {
+        name: Arc::from(section.name.as_str()),
+        kind: ProviderKind::OpenAi,
+        enabled,
+        cluster: Some(Arc::new(cluster)),
+        deployments,
+        headers,
+        timeouts,
+        mock,
+        cooldown,
+    })
+}

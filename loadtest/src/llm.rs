@@ -1,0 +1,345 @@
+//! A mock OpenAI-compatible LLM server: `/v1/chat/completions` (plain and SSE streaming), `/v1/completions`,
+//! `/v1/embeddings`, `/v1/models` and `/health`. Its behaviour is set per server (`set_behavior`): status,
+//! latency before the response head, time to first token, number of chunks and the delay between them,
+//! dropping the connection mid-stream, stalling, and a `Retry-After` on errors. Request bodies are recorded.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+/// How the mock answers.
+#[derive(Debug, Clone)]
+pub struct Behavior {
+    /// Status of every answer (errors get an OpenAI error body).
+    pub status: u16,
+    /// Wait before sending the response head.
+    pub head_delay: Duration,
+    /// For streams: wait after the head before the first chunk.
+    pub first_token_delay: Duration,
+    /// For streams: number of content chunks.
+    pub chunks: usize,
+    /// For streams: wait between chunks.
+    pub chunk_delay: Duration,
+    /// For streams: close the connection after this many chunks, without `[DONE]`.
+    pub drop_after: Option<usize>,
+    /// For streams: after this many chunks, stop sending (but keep the connection open).
+    pub stall_after: Option<usize>,
+    /// Sent as `Retry-After` (seconds) on error answers.
+    pub retry_after: Option<u64>,
+    /// Reply text; the default names the server.
+    pub text: Option<String>,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            status: 200,
+            head_delay: Duration::ZERO,
+            first_token_delay: Duration::ZERO,
+            chunks: 4,
+            chunk_delay: Duration::ZERO,
+            drop_after: None,
+            stall_after: None,
+            retry_after: None,
+            text: None,
+        }
+    }
+}
+
+struct State {
+    name: String,
+    behavior: Mutex<Behavior>,
+    bodies: Mutex<VecDeque<RecordedCall>>,
+    calls: AtomicUsize,
+    /// Streams whose client went away before the end.
+    cancelled: AtomicUsize,
+}
+
+/// One call the mock received.
+#[derive(Debug, Clone)]
+pub struct RecordedCall {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl RecordedCall {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running mock LLM; dropping it closes the listener and its connections.
+pub struct MockLlm {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    stop: watch::Sender<bool>,
+}
+
+impl MockLlm {
+    /// Start on a free loopback port.
+    pub async fn start(name: &str) -> std::io::Result<MockLlm> {
+        Self::start_on("127.0.0.1:0".parse().expect("static address"), name).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, name: &str) -> std::io::Result<MockLlm> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            name: name.to_string(),
+            behavior: Mutex::new(Behavior::default()),
+            bodies: Mutex::new(VecDeque::new()),
+            calls: AtomicUsize::new(0),
+            cancelled: AtomicUsize::new(0),
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept_loop(listener, state.clone(), stopped));
+        Ok(MockLlm { addr, state, stop })
+    }
+
+    /// `http://ip:port/v1`, the base URL a provider config points at.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn set_behavior(&self, behavior: Behavior) {
+        *self.state.behavior.lock().expect("not poisoned") = behavior;
+    }
+
+    /// Calls to the API paths (health checks excluded).
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::Relaxed)
+    }
+
+    /// Streams the client abandoned before the end.
+    pub fn cancelled_streams(&self) -> usize {
+        self.state.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// The recorded calls, oldest first (the last 100).
+    pub fn recorded(&self) -> Vec<RecordedCall> {
+        self.state
+            .bodies
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn last(&self) -> Option<RecordedCall> {
+        self.state
+            .bodies
+            .lock()
+            .expect("not poisoned")
+            .back()
+            .cloned()
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for MockLlm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stopped: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |req| handle(req, state.clone()));
+                    let _ = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+type Chunk = Result<Frame<Bytes>, BoxError>;
+
+fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(
+            Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .unwrap_or_else(|_| Response::new(empty()))
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    if path.ends_with("/health") {
+        return Ok(full(200, "text/plain", "ok"));
+    }
+    let behavior = state.behavior.lock().expect("not poisoned").clone();
+    if path.ends_with("/models") {
+        let models = json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "owned_by": state.name}]});
+        return Ok(full(200, "application/json", models.to_string()));
+    }
+    state.calls.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut bodies = state.bodies.lock().expect("not poisoned");
+        if bodies.len() == 100 {
+            bodies.pop_front();
+        }
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        bodies.push_back(RecordedCall {
+            path: path.clone(),
+            headers,
+            body: body.clone(),
+        });
+    }
+    tokio::time::sleep(behavior.head_delay).await;
+    if behavior.status != 200 {
+        let error = json!({"error": {"message": format!("mock {} failing with {}", state.name, behavior.status), "type": "server_error", "param": null, "code": null}});
+        let mut response = full(behavior.status, "application/json", error.to_string());
+        if let Some(seconds) = behavior.retry_after {
+            response.headers_mut().insert("retry-after", seconds.into());
+        }
+        return Ok(response);
+    }
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("mock-model")
+        .to_string();
+    let text = behavior
+        .text
+        .clone()
+        .unwrap_or_else(|| format!("Hello from {}.", state.name));
+    if path.ends_with("/embeddings") {
+        let reply = json!({"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}], "usage": {"prompt_tokens": 3, "total_tokens": 3}});
+        return Ok(full(200, "application/json", reply.to_string()));
+    }
+    let stream = request["stream"].as_bool().unwrap_or(false);
+    if !stream {
+        let reply = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000u64, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        });
+        return Ok(full(200, "application/json", reply.to_string()));
+    }
+    let (sender, receiver) = mpsc::channel::<Chunk>(4);
+    let pieces = split_text(&text, behavior.chunks.max(1));
+    let stream_state = state.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(behavior.first_token_delay).await;
+        for (i, piece) in pieces.iter().enumerate() {
+            if behavior.drop_after == Some(i) {
+                // A body error makes hyper cut the connection without the terminating chunk.
+                let _ = sender.send(Err("mock drops the stream".into())).await;
+                return;
+            }
+            if behavior.stall_after == Some(i) {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            let chunk = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+            if sender
+                .send(Ok(Frame::data(Bytes::from(format!("data: {chunk}\n\n")))))
+                .await
+                .is_err()
+            {
+                stream_state.cancelled.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if i + 1 < pieces.len() {
+                tokio::time::sleep(behavior.chunk_delay).await;
+            }
+        }
+        let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": pieces.len(), "total_tokens": 10 + pieces.len()}});
+        let _ = sender
+            .send(Ok(Frame::data(Bytes::from(format!(
+                "data: {last}\n\ndata: [DONE]\n\n"
+            )))))
+            .await;
+    });
+    let body = StreamBody::new(ReceiverStream(receiver));
+    Ok(Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(BodyExt::boxed(body))
+        .unwrap_or_else(|_| Response::new(empty())))
+}
+
+/// Split text into `n` pieces of about equal size (on char boundaries).
+fn split_text(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let size = chars.len().div_ceil(n).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+struct ReceiverStream(mpsc::Receiver<Chunk>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Chunk;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}

@@ -1,0 +1,481 @@
+//! The AI path over real sockets with mock LLM servers as providers: the OpenAI endpoints, model choice and
+//! its explanation headers, fallback (connect refused, 503 with a 1 MiB prompt, 429 with cooldown, timeout),
+//! the circuit breaker, streaming (pass-through, mid-stream drop, client disconnect) and OpenAI-shaped errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use loadtest::{Behavior, MockLlm};
+use serde_json::{json, Value};
+
+fn ai_config(
+    dir: &TestDir,
+    ports: &Ports,
+    providers: &str,
+    models: &str,
+    profiles: &str,
+) -> String {
+    let body = format!(
+        r#"
+ai:
+  attempts: 3
+  providers:
+    - {{ name: local-mock, type: mock, mock: {{ chunks: 3 }} }}
+{providers}
+  models:
+    - {{ name: mock-echo, provider: local-mock }}
+{models}
+  aliases: {{ echo: mock-echo }}
+  profiles:
+{profiles}
+routes:
+  - name: ai
+    match: {{ path: {{ prefix: /v1 }} }}
+    ai: {{}}
+"#
+    );
+    dir.plain_config(ports, &body)
+}
+
+async fn chat(client: &reqwest::Client, gateway: &Gateway, body: Value) -> reqwest::Response {
+    client
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_mock_provider_answers_and_decisions_are_explained() {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let config = ai_config(&dir, &ports, "", "", "    default: [mock-echo]");
+    let gateway = Gateway::start(&dir, ports, &config).await;
+    let client = client();
+
+    let response = chat(
+        &client,
+        &gateway,
+        json!({"model": "auto", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-model"), "mock-echo");
+    assert_eq!(header(&response, "x-gateway-provider"), "local-mock");
+    assert_eq!(header(&response, "x-gateway-profile"), "default");
+    assert_eq!(header(&response, "x-gateway-decision"), "profile:default");
+    assert_eq!(header(&response, "x-gateway-attempts"), "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("you said: hi"));
+
+    let response = chat(
+        &client,
+        &gateway,
+        json!({"model": "echo", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(header(&response, "x-gateway-decision"), "alias");
+
+    // Streaming from the mock: three content chunks, a usage chunk and [DONE].
+    let response = chat(&client, &gateway, json!({"model": "mock-echo", "stream": true, "messages": [{"role": "user", "content": "stream"}]})).await;
+    assert_eq!(header(&response, "content-type"), "text/event-stream");
+    let text = response.text().await.unwrap();
+    assert_eq!(text.matches("data: ").count(), 5, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+
+    let models: Value = client
+        .get(gateway.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "mock-echo");
+    let embeddings: Value = client
+        .post(gateway.url("/v1/embeddings"))
+        .json(&json!({"model": "mock-echo", "input": ["a", "b"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(embeddings["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors_and_the_gateway_keeps_serving() {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let config = ai_config(&dir, &ports, "", "", "    default: [mock-echo]")
+        .replace("attempts: 3", "attempts: 3\n  max_body_size: 1KiB");
+    let gateway = Gateway::start(&dir, ports, &config).await;
+    let client = client();
+    let url = gateway.url("/v1/chat/completions");
+    let cases = [
+        (client.post(&url).header("content-type", "application/json").body("{not json"), 400, "invalid_json"),
+        (client.post(&url).json(&json!({"model": "gpt-99", "messages": []})), 404, "model_not_found"),
+        (client.post(&url).json(&json!({"model": "auto", "messages": [], "metadata": {"profile": "nope"}})), 400, "unknown_profile"),
+        (client.post(&url).header("content-type", "text/plain").body("{}"), 415, "unsupported_media_type"),
+        (client.post(&url).json(&json!({"model": "mock-echo", "messages": [{"role": "user", "content": "x".repeat(2000)}]})), 413, "request_too_large"),
+        (client.post(gateway.url("/v1/files")).json(&json!({})), 404, "unknown_endpoint"),
+    ];
+    for (request, status, code) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{code}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code);
+        assert!(body["error"]["type"].is_string() && body["error"]["message"].is_string());
+        assert!(body["error"].as_object().unwrap().contains_key("param"));
+    }
+    let ok = chat(
+        &client,
+        &gateway,
+        json!({"model": "mock-echo", "messages": [{"role": "user", "content": "still here"}]}),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn a_1mib_prompt_reaches_the_second_candidate_intact_when_the_first_answers_503() {
+    let first = MockLlm::start("first").await.unwrap();
+    let second = MockLlm::start("second").await.unwrap();
+    first.set_behavior(Behavior {
+        status: 503,
+        ..Behavior::default()
+    });
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: first, type: openai, base_url: \"{}\" }}\n    - {{ name: second, type: openai, base_url: \"{}\" }}",
+        first.base_url(),
+        second.base_url()
+    );
+    let models = "    - { name: model-a, provider: first, upstream_model: upstream-a }\n    - { name: model-b, provider: second, upstream_model: upstream-b }";
+    let config = ai_config(
+        &dir,
+        &ports,
+        &providers,
+        models,
+        "    default: [model-a, model-b]",
+    );
+    let gateway = Gateway::start(&dir, ports, &config).await;
+    let prompt: String = (0..(1024 * 1024))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let request = json!({"model": "auto", "messages": [{"role": "user", "content": prompt}], "temperature": 0.25, "user": "u-1"});
+    let response = chat(&client(), &gateway, request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-model"), "model-b");
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    let received = second.last().unwrap().json();
+    assert_eq!(
+        received["messages"][0]["content"].as_str().unwrap(),
+        prompt,
+        "prompt intact"
+    );
+    assert_eq!(received["model"], "upstream-b");
+    assert_eq!(received["temperature"], 0.25);
+    assert_eq!(received["user"], "u-1");
+    assert_eq!(first.calls(), 1);
+    assert_eq!(
+        first.last().unwrap().body.len(),
+        second.last().unwrap().body.len() - "upstream-b".len() + "upstream-a".len()
+    );
+}
+
+#[tokio::test]
+async fn fallback_on_connect_refused_429_with_cooldown_and_timeout() {
+    let limited = MockLlm::start("limited").await.unwrap();
+    let slow = MockLlm::start("slow").await.unwrap();
+    let good = MockLlm::start("good").await.unwrap();
+    limited.set_behavior(Behavior {
+        status: 429,
+        retry_after: Some(30),
+        ..Behavior::default()
+    });
+    slow.set_behavior(Behavior {
+        head_delay: Duration::from_secs(3),
+        ..Behavior::default()
+    });
+    let dead = free_port();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        r#"    - {{ name: dead, type: openai, base_url: "http://127.0.0.1:{dead}/v1" }}
+    - {{ name: limited, type: openai, base_url: "{}" }}
+    - {{ name: slow, type: openai, base_url: "{}", timeouts: {{ first_byte: 300ms }} }}
+    - {{ name: good, type: openai, base_url: "{}" }}"#,
+        limited.base_url(),
+        slow.base_url(),
+        good.base_url()
+    );
+    let models = "    - { name: m-dead, provider: dead }\n    - { name: m-limited, provider: limited }\n    - { name: m-slow, provider: slow }\n    - { name: m-good, provider: good }";
+    let profiles = "    default: [m-dead, m-good]\n    rate: [m-limited, m-good]\n    timeout: [m-slow, m-good]";
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &ai_config(&dir, &ports, &providers, models, profiles),
+    )
+    .await;
+    let client = client();
+    let ask = |profile: &'static str| {
+        let request = client
+            .post(gateway.url("/v1/chat/completions"))
+            .header("x-gateway-profile", profile)
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]}));
+        async move { request.send().await.unwrap() }
+    };
+    let response = ask("default").await;
+    assert_eq!(
+        (
+            response.status().as_u16(),
+            header(&response, "x-gateway-model")
+        ),
+        (200, "m-good".to_string())
+    );
+    assert_eq!(header(&response, "x-gateway-decision"), "profile:header");
+
+    let response = ask("rate").await;
+    assert_eq!(
+        (
+            response.status().as_u16(),
+            header(&response, "x-gateway-attempts")
+        ),
+        (200, "2".to_string())
+    );
+    assert_eq!(limited.calls(), 1);
+    // The 429's Retry-After cooled the deployment down: the next request goes straight to the fallback.
+    let response = ask("rate").await;
+    assert_eq!(
+        (
+            response.status().as_u16(),
+            header(&response, "x-gateway-attempts")
+        ),
+        (200, "1".to_string())
+    );
+    assert_eq!(limited.calls(), 1);
+
+    let started = std::time::Instant::now();
+    let response = ask("timeout").await;
+    assert_eq!(
+        (
+            response.status().as_u16(),
+            header(&response, "x-gateway-model")
+        ),
+        (200, "m-good".to_string())
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_opens_and_half_opens_after_the_cooldown() {
+    let flaky = MockLlm::start("flaky").await.unwrap();
+    let backup = MockLlm::start("backup").await.unwrap();
+    flaky.set_behavior(Behavior {
+        status: 500,
+        ..Behavior::default()
+    });
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: flaky, type: openai, base_url: \"{}\", circuit_breaker: {{ consecutive_failures: 2, cooldown: 1s }} }}\n    - {{ name: backup, type: openai, base_url: \"{}\" }}",
+        flaky.base_url(),
+        backup.base_url()
+    );
+    let models =
+        "    - { name: m-flaky, provider: flaky }\n    - { name: m-backup, provider: backup }";
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &ai_config(
+            &dir,
+            &ports,
+            &providers,
+            models,
+            "    default: [m-flaky, m-backup]",
+        ),
+    )
+    .await;
+    let client = client();
+    let request = json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]});
+    for _ in 0..5 {
+        assert_eq!(chat(&client, &gateway, request.clone()).await.status(), 200);
+    }
+    assert_eq!(flaky.calls(), 2, "open after two consecutive failures");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Half-open: one trial call; it fails and the breaker opens again at once.
+    assert_eq!(chat(&client, &gateway, request.clone()).await.status(), 200);
+    assert_eq!(chat(&client, &gateway, request.clone()).await.status(), 200);
+    assert_eq!(flaky.calls(), 3);
+    // Recovery: after the cooldown a success closes it.
+    flaky.set_behavior(Behavior::default());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        let response = chat(&client, &gateway, request.clone()).await;
+        assert_eq!(header(&response, "x-gateway-model"), "m-flaky");
+    }
+}
+
+#[tokio::test]
+async fn streams_pass_through_and_a_mid_stream_drop_ends_with_an_error_event() {
+    let llm = MockLlm::start("streamer").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: streamer, type: openai, base_url: \"{}\" }}",
+        llm.base_url()
+    );
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &ai_config(
+            &dir,
+            &ports,
+            &providers,
+            "    - { name: m, provider: streamer }",
+            "    default: [m]",
+        ),
+    )
+    .await;
+    let client = client();
+    let request =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "q"}]});
+
+    llm.set_behavior(Behavior {
+        chunks: 4,
+        chunk_delay: Duration::from_millis(150),
+        ..Behavior::default()
+    });
+    let started = std::time::Instant::now();
+    let mut response = chat(&client, &gateway, request.clone()).await;
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).starts_with("data: "),
+        "{first:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "first event flushed at once: {:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"));
+
+    llm.set_behavior(Behavior {
+        chunks: 6,
+        drop_after: Some(2),
+        ..Behavior::default()
+    });
+    let text = chat(&client, &gateway, request.clone())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("[DONE]"), "{text}");
+    let last = text.trim_end().rsplit("data: ").next().unwrap();
+    let event: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(event["error"]["code"], "upstream_stream_error");
+}
+
+#[tokio::test]
+async fn a_client_disconnect_closes_the_provider_stream() {
+    let llm = MockLlm::start("long").await.unwrap();
+    llm.set_behavior(Behavior {
+        chunks: 50,
+        chunk_delay: Duration::from_millis(50),
+        ..Behavior::default()
+    });
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: long, type: openai, base_url: \"{}\" }}",
+        llm.base_url()
+    );
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &ai_config(
+            &dir,
+            &ports,
+            &providers,
+            "    - { name: m, provider: long }",
+            "    default: [m]",
+        ),
+    )
+    .await;
+    let mut response = chat(
+        &client(),
+        &gateway,
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "q"}]}),
+    )
+    .await;
+    response.chunk().await.unwrap().unwrap();
+    drop(response);
+    let cancelled = eventually(Duration::from_secs(5), || async {
+        llm.cancelled_streams() == 1
+    })
+    .await;
+    assert!(cancelled, "the provider kept streaming to nobody");
+}
+
+#[tokio::test]
+async fn the_model_command_selects_and_is_stripped() {
+    let llm = MockLlm::start("cmd").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: cmdp, type: openai, base_url: \"{}\" }}",
+        llm.base_url()
+    );
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &ai_config(
+            &dir,
+            &ports,
+            &providers,
+            "    - { name: llama, provider: cmdp, upstream_model: llama3:8b }",
+            "    default: [mock-echo]",
+        ),
+    )
+    .await;
+    let client = client();
+    for command in ["/model cmdp,llama", "/model llama", "/model cmdp,llama3:8b"] {
+        let content = format!("{command}\nwhat is up?");
+        let response = chat(
+            &client,
+            &gateway,
+            json!({"model": "auto", "messages": [{"role": "user", "content": content}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 200, "{command}");
+        assert_eq!(header(&response, "x-gateway-decision"), "command");
+        let seen = llm.last().unwrap().json();
+        assert_eq!(seen["messages"][0]["content"], "what is up?");
+        assert_eq!(seen["model"], "llama3:8b");
+    }
+    let response = chat(
+        &client,
+        &gateway,
+        json!({"model": "auto", "messages": [{"role": "user", "content": "/model nope\nq"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+}
