@@ -149,6 +149,17 @@ async fn bad_requests_get_openai_errors_and_the_gateway_keeps_serving() {
     )
     .await;
     assert_eq!(ok.status(), 200);
+    // `curl -d` sends JSON labelled as a form: accepted, as OpenAI does.
+    let body = json!({"model": "mock-echo", "messages": [{"role": "user", "content": "curl"}]})
+        .to_string();
+    let curl_like = client
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(curl_like.status(), 200);
 }
 
 #[tokio::test]

@@ -119,15 +119,16 @@ async fn prepare_and_relay(
         )
         .into());
     }
-    let json_content = req
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
+    // JSON, no type at all, or curl's `-d` default (form-urlencoded) whose body is JSON all pass; any other
+    // declared type is refused.
+    let json_content = match req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(value) => {
+            let value = value.trim_start().to_ascii_lowercase();
+            value.starts_with("application/json")
+                || value.starts_with("application/x-www-form-urlencoded")
+        }
+    };
     if !json_content {
         return Err(OpenAiError::new(
             415,

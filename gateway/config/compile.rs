@@ -149,7 +149,12 @@ pub fn compile(
     };
     // Provider deployments are clusters too: the same upkeep resolves and health-checks them.
     let mut all_clusters: Vec<Arc<Cluster>> = clusters.into_values().collect();
-    all_clusters.extend(ai.providers.iter().filter_map(|p| p.cluster.clone()));
+    all_clusters.extend(
+        ai.providers
+            .iter()
+            .filter(|p| p.enabled)
+            .filter_map(|p| p.cluster.clone()),
+    );
     let runtime = Runtime {
         ai,
         trusted_proxies,
