@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
+use super::guard::Guards;
+use super::heuristics::Rule;
 use crate::upstream::cluster::Cluster;
 
 /// What kind of API a provider speaks.
@@ -83,6 +85,10 @@ pub struct Catalog {
     pub auto_profile: String,
     pub attempts: u32,
     pub max_body_size: u64,
+    /// Heuristic rules for `model: "auto"`.
+    pub rules: Vec<Rule>,
+    /// Request guards.
+    pub guards: Guards,
 }
 
 impl Catalog {
@@ -113,6 +119,8 @@ impl Catalog {
             auto_profile,
             attempts,
             max_body_size,
+            rules: Vec::new(),
+            guards: Guards::default(),
         }
     }
 

@@ -2,6 +2,8 @@
 //! the mock provider and the relay that re-originates requests with fallback and streams answers back.
 
 pub mod catalog;
+pub mod guard;
+pub mod heuristics;
 pub mod mock;
 pub mod openai;
 pub mod relay;

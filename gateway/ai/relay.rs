@@ -31,7 +31,6 @@ static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provi
 static X_GATEWAY_PROFILE: HeaderName = HeaderName::from_static("x-gateway-profile");
 static X_GATEWAY_DECISION: HeaderName = HeaderName::from_static("x-gateway-decision");
 static X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
-static X_GATEWAY_PROFILE_REQUEST: HeaderName = HeaderName::from_static("x-gateway-profile");
 
 /// What happened, for the access log and metrics.
 #[derive(Debug, Default)]
@@ -138,19 +137,19 @@ async fn prepare_and_relay(
         )
         .into());
     }
-    let header_profile = req
-        .headers
-        .get(&X_GATEWAY_PROFILE_REQUEST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
     let raw = read_body(session, request.catalog.max_body_size).await?;
     let mut body: Map<String, Value> =
         serde_json::from_slice(&raw).map_err(|e| OpenAiError::invalid_json(&e.to_string()))?;
+    let report = request
+        .catalog
+        .guards
+        .inspect(&mut body, request.policy.system_prompt.as_ref())?;
     let plan = decide(
         request.catalog,
         &mut body,
-        header_profile.as_deref(),
+        &session.req_header().headers,
         request.policy,
+        &report,
     )?;
     outcome.decision = Some(plan.decision.clone());
     relay(session, request, outcome, endpoint, body, &plan).await

@@ -7,14 +7,19 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use http::HeaderMap;
+
 use super::catalog::{Catalog, Model};
+use super::guard::{GuardReport, SystemPrompt};
+use super::heuristics::choose;
 use super::openai::OpenAiError;
 
-/// A route's restrictions on models and profiles (empty lists allow everything).
+/// A route's restrictions on models and profiles (empty lists allow everything), and its system prompt.
 #[derive(Debug, Clone, Default)]
 pub struct AiPolicy {
     pub allowed_models: Vec<String>,
     pub allowed_profiles: Vec<String>,
+    pub system_prompt: Option<SystemPrompt>,
 }
 
 /// What will be tried, in order, and why.
@@ -67,9 +72,36 @@ fn allowed(policy: &[String], name: &str) -> bool {
 pub fn decide(
     catalog: &Catalog,
     body: &mut Map<String, Value>,
-    header_profile: Option<&str>,
+    headers: &HeaderMap,
     policy: &AiPolicy,
+    report: &GuardReport,
 ) -> Result<Plan, OpenAiError> {
+    let mut plan = decide_unfiltered(catalog, body, headers, policy, report)?;
+    if report.local_only {
+        plan.candidates.retain(|m| m.local);
+        if plan.candidates.is_empty() {
+            return Err(OpenAiError::new(
+                403,
+                "permission_error",
+                "no_local_model",
+                "the request contains data that may only go to local models, and none is available for it",
+            ));
+        }
+        plan.decision.push_str("+local-only");
+    }
+    Ok(plan)
+}
+
+fn decide_unfiltered(
+    catalog: &Catalog,
+    body: &mut Map<String, Value>,
+    headers: &HeaderMap,
+    policy: &AiPolicy,
+    report: &GuardReport,
+) -> Result<Plan, OpenAiError> {
+    let header_profile = headers
+        .get("x-gateway-profile")
+        .and_then(|v| v.to_str().ok());
     if let Some(target) = take_model_command(body) {
         let model = match target.split_once(',') {
             Some((provider, model)) => catalog.provider_model(provider.trim(), model.trim()),
@@ -107,9 +139,12 @@ pub fn decide(
         .and_then(|m| m.get("profile"))
         .and_then(Value::as_str);
     let (profile, decision) = match (header_profile, metadata_profile) {
-        (Some(p), _) => (p.to_string(), "profile:header"),
-        (None, Some(p)) => (p.to_string(), "profile:metadata"),
-        (None, None) => (catalog.auto_profile.clone(), "profile:default"),
+        (Some(p), _) => (p.to_string(), "profile:header".to_string()),
+        (None, Some(p)) => (p.to_string(), "profile:metadata".to_string()),
+        (None, None) => match choose(&catalog.rules, body, headers, !report.detected.is_empty()) {
+            Some(rule) => (rule.profile.clone(), format!("heuristic:{}", rule.name)),
+            None => (catalog.auto_profile.clone(), "profile:default".to_string()),
+        },
     };
     let Some(chain) = catalog.profiles.get(&profile) else {
         return Err(OpenAiError::new(

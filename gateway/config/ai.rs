@@ -9,9 +9,16 @@ use http::{HeaderName, HeaderValue};
 
 use super::compile::Compiler;
 use super::schema::*;
+use regex::Regex;
+
 use crate::ai::catalog::{
     AiTimeouts, Catalog, Deployment, MockSettings, Model, Provider, ProviderKind,
 };
+use crate::ai::guard::{
+    builtin, Detector, Guards, PiiAction, PromptMode, SystemPrompt, ToolPolicy, ToolViolation,
+    BUILTIN_DETECTORS,
+};
+use crate::ai::heuristics::{Condition, Rule};
 use crate::observe::metrics::{upstream_ejection_counter, upstream_health_gauge};
 use crate::upstream::cluster::{
     Backend, Cluster, ClusterSettings, ClusterTimeouts, HealthCheckSpec, HttpCheck, PassiveHealth,
@@ -162,15 +169,165 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
     if attempts == 0 {
         c.error("ai.attempts", "must be at least 1");
     }
-    Catalog::new(
+    let rules = compile_rules(c, &ai.rules, &profiles);
+    let guards = compile_guards(c, &ai.guards);
+    let max_body = ai.max_body_size.map_or(DEFAULT_AI_MAX_BODY, |s| s.0);
+    let mut catalog = Catalog::new(
         ordered,
         models,
         aliases,
         profiles,
         auto_profile,
         attempts,
-        ai.max_body_size.map_or(DEFAULT_AI_MAX_BODY, |s| s.0),
-    )
+        max_body,
+    );
+    catalog.rules = rules;
+    catalog.guards = guards;
+    catalog
+}
+
+fn compile_rules(
+    c: &mut Compiler,
+    rules: &[RuleSection],
+    profiles: &HashMap<String, Vec<Arc<Model>>>,
+) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let path = format!("ai.rules[{i}]");
+        if !profiles.contains_key(&rule.profile) {
+            c.error(
+                format!("{path}.profile"),
+                format!("no profile named `{}`", rule.profile),
+            );
+        }
+        let mut conditions = Vec::new();
+        if let Some(limit) = rule.prompt_tokens_over {
+            conditions.push(Condition::PromptTokensOver(limit));
+        }
+        if let Some(pattern) = &rule.keywords {
+            match Regex::new(pattern) {
+                Ok(regex) => conditions.push(Condition::Keywords(regex)),
+                Err(e) => c.error(format!("{path}.keywords"), format!("invalid regex: {e}")),
+            }
+        }
+        if rule.has_tools == Some(true) {
+            conditions.push(Condition::HasTools);
+        }
+        if rule.has_images == Some(true) {
+            conditions.push(Condition::HasImages);
+        }
+        if rule.pii_detected == Some(true) {
+            conditions.push(Condition::PiiDetected);
+        }
+        if let Some(header) = &rule.header {
+            match (
+                HeaderName::from_bytes(header.name.as_bytes()),
+                HeaderValue::from_str(&header.value),
+            ) {
+                (Ok(name), Ok(value)) => conditions.push(Condition::Header(name, value)),
+                _ => c.error(
+                    format!("{path}.header"),
+                    "not a valid header name and value",
+                ),
+            }
+        }
+        match conditions.len() {
+            1 => out.push(Rule { name: rule.name.clone(), condition: conditions.remove(0), profile: rule.profile.clone() }),
+            0 => c.error(path, "give one condition: prompt_tokens_over, keywords, has_tools, has_images, pii_detected or header"),
+            _ => c.error(path, "give exactly one condition per rule (write several rules for several conditions)"),
+        }
+    }
+    out
+}
+
+fn pii_action(action: PiiActionSection) -> PiiAction {
+    match action {
+        PiiActionSection::Mask => PiiAction::Mask,
+        PiiActionSection::Reject => PiiAction::Reject,
+        PiiActionSection::RouteLocal => PiiAction::RouteLocal,
+    }
+}
+
+pub(super) fn system_prompt(section: &SystemPromptSection) -> SystemPrompt {
+    let mode = match section.mode {
+        PromptModeSection::Prepend => PromptMode::Prepend,
+        PromptModeSection::Replace => PromptMode::Replace,
+    };
+    SystemPrompt {
+        mode,
+        text: section.text.clone(),
+    }
+}
+
+fn compile_guards(c: &mut Compiler, guards: &GuardsSection) -> Guards {
+    let mut detectors = Vec::new();
+    for name in guards.pii.keys() {
+        if !BUILTIN_DETECTORS.contains(&name.as_str()) {
+            c.error(
+                format!("ai.guards.pii.{name}"),
+                format!(
+                    "unknown detector; built-in ones are {}",
+                    BUILTIN_DETECTORS.join(", ")
+                ),
+            );
+        }
+    }
+    // Built-ins run in their fixed order (more specific first), then custom detectors.
+    for name in BUILTIN_DETECTORS {
+        if let (Some(action), Some((regex, validate))) = (guards.pii.get(*name), builtin(name)) {
+            let replacement = format!("[{}]", name.to_ascii_uppercase());
+            detectors.push(Detector {
+                name: name.to_string(),
+                regex,
+                validate,
+                action: pii_action(*action),
+                replacement,
+            });
+        }
+    }
+    for (i, custom) in guards.custom_pii.iter().enumerate() {
+        match Regex::new(&custom.regex) {
+            Ok(regex) => detectors.push(Detector {
+                name: custom.name.clone(),
+                regex,
+                validate: None,
+                action: pii_action(custom.action),
+                replacement: format!("[{}]", custom.name.to_ascii_uppercase()),
+            }),
+            Err(e) => c.error(
+                format!("ai.guards.custom_pii[{i}].regex"),
+                format!("invalid regex: {e}"),
+            ),
+        }
+    }
+    let deny = guards
+        .deny_patterns
+        .iter()
+        .enumerate()
+        .filter_map(|(i, pattern)| match Regex::new(pattern) {
+            Ok(regex) => Some(regex),
+            Err(e) => {
+                c.error(
+                    format!("ai.guards.deny_patterns[{i}]"),
+                    format!("invalid regex: {e}"),
+                );
+                None
+            }
+        })
+        .collect();
+    let tools = guards.tools.as_ref().map(|t| ToolPolicy {
+        allow: t.allow.clone(),
+        on_violation: match t.on_violation {
+            ToolViolationSection::Reject => ToolViolation::Reject,
+            ToolViolationSection::Strip => ToolViolation::Strip,
+        },
+    });
+    Guards {
+        detectors,
+        deny,
+        tools,
+        system_prompt: guards.system_prompt.as_ref().map(system_prompt),
+    }
 }
 
 fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> Option<Provider> {

@@ -770,6 +770,7 @@ fn compile_ai_route(
     RouteAction::Ai(crate::ai::routing::AiPolicy {
         allowed_models: ai.allowed_models.clone(),
         allowed_profiles: ai.allowed_profiles.clone(),
+        system_prompt: ai.system_prompt.as_ref().map(super::ai::system_prompt),
     })
 }
 

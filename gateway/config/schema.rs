@@ -741,6 +741,113 @@ pub struct AiSection {
     pub profiles: BTreeMap<String, Vec<String>>,
     /// Profile used for `model: "auto"` when nothing else decides (default `default`).
     pub auto_profile: Option<String>,
+    /// Heuristic rules for `model: "auto"`, evaluated in order; the first match names the profile.
+    #[serde(default)]
+    pub rules: Vec<RuleSection>,
+    /// Request guards of every AI route.
+    #[serde(default)]
+    pub guards: GuardsSection,
+}
+
+/// `ai.rules[]`: a name, a profile, and exactly one condition.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    pub name: String,
+    pub profile: String,
+    /// Estimated prompt tokens (4 bytes a token) above this.
+    pub prompt_tokens_over: Option<usize>,
+    /// A regex matched against every message text, e.g. `(?i)explain why|step by step|prove`.
+    pub keywords: Option<String>,
+    /// The request offers tools.
+    pub has_tools: Option<bool>,
+    /// A message carries an image.
+    pub has_images: Option<bool>,
+    /// A PII detector fired.
+    pub pii_detected: Option<bool>,
+    /// A request header has this value.
+    pub header: Option<HeaderEqualsSection>,
+}
+
+/// `{name, value}` of a header condition.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEqualsSection {
+    pub name: String,
+    pub value: String,
+}
+
+/// `ai.guards`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GuardsSection {
+    /// Built-in PII detectors and their action: `mask`, `reject` or `route_local`. Detectors: `email`, `phone`,
+    /// `us_ssn`, `kr_rrn`, `credit_card` (Luhn-checked), `ip_address`, `api_key`.
+    #[serde(default)]
+    pub pii: BTreeMap<String, PiiActionSection>,
+    /// Your own detectors.
+    #[serde(default)]
+    pub custom_pii: Vec<CustomPiiSection>,
+    /// Prompts matching any of these regexes are refused (400 `prompt_denied`).
+    #[serde(default)]
+    pub deny_patterns: Vec<String>,
+    /// Tool allowlist: request tools outside it are rejected or stripped.
+    pub tools: Option<ToolsSection>,
+    /// A system prompt for every request (a route's `ai.system_prompt` overrides it).
+    pub system_prompt: Option<SystemPromptSection>,
+}
+
+/// `mask`, `reject` or `route_local`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiActionSection {
+    Mask,
+    Reject,
+    RouteLocal,
+}
+
+/// `ai.guards.custom_pii[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomPiiSection {
+    pub name: String,
+    pub regex: String,
+    pub action: PiiActionSection,
+}
+
+/// `ai.guards.tools`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsSection {
+    pub allow: Vec<String>,
+    /// `reject` (default, 403 `tool_not_allowed`) or `strip`.
+    #[serde(default)]
+    pub on_violation: ToolViolationSection,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolViolationSection {
+    #[default]
+    Reject,
+    Strip,
+}
+
+/// `system_prompt`: `{mode: prepend|replace, text}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemPromptSection {
+    #[serde(default)]
+    pub mode: PromptModeSection,
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptModeSection {
+    #[default]
+    Prepend,
+    Replace,
 }
 
 /// `ai.providers[]`.
@@ -845,4 +952,6 @@ pub struct AiRouteSection {
     /// Only these profiles may be used here (default: all).
     #[serde(default)]
     pub allowed_profiles: Vec<String>,
+    /// System prompt for this route (overrides `ai.guards.system_prompt`).
+    pub system_prompt: Option<SystemPromptSection>,
 }
