@@ -194,7 +194,9 @@ async fn heuristic_rules_choose_profiles_in_order() {
     let mut tools = user("what's on?");
     tools["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
     let image = json!({"model": "auto", "messages": [{"role": "user", "content": [{"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
-    let cases: Vec<(Value, &[(&str, &str)], &str, &str)> = vec![
+    // (request, extra headers, expected decision, expected model)
+    type Case<'a> = (Value, &'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (
             user(&"word ".repeat(2000)),
             &[],

@@ -17,13 +17,16 @@ pub enum PiiAction {
     RouteLocal,
 }
 
+/// An extra check on a regex match (Luhn for card numbers).
+pub type Validator = fn(&str) -> bool;
+
 /// One PII detector.
 #[derive(Debug, Clone)]
 pub struct Detector {
     pub name: String,
     pub regex: Regex,
     /// Extra check on a match (Luhn for card numbers).
-    pub validate: Option<fn(&str) -> bool>,
+    pub validate: Option<Validator>,
     pub action: PiiAction,
     /// Replacement text, e.g. `[EMAIL]`.
     pub replacement: String,
@@ -41,7 +44,7 @@ pub const BUILTIN_DETECTORS: &[&str] = &[
 ];
 
 /// The regex and validator of a built-in detector.
-pub fn builtin(name: &str) -> Option<(Regex, Option<fn(&str) -> bool>)> {
+pub fn builtin(name: &str) -> Option<(Regex, Option<Validator>)> {
     static PATTERNS: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
         [
             ("api_key", r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})"),
@@ -59,7 +62,7 @@ pub fn builtin(name: &str) -> Option<(Regex, Option<fn(&str) -> bool>)> {
         .collect()
     });
     let regex = PATTERNS.iter().find(|(n, _)| *n == name)?.1.clone();
-    let validate: Option<fn(&str) -> bool> =
+    let validate: Option<Validator> =
         (name == "credit_card").then_some(luhn_valid as fn(&str) -> bool);
     Some((regex, validate))
 }
@@ -381,11 +384,13 @@ mod tests {
             .unwrap();
         assert!(report.local_only);
         assert_eq!(report.detected, ["email"]);
-        let mut strict = Guards::default();
-        strict.tools = Some(ToolPolicy {
-            allow: vec!["ok".into()],
-            on_violation: ToolViolation::Reject,
-        });
+        let mut strict = Guards {
+            tools: Some(ToolPolicy {
+                allow: vec!["ok".into()],
+                on_violation: ToolViolation::Reject,
+            }),
+            ..Guards::default()
+        };
         assert_eq!(
             strict.inspect(&mut body.clone(), None).unwrap_err().code,
             "tool_not_allowed"
