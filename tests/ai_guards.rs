@@ -239,3 +239,45 @@ async fn heuristic_rules_choose_profiles_in_order() {
     }
     assert!(cloud.calls() >= 6 && local.calls() == 1);
 }
+
+#[tokio::test]
+async fn secrets_in_completions_are_masked_whole_and_across_stream_chunks() {
+    let (cloud, _local, _dir, gateway) = setup(
+        "    response_secrets: { custom: ['TICKET-[0-9]+'] }",
+        "    []",
+    )
+    .await;
+    let text =
+        "Use API_KEY=abcdef123456 then call sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX ok. Also TICKET-777.";
+    // 9 chunks of ~10 characters: `API_KEY=abcdef123456` and the sk- key both straddle chunk boundaries.
+    cloud.set_behavior(loadtest::Behavior {
+        text: Some(text.to_string()),
+        chunks: 9,
+        ..Default::default()
+    });
+    let expected = "Use API_KEY=[REDACTED] then call [REDACTED] ok. Also [REDACTED].";
+
+    let response = ask(&gateway, user("tell me"), &[]).await;
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], expected);
+
+    let mut stream = user("tell me");
+    stream["stream"] = json!(true);
+    let raw = ask(&gateway, stream, &[]).await.text().await.unwrap();
+    assert!(
+        !raw.contains("abcdef123456") && !raw.contains("ABCDEFGHIJ") && !raw.contains("777"),
+        "{raw}"
+    );
+    let streamed: String = raw
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed, expected);
+    assert!(raw.trim_end().ends_with("data: [DONE]"));
+}

@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::guard::Guards;
 use super::heuristics::Rule;
+use super::secrets::SecretMasker;
 use crate::upstream::cluster::Cluster;
 
 /// What kind of API a provider speaks.
@@ -89,6 +90,8 @@ pub struct Catalog {
     pub rules: Vec<Rule>,
     /// Request guards.
     pub guards: Guards,
+    /// Masks secrets in completions, when enabled.
+    pub secrets: Option<SecretMasker>,
 }
 
 impl Catalog {
@@ -121,6 +124,7 @@ impl Catalog {
             max_body_size,
             rules: Vec::new(),
             guards: Guards::default(),
+            secrets: None,
         }
     }
 

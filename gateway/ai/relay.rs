@@ -22,6 +22,7 @@ use super::catalog::{Catalog, Model, Provider, ProviderKind};
 use super::mock;
 use super::openai::{Endpoint, OpenAiError};
 use super::routing::{decide, AiPolicy, Plan};
+use super::secrets::StreamMasker;
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
@@ -510,6 +511,18 @@ async fn stream_back(
     }
     session.write_response_header(Box::new(head), false).await?;
     let deadline = Instant::now() + provider.timeouts.total;
+    let mut stream_masker = request
+        .catalog
+        .secrets
+        .as_ref()
+        .filter(|_| is_sse)
+        .map(StreamMasker::new);
+    let mut whole: Option<Vec<u8>> = request
+        .catalog
+        .secrets
+        .as_ref()
+        .filter(|_| !is_sse)
+        .map(|_| Vec::new());
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         upstream.set_read_timeout(Some(
@@ -520,10 +533,19 @@ async fn stream_back(
         ));
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
-                if session
-                    .write_response_body(Some(chunk), false)
-                    .await
-                    .is_err()
+                let chunk = match (&mut stream_masker, &mut whole) {
+                    (Some(masker), _) => Bytes::from(masker.push(&chunk)),
+                    (None, Some(buffer)) => {
+                        buffer.extend_from_slice(&chunk);
+                        continue;
+                    }
+                    (None, None) => chunk,
+                };
+                if !chunk.is_empty()
+                    && session
+                        .write_response_body(Some(chunk), false)
+                        .await
+                        .is_err()
                 {
                     // The client went away: dropping `upstream` closes the provider connection.
                     outcome.error = Some("client_disconnected");
@@ -531,6 +553,18 @@ async fn stream_back(
                 }
             }
             Ok(None) => {
+                let tail = match (&mut stream_masker, whole.take(), &request.catalog.secrets) {
+                    (Some(masker), _, _) => masker.finish(),
+                    (None, Some(buffer), Some(secrets)) => {
+                        secrets.mask_body(&buffer).unwrap_or(buffer)
+                    }
+                    _ => Vec::new(),
+                };
+                if !tail.is_empty() {
+                    session
+                        .write_response_body(Some(Bytes::from(tail)), false)
+                        .await?;
+                }
                 session.write_response_body(None, true).await?;
                 CONNECTOR
                     .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
@@ -588,23 +622,27 @@ async fn answer_mock(
             let head = client_head(200, request, outcome, Some(plan), Some(&event_stream))?;
             session.write_response_header(Box::new(head), false).await?;
             let settings = model.provider.mock;
-            for (i, event) in mock::chat_stream_events(
+            let mut masker = request.catalog.secrets.as_ref().map(StreamMasker::new);
+            let events = mock::chat_stream_events(
                 &id,
                 &model.upstream_model,
                 &text,
                 settings.chunks,
                 prompt_tokens,
-            )
-            .into_iter()
-            .enumerate()
-            {
+            );
+            for (i, event) in events.into_iter().enumerate() {
                 if i > 0 && !settings.chunk_delay.is_zero() {
                     tokio::time::sleep(settings.chunk_delay).await;
                 }
-                if session
-                    .write_response_body(Some(Bytes::from(event)), false)
-                    .await
-                    .is_err()
+                let bytes = match &mut masker {
+                    Some(masker) => Bytes::from(masker.push(event.as_bytes())),
+                    None => Bytes::from(event),
+                };
+                if !bytes.is_empty()
+                    && session
+                        .write_response_body(Some(bytes), false)
+                        .await
+                        .is_err()
                 {
                     outcome.error = Some("client_disconnected");
                     return Ok(());
@@ -617,7 +655,12 @@ async fn answer_mock(
             mock::chat_completion(&id, &model.upstream_model, &text, prompt_tokens)
         }
     };
-    let body = Bytes::from(reply.to_string());
+    let reply = reply.to_string().into_bytes();
+    let reply = match &request.catalog.secrets {
+        Some(secrets) => secrets.mask_body(&reply).unwrap_or(reply),
+        None => reply,
+    };
+    let body = Bytes::from(reply);
     let mut head = client_head(200, request, outcome, Some(plan), None)?;
     head.insert_header(CONTENT_LENGTH, body.len())?;
     session.write_response_header(Box::new(head), false).await?;

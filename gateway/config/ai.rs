@@ -19,6 +19,7 @@ use crate::ai::guard::{
     BUILTIN_DETECTORS,
 };
 use crate::ai::heuristics::{Condition, Rule};
+use crate::ai::secrets::SecretMasker;
 use crate::observe::metrics::{upstream_ejection_counter, upstream_health_gauge};
 use crate::upstream::cluster::{
     Backend, Cluster, ClusterSettings, ClusterTimeouts, HealthCheckSpec, HttpCheck, PassiveHealth,
@@ -183,7 +184,27 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
     );
     catalog.rules = rules;
     catalog.guards = guards;
+    catalog.secrets = compile_secrets(c, &ai.guards.response_secrets);
     catalog
+}
+
+fn compile_secrets(c: &mut Compiler, section: &ResponseSecretsSection) -> Option<SecretMasker> {
+    let custom = section
+        .custom
+        .iter()
+        .enumerate()
+        .filter_map(|(i, pattern)| match Regex::new(pattern) {
+            Ok(regex) => Some(regex),
+            Err(e) => {
+                c.error(
+                    format!("ai.guards.response_secrets.custom[{i}]"),
+                    format!("invalid regex: {e}"),
+                );
+                None
+            }
+        })
+        .collect();
+    section.enabled.then(|| SecretMasker::new(custom))
 }
 
 fn compile_rules(

@@ -795,6 +795,29 @@ pub struct GuardsSection {
     pub tools: Option<ToolsSection>,
     /// A system prompt for every request (a route's `ai.system_prompt` overrides it).
     pub system_prompt: Option<SystemPromptSection>,
+    /// Secrets masked in completions (on by default).
+    #[serde(default)]
+    pub response_secrets: ResponseSecretsSection,
+}
+
+/// `ai.guards.response_secrets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseSecretsSection {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// More regexes to mask (replaced by `[REDACTED]`).
+    #[serde(default)]
+    pub custom: Vec<String>,
+}
+
+impl Default for ResponseSecretsSection {
+    fn default() -> Self {
+        ResponseSecretsSection {
+            enabled: true,
+            custom: Vec::new(),
+        }
+    }
 }
 
 /// `mask`, `reject` or `route_local`.

@@ -1,0 +1,332 @@
+//! Response secret masking: `API_KEY=...`, `PASSWORD: ...`, private key blocks, provider key formats and
+//! custom patterns are replaced in completions, both in whole JSON bodies and in SSE streams. In a stream,
+//! text that could still be the start of a secret (an open key block, a line with a secret keyword, the
+//! trailing word) is held back until the next chunk or the end, so a secret split across chunks is caught.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::{Map, Value};
+
+/// Patterns and their replacements.
+#[derive(Debug, Clone)]
+pub struct SecretMasker {
+    patterns: Vec<(Regex, String)>,
+}
+
+static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)api[_-]?key|secret|passw|token|sk-|akia|gh[pousr]_|xox[abprs]-|aiza")
+        .expect("trigger pattern compiles")
+});
+
+impl SecretMasker {
+    /// The built-in patterns plus `custom` regexes (replaced by `[REDACTED]`).
+    pub fn new(custom: Vec<Regex>) -> Self {
+        let builtin = [
+            (
+                r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+                "[REDACTED PRIVATE KEY]",
+            ),
+            (
+                r#"(?i)\b([A-Z0-9_]*(?:API[_-]?KEY|SECRET|PASSWORD|PASSWD|TOKEN)[A-Z0-9_]*)(\s*[=:]\s*)["']?[^\s"',;]+["']?"#,
+                "${1}${2}[REDACTED]",
+            ),
+            (
+                r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})",
+                "[REDACTED]",
+            ),
+        ];
+        let mut patterns: Vec<(Regex, String)> = builtin
+            .into_iter()
+            .map(|(pattern, replacement)| {
+                (
+                    Regex::new(pattern).expect("built-in pattern compiles"),
+                    replacement.to_string(),
+                )
+            })
+            .collect();
+        patterns.extend(
+            custom
+                .into_iter()
+                .map(|regex| (regex, "[REDACTED]".to_string())),
+        );
+        SecretMasker { patterns }
+    }
+
+    pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut current = Cow::Borrowed(text);
+        for (regex, replacement) in &self.patterns {
+            if let Cow::Owned(replaced) = regex.replace_all(&current, replacement.as_str()) {
+                current = Cow::Owned(replaced);
+            }
+        }
+        current
+    }
+
+    /// Mask the completion texts of a whole (non-streamed) response body.
+    pub fn mask_body(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let mut value: Map<String, Value> = serde_json::from_slice(body).ok()?;
+        let mut changed = false;
+        for_each_choice_text(&mut value, |text| {
+            if let Cow::Owned(masked) = self.mask(text) {
+                *text = masked;
+                changed = true;
+            }
+        });
+        changed.then(|| serde_json::to_vec(&value).ok()).flatten()
+    }
+}
+
+/// Completion texts: `choices[].message.content`, `choices[].delta.content`, `choices[].text`.
+fn for_each_choice_text(value: &mut Map<String, Value>, mut f: impl FnMut(&mut String)) {
+    let Some(Value::Array(choices)) = value.get_mut("choices") else {
+        return;
+    };
+    for choice in choices {
+        for key in ["message", "delta"] {
+            if let Some(Value::String(text)) =
+                choice.get_mut(key).and_then(|m| m.get_mut("content"))
+            {
+                f(text);
+            }
+        }
+        if let Some(Value::String(text)) = choice.get_mut("text") {
+            f(text);
+        }
+    }
+}
+
+/// The completion text of one choice (`delta.content`, `message.content` or `text`); with `create`, a missing
+/// `delta.content` is added so held-back text can be flushed into a finishing chunk.
+fn choice_text(choice: &mut Value, create: bool) -> Option<&mut String> {
+    let key = ["delta", "message"]
+        .into_iter()
+        .find(|k| choice.get(*k).is_some_and(Value::is_object));
+    if let Some(key) = key {
+        let object = choice.get_mut(key)?.as_object_mut()?;
+        if create && !object.contains_key("content") {
+            object.insert("content".into(), Value::String(String::new()));
+        }
+        if let Some(Value::String(text)) = object.get_mut("content") {
+            return Some(text);
+        }
+        return None;
+    }
+    match choice.get_mut("text") {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// Where held-back text starts: an unclosed key block, a last line with a secret keyword, or the trailing word.
+fn holdback_start(text: &str) -> usize {
+    let mut start = text.len();
+    if let Some(begin) = text.rfind("-----BEGIN") {
+        if !text[begin..].contains("-----END") || !text[begin..].trim_end().ends_with("-----") {
+            start = begin;
+        }
+    }
+    let line_start = text.rfind('\n').map_or(0, |i| i + 1);
+    if TRIGGER.is_match(&text[line_start..]) {
+        start = start.min(line_start);
+    }
+    let word_start = text.rfind(char::is_whitespace).map_or(0, |i| {
+        i + text[i..].chars().next().map_or(1, char::len_utf8)
+    });
+    start.min(word_start)
+}
+
+/// Masks the content deltas of one SSE stream, event by event.
+#[derive(Debug)]
+pub struct StreamMasker<'a> {
+    masker: &'a SecretMasker,
+    /// Incomplete event bytes.
+    buffer: Vec<u8>,
+    /// Held-back text per choice index.
+    pending: Vec<String>,
+}
+
+impl<'a> StreamMasker<'a> {
+    pub fn new(masker: &'a SecretMasker) -> Self {
+        StreamMasker {
+            masker,
+            buffer: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Feed upstream bytes; returns the (possibly rewritten) complete events to send on.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.buffer.extend_from_slice(chunk);
+        let mut out = Vec::with_capacity(chunk.len() + 64);
+        while let Some(end) = find_event_end(&self.buffer) {
+            let event: Vec<u8> = self.buffer.drain(..end.0 + end.1).collect();
+            let text = String::from_utf8_lossy(&event[..end.0]).into_owned();
+            self.rewrite_event(&text, &mut out);
+        }
+        out
+    }
+
+    /// Whatever is still buffered (an unterminated event), masked, at the end of the stream.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.buffer);
+        let mut out = Vec::new();
+        if !rest.is_empty() {
+            let text = String::from_utf8_lossy(&rest).into_owned();
+            self.rewrite_event(text.trim_end(), &mut out);
+        }
+        out
+    }
+
+    fn rewrite_event(&mut self, event: &str, out: &mut Vec<u8>) {
+        let data = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(str::trim_start)
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: Option<Map<String, Value>> = if data.is_empty() || data == "[DONE]" {
+            None
+        } else {
+            serde_json::from_str(&data).ok()
+        };
+        let Some(mut chunk) = parsed else {
+            if data == "[DONE]" {
+                self.flush_pending(out);
+            }
+            out.extend_from_slice(event.as_bytes());
+            out.extend_from_slice(b"\n\n");
+            return;
+        };
+        if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
+            for (position, choice) in choices.iter_mut().enumerate() {
+                let index = choice
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .map_or(position, |i| i as usize);
+                let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+                if self.pending.len() <= index {
+                    self.pending.resize(index + 1, String::new());
+                }
+                let held = &mut self.pending[index];
+                let slot = choice_text(choice, finishing && !held.is_empty());
+                let Some(text) = slot else { continue };
+                held.push_str(text);
+                let cut = if finishing {
+                    held.len()
+                } else {
+                    holdback_start(held)
+                };
+                let ready: String = held.drain(..cut).collect();
+                *text = self.masker.mask(&ready).into_owned();
+            }
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&serde_json::to_vec(&chunk).unwrap_or_default());
+        out.extend_from_slice(b"\n\n");
+    }
+
+    /// Emit held-back text before the stream ends.
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        for (index, held) in self.pending.iter_mut().enumerate() {
+            if held.is_empty() {
+                continue;
+            }
+            let text = self.masker.mask(held).into_owned();
+            held.clear();
+            let event = serde_json::json!({"object": "chat.completion.chunk", "choices": [{"index": index, "delta": {"content": text}, "finish_reason": null}]});
+            out.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+        }
+    }
+}
+
+/// (end of the event text, length of the blank-line separator) of the first complete event.
+fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(content: &str) -> String {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
+        )
+    }
+
+    fn collected(output: &[u8]) -> String {
+        String::from_utf8_lossy(output)
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_texts_are_masked() {
+        let masker = SecretMasker::new(vec![Regex::new("INTERNAL-[0-9]+").unwrap()]);
+        let cases = [
+            (
+                "set API_KEY=abc123def and go",
+                "set API_KEY=[REDACTED] and go",
+            ),
+            ("PASSWORD: hunter2", "PASSWORD: [REDACTED]"),
+            ("db_password = 's3cr3t'", "db_password = [REDACTED]"),
+            ("key sk-ant-api03-abcdefghijklmnopqrstuv", "key [REDACTED]"),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----",
+                "[REDACTED PRIVATE KEY]",
+            ),
+            ("ticket INTERNAL-42", "ticket [REDACTED]"),
+            ("the token bucket algorithm", "the token bucket algorithm"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(masker.mask(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn a_secret_split_across_chunks_is_masked_in_the_stream() {
+        let masker = SecretMasker::new(vec![]);
+        for split in ["API_K", "API_KEY=ab", "API_KEY", "API_KEY=abc123 "] {
+            let mut stream = StreamMasker::new(&masker);
+            let text = "here: API_KEY=abc123 done";
+            let (a, b) = text.split_at(text.find(split).unwrap() + split.len());
+            let mut out = stream.push(event(a).as_bytes());
+            // Split the second event's bytes too, mid-JSON.
+            let second = event(b);
+            let (x, y) = second.split_at(second.len() / 2);
+            out.extend(stream.push(x.as_bytes()));
+            out.extend(stream.push(y.as_bytes()));
+            out.extend(stream.push(b"data: [DONE]\n\n"));
+            let seen = collected(&out);
+            assert_eq!(
+                seen, "here: API_KEY=[REDACTED] done",
+                "split after {split:?}"
+            );
+            assert!(!String::from_utf8_lossy(&out).contains("abc123"));
+        }
+        let mut stream = StreamMasker::new(&masker);
+        let mut out = stream.push(event("PASSWORD: ").as_bytes());
+        out.extend(stream.push(event("hunter2\nok").as_bytes()));
+        out.extend(stream.push(b"data: [DONE]\n\n"));
+        assert_eq!(collected(&out), "PASSWORD: [REDACTED]\nok");
+    }
+}
