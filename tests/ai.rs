@@ -490,3 +490,51 @@ async fn the_model_command_selects_and_is_stripped() {
     .await;
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_providers_are_disabled() {
+    let east = MockLlm::start("east").await.unwrap();
+    let west = MockLlm::start("west").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        r#"    - name: pool
+      type: openai
+      deployments:
+        - {{ base_url: "{}", api_key: key-east }}
+        - {{ base_url: "{}", api_key: key-west }}
+      health_check: {{ path: /models, interval: 200ms, unhealthy_threshold: 1 }}
+    - {{ name: paid, type: openai, base_url: "http://127.0.0.1:9/v1", api_key: "${{UNSET_TEST_PROVIDER_KEY:-}}" }}"#,
+        east.base_url(),
+        west.base_url()
+    );
+    let models = "    - { name: pooled, provider: pool }\n    - { name: premium, provider: paid }";
+    let gateway = Gateway::start(&dir, ports, &ai_config(&dir, &ports, &providers, models, "    default: [premium, pooled]")).await;
+    assert!(dir.gateway_log().contains("AI provider `paid` is disabled"));
+    let client = client();
+    let request = json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]});
+    for _ in 0..10 {
+        let response = chat(&client, &gateway, request.clone()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-gateway-model"), "pooled");
+        assert_eq!(header(&response, "x-gateway-attempts"), "1", "the disabled provider is skipped, not tried");
+    }
+    assert_eq!((east.calls(), west.calls()), (5, 5));
+    assert_eq!(east.last().unwrap().header("authorization"), Some("Bearer key-east"));
+    assert_eq!(west.last().unwrap().header("authorization"), Some("Bearer key-west"));
+    let models: Value = client.get(gateway.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"pooled") && !ids.contains(&"premium"), "{ids:?}");
+
+    west.stop();
+    let gauge = format!("gateway_upstream_healthy{{backend=\"{}\",cluster=\"ai:pool\"}}", west.addr);
+    let down = eventually(Duration::from_secs(10), || async {
+        metric_value(&get(&client, &gateway.admin_url("/metrics")).await.1, &gauge) == 0.0
+    })
+    .await;
+    assert!(down, "the health check did not notice the dead deployment");
+    for _ in 0..6 {
+        let response = chat(&client, &gateway, request.clone()).await;
+        assert_eq!(header(&response, "x-gateway-attempts"), "1");
+    }
+    assert_eq!(east.calls(), 11);
+}
