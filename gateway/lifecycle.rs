@@ -110,3 +110,27 @@ pub fn watch_readiness(mut phases: broadcast::Receiver<ExecutionPhase>) {
         log::error!("cannot start the readiness watcher: {e}");
     }
 }
+
+/// Run the tasks `spawn` starts for the current config generation; abort and restart them on every reload,
+/// stop on shutdown. Shared by the background services that follow the config (upstream upkeep, JWKS).
+pub async fn per_generation(
+    runtime: &ArcSwap<Runtime>,
+    generation: &watch::Receiver<u64>,
+    mut shutdown: ShutdownWatch,
+    spawn: impl Fn(&Runtime, &mut tokio::task::JoinSet<()>),
+) {
+    let mut generation = generation.clone();
+    loop {
+        let mut tasks = tokio::task::JoinSet::new();
+        spawn(&runtime.load(), &mut tasks);
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            changed = generation.changed() => {
+                tasks.abort_all();
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

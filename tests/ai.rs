@@ -492,7 +492,8 @@ async fn the_model_command_selects_and_is_stripped() {
 }
 
 #[tokio::test]
-async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_providers_are_disabled() {
+async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_providers_are_disabled(
+) {
     let east = MockLlm::start("east").await.unwrap();
     let west = MockLlm::start("west").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
@@ -508,7 +509,18 @@ async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_pro
         west.base_url()
     );
     let models = "    - { name: pooled, provider: pool }\n    - { name: premium, provider: paid }";
-    let gateway = Gateway::start(&dir, ports, &ai_config(&dir, &ports, &providers, models, "    default: [premium, pooled]")).await;
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &ai_config(
+            &dir,
+            &ports,
+            &providers,
+            models,
+            "    default: [premium, pooled]",
+        ),
+    )
+    .await;
     assert!(dir.gateway_log().contains("AI provider `paid` is disabled"));
     let client = client();
     let request = json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]});
@@ -516,19 +528,50 @@ async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_pro
         let response = chat(&client, &gateway, request.clone()).await;
         assert_eq!(response.status(), 200);
         assert_eq!(header(&response, "x-gateway-model"), "pooled");
-        assert_eq!(header(&response, "x-gateway-attempts"), "1", "the disabled provider is skipped, not tried");
+        assert_eq!(
+            header(&response, "x-gateway-attempts"),
+            "1",
+            "the disabled provider is skipped, not tried"
+        );
     }
     assert_eq!((east.calls(), west.calls()), (5, 5));
-    assert_eq!(east.last().unwrap().header("authorization"), Some("Bearer key-east"));
-    assert_eq!(west.last().unwrap().header("authorization"), Some("Bearer key-west"));
-    let models: Value = client.get(gateway.url("/v1/models")).send().await.unwrap().json().await.unwrap();
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"pooled") && !ids.contains(&"premium"), "{ids:?}");
+    assert_eq!(
+        east.last().unwrap().header("authorization"),
+        Some("Bearer key-east")
+    );
+    assert_eq!(
+        west.last().unwrap().header("authorization"),
+        Some("Bearer key-west")
+    );
+    let models: Value = client
+        .get(gateway.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"pooled") && !ids.contains(&"premium"),
+        "{ids:?}"
+    );
 
     west.stop();
-    let gauge = format!("gateway_upstream_healthy{{backend=\"{}\",cluster=\"ai:pool\"}}", west.addr);
+    let gauge = format!(
+        "gateway_upstream_healthy{{backend=\"{}\",cluster=\"ai:pool\"}}",
+        west.addr
+    );
     let down = eventually(Duration::from_secs(10), || async {
-        metric_value(&get(&client, &gateway.admin_url("/metrics")).await.1, &gauge) == 0.0
+        metric_value(
+            &get(&client, &gateway.admin_url("/metrics")).await.1,
+            &gauge,
+        ) == 0.0
     })
     .await;
     assert!(down, "the health check did not notice the dead deployment");

@@ -25,40 +25,9 @@ use crate::upstream::cluster::{
     Backend, Cluster, ClusterSettings, ClusterTimeouts, HealthCheckSpec, HttpCheck, PassiveHealth,
     UpstreamTls,
 };
+use crate::upstream::url::HttpUrl;
 
 const DEFAULT_AI_MAX_BODY: u64 = 10 * 1024 * 1024;
-
-/// A base URL split into what a peer and a request need.
-struct BaseUrl {
-    tls: bool,
-    host: String,
-    port: u16,
-    path: String,
-}
-
-fn parse_base_url(text: &str) -> Result<BaseUrl, String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-    let tls = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(format!("`{text}`: use an http:// or https:// URL")),
-    };
-    let host = uri
-        .host()
-        .ok_or_else(|| format!("`{text}` has no host"))?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let path = uri.path().trim_end_matches('/').to_string();
-    Ok(BaseUrl {
-        tls,
-        host,
-        port,
-        path,
-    })
-}
 
 pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
     let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
@@ -189,22 +158,23 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
 }
 
 fn compile_secrets(c: &mut Compiler, section: &ResponseSecretsSection) -> Option<SecretMasker> {
-    let custom = section
-        .custom
+    let custom = compile_regexes(c, &section.custom, "ai.guards.response_secrets.custom");
+    section.enabled.then(|| SecretMasker::new(custom))
+}
+
+/// Compile a list of regexes, reporting each bad one at `path[i]`.
+fn compile_regexes(c: &mut Compiler, patterns: &[String], path: &str) -> Vec<Regex> {
+    patterns
         .iter()
         .enumerate()
         .filter_map(|(i, pattern)| match Regex::new(pattern) {
             Ok(regex) => Some(regex),
             Err(e) => {
-                c.error(
-                    format!("ai.guards.response_secrets.custom[{i}]"),
-                    format!("invalid regex: {e}"),
-                );
+                c.error(format!("{path}[{i}]"), format!("invalid regex: {e}"));
                 None
             }
         })
-        .collect();
-    section.enabled.then(|| SecretMasker::new(custom))
+        .collect()
 }
 
 fn compile_rules(
@@ -321,21 +291,7 @@ fn compile_guards(c: &mut Compiler, guards: &GuardsSection) -> Guards {
             ),
         }
     }
-    let deny = guards
-        .deny_patterns
-        .iter()
-        .enumerate()
-        .filter_map(|(i, pattern)| match Regex::new(pattern) {
-            Ok(regex) => Some(regex),
-            Err(e) => {
-                c.error(
-                    format!("ai.guards.deny_patterns[{i}]"),
-                    format!("invalid regex: {e}"),
-                );
-                None
-            }
-        })
-        .collect();
+    let deny = compile_regexes(c, &guards.deny_patterns, "ai.guards.deny_patterns");
     let tools = guards.tools.as_ref().map(|t| ToolPolicy {
         allow: t.allow.clone(),
         on_violation: match t.on_violation {
@@ -434,7 +390,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             );
             continue;
         };
-        let url = match parse_base_url(base_url) {
+        let url = match HttpUrl::parse(base_url) {
             Ok(url) => url,
             Err(message) => {
                 c.error(format!("{dpath}.base_url"), message);
@@ -469,13 +425,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             },
             None => None,
         };
-        let default_port = if url.tls { 443 } else { 80 };
-        let host = if url.port == default_port {
-            url.host.clone()
-        } else {
-            format!("{}:{}", url.host, url.port)
-        };
-        let Ok(host_value) = HeaderValue::from_str(&host) else {
+        let Ok(host_value) = HeaderValue::from_str(&url.authority()) else {
             c.error(
                 format!("{dpath}.base_url"),
                 "the host is not a valid header value",
@@ -497,7 +447,14 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             upstream_ejection_counter(&label, &address),
         ));
         deployments.push(Deployment {
-            base_path: url.path,
+            // The API prefix, e.g. `/v1`; a query in a base URL is not meaningful and is dropped.
+            base_path: url
+                .path_and_query
+                .split('?')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('/')
+                .to_string(),
             authorization,
             host: host_value,
         });

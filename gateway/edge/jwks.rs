@@ -16,7 +16,9 @@ use pingora::upstreams::peer::HttpPeer;
 use tokio::sync::watch;
 
 use super::jwt::{keys_from_jwks, VerifyKey};
+use crate::lifecycle::per_generation;
 use crate::runtime::Runtime;
+use crate::upstream::url::HttpUrl;
 
 /// Largest JWKS document accepted.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -33,41 +35,14 @@ pub enum JwksSource {
 #[derive(Debug, Clone)]
 pub struct JwksUrl {
     pub text: String,
-    host: String,
-    port: u16,
-    tls: bool,
-    path_and_query: String,
+    url: HttpUrl,
 }
 
 impl JwksUrl {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let uri: http::Uri = text
-            .parse()
-            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "`{text}`: only http:// and https:// URLs are supported"
-                ))
-            }
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| format!("`{text}` has no host"))?
-            .trim_matches(['[', ']'])
-            .to_string();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let path_and_query = uri
-            .path_and_query()
-            .map_or("/".to_string(), |pq| pq.as_str().to_string());
         Ok(JwksUrl {
             text: text.to_string(),
-            host,
-            port,
-            tls,
-            path_and_query,
+            url: HttpUrl::parse(text)?,
         })
     }
 }
@@ -95,7 +70,8 @@ impl JwksSource {
 
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
 
-async fn fetch(url: &JwksUrl) -> Result<String, String> {
+async fn fetch(jwks: &JwksUrl) -> Result<String, String> {
+    let (text, url) = (&jwks.text, &jwks.url);
     let addr = tokio::net::lookup_host((url.host.as_str(), url.port))
         .await
         .map_err(|e| format!("resolving {}: {e}", url.host))?
@@ -112,7 +88,7 @@ async fn fetch(url: &JwksUrl) -> Result<String, String> {
     let (mut session, _) = CONNECTOR
         .get_http_session(&peer)
         .await
-        .map_err(|e| format!("connecting to {}: {e}", url.text))?;
+        .map_err(|e| format!("connecting to {}: {e}", text))?;
     let mut request = RequestHeader::build("GET", url.path_and_query.as_bytes(), None)
         .map_err(|e| e.to_string())?;
     request
@@ -138,7 +114,7 @@ async fn fetch(url: &JwksUrl) -> Result<String, String> {
         .map_err(|e| e.to_string())?;
     let status = session.response_header().map_or(0, |h| h.status.as_u16());
     if status != 200 {
-        return Err(format!("{} answered {status}", url.text));
+        return Err(format!("{} answered {status}", text));
     }
     let mut body = Vec::new();
     while let Some(chunk) = session
@@ -148,13 +124,10 @@ async fn fetch(url: &JwksUrl) -> Result<String, String> {
     {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_JWKS_BYTES {
-            return Err(format!(
-                "{} sent more than {MAX_JWKS_BYTES} bytes",
-                url.text
-            ));
+            return Err(format!("{} sent more than {MAX_JWKS_BYTES} bytes", text));
         }
     }
-    String::from_utf8(body).map_err(|_| format!("{} sent a body that is not UTF-8", url.text))
+    String::from_utf8(body).map_err(|_| format!("{} sent a body that is not UTF-8", text))
 }
 
 /// Refreshes every issuer's JWKS once per cache TTL; restarted on each reload.
@@ -165,37 +138,32 @@ pub struct JwksRefresher {
 
 #[async_trait]
 impl BackgroundService for JwksRefresher {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut generation = self.generation.clone();
-        loop {
-            let mut tasks = tokio::task::JoinSet::new();
-            for issuer in &self.runtime.load().auth.jwt.issuers {
-                let Some(source) = issuer.jwks.clone() else {
-                    continue;
-                };
-                let issuer = issuer.clone();
-                tasks.spawn(async move {
-                    loop {
-                        match source.load().await {
-                            Ok(keys) => issuer.fetched.store(Arc::new(keys)),
-                            Err(e) => log::warn!(
-                                "JWT issuer {}: keeping the last good keys: {e}",
-                                issuer.name
-                            ),
+    async fn start(&self, shutdown: ShutdownWatch) {
+        per_generation(
+            &self.runtime,
+            &self.generation,
+            shutdown,
+            |runtime, tasks| {
+                for issuer in &runtime.auth.jwt.issuers {
+                    let Some(source) = issuer.jwks.clone() else {
+                        continue;
+                    };
+                    let issuer = issuer.clone();
+                    tasks.spawn(async move {
+                        loop {
+                            match source.load().await {
+                                Ok(keys) => issuer.fetched.store(Arc::new(keys)),
+                                Err(e) => log::warn!(
+                                    "JWT issuer {}: keeping the last good keys: {e}",
+                                    issuer.name
+                                ),
+                            }
+                            tokio::time::sleep(issuer.cache_ttl).await;
                         }
-                        tokio::time::sleep(issuer.cache_ttl).await;
-                    }
-                });
-            }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                changed = generation.changed() => {
-                    tasks.abort_all();
-                    if changed.is_err() {
-                        return;
-                    }
+                    });
                 }
-            }
-        }
+            },
+        )
+        .await
     }
 }

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use super::cluster::{Backend, Cluster, HealthCheckSpec};
 use super::peer::{http_peer, PeerTimeouts};
+use crate::lifecycle::per_generation;
 use crate::runtime::Runtime;
 
 /// Runs the upkeep of the current generation; a new `generation` restarts it on the new config.
@@ -26,23 +27,18 @@ pub struct UpstreamUpkeep {
 
 #[async_trait]
 impl BackgroundService for UpstreamUpkeep {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut generation = self.generation.clone();
-        loop {
-            let mut tasks = JoinSet::new();
-            for cluster in &self.runtime.load().clusters {
-                tasks.spawn(upkeep_cluster(cluster.clone()));
-            }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                changed = generation.changed() => {
-                    tasks.abort_all();
-                    if changed.is_err() {
-                        return;
-                    }
+    async fn start(&self, shutdown: ShutdownWatch) {
+        per_generation(
+            &self.runtime,
+            &self.generation,
+            shutdown,
+            |runtime, tasks| {
+                for cluster in &runtime.clusters {
+                    tasks.spawn(upkeep_cluster(cluster.clone()));
                 }
-            }
-        }
+            },
+        )
+        .await
     }
 }
 

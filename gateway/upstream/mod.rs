@@ -3,3 +3,4 @@
 pub mod cluster;
 pub mod health;
 pub mod peer;
+pub mod url;

@@ -2,6 +2,8 @@
 
 pub mod llm;
 pub mod origin;
+mod server;
 
 pub use llm::{Behavior, MockLlm, RecordedCall};
 pub use origin::{MockOrigin, RecordedRequest};
+pub use server::listen_args;

@@ -16,14 +16,10 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
 /// How the mock answers.
 #[derive(Debug, Clone)]
@@ -118,7 +114,10 @@ impl MockLlm {
             cancelled: AtomicUsize::new(0),
         });
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, state.clone(), stopped));
+        let served = state.clone();
+        tokio::spawn(crate::server::accept_loop(listener, stopped, move |req| {
+            handle(req, served.clone())
+        }));
         Ok(MockLlm { addr, state, stop })
     }
 
@@ -169,25 +168,6 @@ impl MockLlm {
 impl Drop for MockLlm {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stopped: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stopped.changed() => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| handle(req, state.clone()));
-                    let _ = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
     }
 }
 

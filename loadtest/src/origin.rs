@@ -14,13 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 /// What the origin received.
 #[derive(Debug, Clone)]
@@ -83,7 +79,10 @@ impl MockOrigin {
             statics: Mutex::new(std::collections::HashMap::new()),
         });
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(accept_loop(listener, state.clone(), stopped));
+        let served = state.clone();
+        tokio::spawn(crate::server::accept_loop(listener, stopped, move |req| {
+            handle(req, served.clone())
+        }));
         Ok(MockOrigin { addr, state, stop })
     }
 
@@ -128,25 +127,6 @@ impl MockOrigin {
 impl Drop for MockOrigin {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stopped: watch::Receiver<bool>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stopped.changed() => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| handle(req, state.clone()));
-                    let _ = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
     }
 }
 

@@ -1,0 +1,72 @@
+//! The accept loop and command-line parsing shared by the mock servers.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Serve HTTP/1.1 and h2c connections with `handle` until `stopped` changes; stopping drops every connection.
+pub(crate) async fn accept_loop<F, Fut, B>(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let handle = handle.clone();
+                connections.spawn(async move {
+                    let service = service_fn(handle);
+                    let _ = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// `--listen ADDR --name NAME` with defaults; exits with a usage line on anything else.
+pub fn listen_args(
+    program: &str,
+    default_listen: &str,
+    default_name: &str,
+) -> (SocketAddr, String) {
+    let mut listen = default_listen.to_string();
+    let mut name = default_name.to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--listen", Some(value)) => listen = value,
+            ("--name", Some(value)) => name = value,
+            _ => {
+                eprintln!("usage: {program} [--listen {default_listen}] [--name {default_name}]");
+                std::process::exit(2);
+            }
+        }
+    }
+    match listen.parse() {
+        Ok(addr) => (addr, name),
+        Err(e) => {
+            eprintln!("{program}: `{listen}` is not an address: {e}");
+            std::process::exit(2);
+        }
+    }
+}
