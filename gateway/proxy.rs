@@ -525,7 +525,20 @@ impl ProxyHttp for EdgeProxy {
                 .await?;
                 Ok(true)
             }
-            RouteAction::Ai(policy) => {
+            RouteAction::Ai(route_policy) => {
+                let consumer_policy = ctx
+                    .consumer
+                    .as_ref()
+                    .and_then(|c| c.entry.as_ref())
+                    .map(|e| &e.ai);
+                let narrowed;
+                let policy = match consumer_policy {
+                    Some(consumer) if !consumer.is_unrestricted() => {
+                        narrowed = route_policy.narrowed(consumer);
+                        &narrowed
+                    }
+                    _ => route_policy,
+                };
                 let request = AiRequest {
                     catalog: &runtime.ai,
                     policy,
@@ -723,10 +736,7 @@ impl ProxyHttp for EdgeProxy {
             }
             if let Some(found) = &ctx.consumer {
                 upstream.insert_header(settings.consumer_header.clone(), &*found.consumer)?;
-                if let Some(consumer) = found
-                    .groups
-                    .as_ref()
-                    .filter(|c| !c.groups_header.is_empty())
+                if let Some(consumer) = found.entry.as_ref().filter(|c| !c.groups_header.is_empty())
                 {
                     upstream
                         .insert_header(settings.groups_header.clone(), &consumer.groups_header)?;

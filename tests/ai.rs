@@ -581,3 +581,75 @@ async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_pro
     }
     assert_eq!(east.calls(), 11);
 }
+
+#[tokio::test]
+async fn consumer_policies_and_profile_system_prompts_apply() {
+    let llm = MockLlm::start("policy").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let body = format!(
+        r#"
+consumers:
+  - {{ name: intern, api_keys: [{{ sha256: "{intern}" }}], ai: {{ allowed_models: [cheap] }} }}
+  - {{ name: lead, api_keys: [{{ sha256: "{lead}" }}] }}
+ai:
+  providers:
+    - {{ name: p, type: openai, base_url: "{base}" }}
+  models:
+    - {{ name: cheap, provider: p }}
+    - {{ name: fancy, provider: p }}
+  profiles:
+    default: [cheap]
+    support: {{ models: [fancy], system_prompt: {{ mode: prepend, text: "You are support." }} }}
+routes:
+  - name: ai
+    match: {{ path: {{ prefix: /v1 }} }}
+    auth: {{ methods: [api_key] }}
+    ai: {{}}
+"#,
+        intern = hash_key("intern-key-000000000000"),
+        lead = hash_key("lead-key-0000000000000000"),
+        base = llm.base_url()
+    );
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let client = client();
+    let ask = |key: &'static str, body: Value| {
+        let request = client
+            .post(gateway.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    let message =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "q"}]});
+    assert_eq!(
+        ask("intern-key-000000000000", message("cheap"))
+            .await
+            .status(),
+        200
+    );
+    let refused = ask("intern-key-000000000000", message("fancy")).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["error"]["code"],
+        "model_not_allowed"
+    );
+    assert_eq!(
+        ask("lead-key-0000000000000000", message("fancy"))
+            .await
+            .status(),
+        200
+    );
+    // The support profile brings its system prompt.
+    let mut support = message("auto");
+    support["metadata"] = json!({"profile": "support"});
+    assert_eq!(
+        ask("lead-key-0000000000000000", support).await.status(),
+        200
+    );
+    let seen = llm.last().unwrap().json();
+    assert_eq!(
+        seen["messages"][0],
+        json!({"role": "system", "content": "You are support."})
+    );
+    assert_eq!(seen["messages"][1]["content"], "q");
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use super::guard::Guards;
+use super::guard::{Guards, SystemPrompt};
 use super::heuristics::Rule;
 use super::secrets::SecretMasker;
 use crate::upstream::cluster::Cluster;
@@ -92,6 +92,8 @@ pub struct Catalog {
     pub guards: Guards,
     /// Masks secrets in completions, when enabled.
     pub secrets: Option<SecretMasker>,
+    /// System prompts of profiles that have one.
+    pub profile_prompts: HashMap<String, SystemPrompt>,
 }
 
 impl Catalog {
@@ -125,6 +127,7 @@ impl Catalog {
             rules: Vec::new(),
             guards: Guards::default(),
             secrets: None,
+            profile_prompts: HashMap::new(),
         }
     }
 

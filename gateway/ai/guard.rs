@@ -166,11 +166,7 @@ fn for_each_text(body: &mut Map<String, Value>, mut f: impl FnMut(&mut String)) 
 
 impl Guards {
     /// Run every guard on a request body, masking in place; an `Err` refuses the request.
-    pub fn inspect(
-        &self,
-        body: &mut Map<String, Value>,
-        prompt_override: Option<&SystemPrompt>,
-    ) -> Result<GuardReport, OpenAiError> {
+    pub fn inspect(&self, body: &mut Map<String, Value>) -> Result<GuardReport, OpenAiError> {
         let mut report = GuardReport::default();
         if !self.deny.is_empty() {
             let mut denied = false;
@@ -230,9 +226,6 @@ impl Guards {
         }
         if let Some(policy) = &self.tools {
             self.check_tools(body, policy)?;
-        }
-        if let Some(prompt) = prompt_override.or(self.system_prompt.as_ref()) {
-            apply_system_prompt(body, prompt);
         }
         Ok(report)
     }
@@ -352,7 +345,7 @@ mod tests {
                 serde_json::json!({"messages": [{"role": "user", "content": input}]}),
             )
             .unwrap();
-            guards.inspect(&mut body, None).unwrap();
+            guards.inspect(&mut body).unwrap();
             assert_eq!(body["messages"][0]["content"], expected, "{input}");
         }
     }
@@ -374,13 +367,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             guards(PiiAction::Reject)
-                .inspect(&mut body.clone(), None)
+                .inspect(&mut body.clone())
                 .unwrap_err()
                 .code,
             "pii_rejected"
         );
         let report = guards(PiiAction::RouteLocal)
-            .inspect(&mut body.clone(), None)
+            .inspect(&mut body.clone())
             .unwrap();
         assert!(report.local_only);
         assert_eq!(report.detected, ["email"]);
@@ -392,18 +385,21 @@ mod tests {
             ..Guards::default()
         };
         assert_eq!(
-            strict.inspect(&mut body.clone(), None).unwrap_err().code,
+            strict.inspect(&mut body.clone()).unwrap_err().code,
             "tool_not_allowed"
         );
         strict.tools = Some(ToolPolicy {
             allow: vec!["ok".into()],
             on_violation: ToolViolation::Strip,
         });
-        strict.system_prompt = Some(SystemPrompt {
-            mode: PromptMode::Replace,
-            text: "be kind".into(),
-        });
-        strict.inspect(&mut body, None).unwrap();
+        strict.inspect(&mut body).unwrap();
+        apply_system_prompt(
+            &mut body,
+            &SystemPrompt {
+                mode: PromptMode::Replace,
+                text: "be kind".into(),
+            },
+        );
         assert_eq!(body["tools"].as_array().unwrap().len(), 1);
         assert_eq!(body["messages"][0]["content"], "be kind");
         assert_eq!(body["messages"].as_array().unwrap().len(), 2);

@@ -19,6 +19,7 @@ use pingora::upstreams::peer::HttpPeer;
 use serde_json::{Map, Value};
 
 use super::catalog::{Catalog, Model, Provider, ProviderKind};
+use super::guard::apply_system_prompt;
 use super::mock;
 use super::openai::{Endpoint, OpenAiError};
 use super::routing::{decide, AiPolicy, Plan};
@@ -141,10 +142,7 @@ async fn prepare_and_relay(
     let raw = read_body(session, request.catalog.max_body_size).await?;
     let mut body: Map<String, Value> =
         serde_json::from_slice(&raw).map_err(|e| OpenAiError::invalid_json(&e.to_string()))?;
-    let report = request
-        .catalog
-        .guards
-        .inspect(&mut body, request.policy.system_prompt.as_ref())?;
+    let report = request.catalog.guards.inspect(&mut body)?;
     let plan = decide(
         request.catalog,
         &mut body,
@@ -152,6 +150,20 @@ async fn prepare_and_relay(
         request.policy,
         &report,
     )?;
+    // The route's system prompt wins over the profile's, which wins over the global one.
+    let profile_prompt = plan
+        .profile
+        .as_ref()
+        .and_then(|p| request.catalog.profile_prompts.get(p));
+    if let Some(prompt) = request
+        .policy
+        .system_prompt
+        .as_ref()
+        .or(profile_prompt)
+        .or(request.catalog.guards.system_prompt.as_ref())
+    {
+        apply_system_prompt(&mut body, prompt);
+    }
     outcome.decision = Some(plan.decision.clone());
     relay(session, request, outcome, endpoint, body, &plan).await
 }

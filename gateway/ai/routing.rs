@@ -22,6 +22,40 @@ pub struct AiPolicy {
     pub system_prompt: Option<SystemPrompt>,
 }
 
+impl AiPolicy {
+    pub fn is_unrestricted(&self) -> bool {
+        self.allowed_models.is_empty() && self.allowed_profiles.is_empty()
+    }
+
+    /// Both restrictions at once (a route's and a consumer's); the system prompt stays this policy's.
+    pub fn narrowed(&self, other: &AiPolicy) -> AiPolicy {
+        let both = |mine: &[String], theirs: &[String]| -> Vec<String> {
+            match (mine.is_empty(), theirs.is_empty()) {
+                (true, _) => theirs.to_vec(),
+                (_, true) => mine.to_vec(),
+                // Nothing in common must stay a restriction: an impossible name keeps the list non-empty.
+                _ => {
+                    let common: Vec<String> = mine
+                        .iter()
+                        .filter(|m| theirs.contains(m))
+                        .cloned()
+                        .collect();
+                    if common.is_empty() {
+                        vec![String::new()]
+                    } else {
+                        common
+                    }
+                }
+            }
+        };
+        AiPolicy {
+            allowed_models: both(&self.allowed_models, &other.allowed_models),
+            allowed_profiles: both(&self.allowed_profiles, &other.allowed_profiles),
+            system_prompt: self.system_prompt.clone(),
+        }
+    }
+}
+
 /// What will be tried, in order, and why.
 #[derive(Debug, Clone)]
 pub struct Plan {

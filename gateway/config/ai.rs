@@ -102,7 +102,12 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
         }
     }
     let mut profiles = HashMap::new();
-    for (name, list) in &ai.profiles {
+    let mut profile_prompts = HashMap::new();
+    for (name, section) in &ai.profiles {
+        let list = section.models();
+        if let Some(prompt) = section.system_prompt() {
+            profile_prompts.insert(name.clone(), system_prompt(prompt));
+        }
         let mut chain = Vec::new();
         for (j, model) in list.iter().enumerate() {
             let resolved = known(model).or_else(|| aliases.get(model).and_then(|t| known(t)));
@@ -154,6 +159,7 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
     catalog.rules = rules;
     catalog.guards = guards;
     catalog.secrets = compile_secrets(c, &ai.guards.response_secrets);
+    catalog.profile_prompts = profile_prompts;
     catalog
 }
 

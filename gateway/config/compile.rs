@@ -113,6 +113,24 @@ pub fn compile(
     let auth = security::compile_auth(&mut c, &config.consumers, &config.auth);
     let limits = security::compile_limits(&mut c, &config.limits);
     let ai = super::ai::compile_ai(&mut c, &config.ai);
+    for (i, consumer) in config.consumers.iter().enumerate() {
+        for (j, model) in consumer.ai.allowed_models.iter().enumerate() {
+            if ai.model(model).is_none() {
+                c.error(
+                    format!("consumers[{i}].ai.allowed_models[{j}]"),
+                    format!("no model or alias named `{model}`"),
+                );
+            }
+        }
+        for (j, profile) in consumer.ai.allowed_profiles.iter().enumerate() {
+            if !ai.profiles.contains_key(profile) {
+                c.error(
+                    format!("consumers[{i}].ai.allowed_profiles[{j}]"),
+                    format!("no profile named `{profile}`"),
+                );
+            }
+        }
+    }
     let routes = compile_routes(
         &mut c,
         &config.routes,

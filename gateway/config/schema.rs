@@ -552,6 +552,19 @@ pub struct ConsumerSection {
     /// Client-certificate identities (subject CN, a SAN, or the full subject) that are this consumer.
     #[serde(default)]
     pub mtls_identities: Vec<String>,
+    /// What this consumer may use on AI routes (on top of the route's own restrictions).
+    #[serde(default)]
+    pub ai: ConsumerAiSection,
+}
+
+/// `consumers[].ai`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerAiSection {
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    #[serde(default)]
+    pub allowed_profiles: Vec<String>,
 }
 
 /// `consumers[].api_keys[]`: `{sha256: HEX}` (from `gateway hash-key`), or `{env: NAME}` to hash the key held in
@@ -737,8 +750,9 @@ pub struct AiSection {
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
     /// Named, ordered candidate lists: the first healthy one answers, the rest are the fallback chain.
+    /// Either a list of models, or `{models: [...], system_prompt: {mode, text}}`.
     #[serde(default)]
-    pub profiles: BTreeMap<String, Vec<String>>,
+    pub profiles: BTreeMap<String, ProfileSection>,
     /// Profile used for `model: "auto"` when nothing else decides (default `default`).
     pub auto_profile: Option<String>,
     /// Heuristic rules for `model: "auto"`, evaluated in order; the first match names the profile.
@@ -747,6 +761,38 @@ pub struct AiSection {
     /// Request guards of every AI route.
     #[serde(default)]
     pub guards: GuardsSection,
+}
+
+/// `ai.profiles.NAME`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ProfileSection {
+    Models(Vec<String>),
+    Detailed(DetailedProfileSection),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailedProfileSection {
+    pub models: Vec<String>,
+    /// Used for requests of this profile unless the route sets its own.
+    pub system_prompt: Option<SystemPromptSection>,
+}
+
+impl ProfileSection {
+    pub fn models(&self) -> &[String] {
+        match self {
+            ProfileSection::Models(models) => models,
+            ProfileSection::Detailed(detailed) => &detailed.models,
+        }
+    }
+
+    pub fn system_prompt(&self) -> Option<&SystemPromptSection> {
+        match self {
+            ProfileSection::Models(_) => None,
+            ProfileSection::Detailed(detailed) => detailed.system_prompt.as_ref(),
+        }
+    }
 }
 
 /// `ai.rules[]`: a name, a profile, and exactly one condition.

@@ -124,10 +124,16 @@ fn compile_consumers(c: &mut Compiler, consumers: &[ConsumerSection]) -> Consume
             .iter()
             .map(|g| Arc::from(g.as_str()))
             .collect();
+        let ai = crate::ai::routing::AiPolicy {
+            allowed_models: consumer.ai.allowed_models.clone(),
+            allowed_profiles: consumer.ai.allowed_profiles.clone(),
+            system_prompt: None,
+        };
         let built = Consumer {
             name: Arc::from(consumer.name.as_str()),
             groups_header: consumer.groups.join(","),
             groups,
+            ai,
         };
         table.insert(Arc::new(built), &keys, &consumer.mtls_identities);
     }

@@ -51,8 +51,8 @@ pub enum AuthMethod {
 #[derive(Debug, Clone)]
 pub struct Authenticated {
     pub consumer: Arc<str>,
-    /// Comma-separated groups, when the consumer is configured.
-    pub groups: Option<Arc<Consumer>>,
+    /// The configured consumer (groups, AI policy), when there is one of that name.
+    pub entry: Option<Arc<Consumer>>,
     pub method: AuthMethod,
 }
 
@@ -158,7 +158,7 @@ impl AuthRuntime {
         let found = self.identify(route, req, client_cert).await?;
         let allowed = (route.consumers.is_empty() && route.groups.is_empty())
             || route.consumers.iter().any(|c| **c == *found.consumer)
-            || found.groups.as_ref().is_some_and(|consumer| {
+            || found.entry.as_ref().is_some_and(|consumer| {
                 consumer
                     .groups
                     .iter()
@@ -222,7 +222,7 @@ impl AuthRuntime {
     fn known(&self, consumer: &Arc<Consumer>, method: AuthMethod) -> Authenticated {
         Authenticated {
             consumer: consumer.name.clone(),
-            groups: Some(consumer.clone()),
+            entry: Some(consumer.clone()),
             method,
         }
     }
@@ -233,7 +233,7 @@ impl AuthRuntime {
             Some(consumer) => self.known(consumer, method),
             None => Authenticated {
                 consumer: Arc::from(name),
-                groups: None,
+                entry: None,
                 method,
             },
         }

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ring::digest::{digest, SHA256};
 
+use crate::ai::routing::AiPolicy;
+
 /// A known caller.
 #[derive(Debug)]
 pub struct Consumer {
@@ -13,6 +15,8 @@ pub struct Consumer {
     pub groups: Vec<Arc<str>>,
     /// Pre-rendered `groups` for the upstream header.
     pub groups_header: String,
+    /// Models and profiles this consumer may use on AI routes (empty: any the route allows).
+    pub ai: AiPolicy,
 }
 
 /// SHA-256 of an API key.
@@ -131,6 +135,7 @@ mod tests {
             name: Arc::from("a"),
             groups: vec![],
             groups_header: String::new(),
+            ai: AiPolicy::default(),
         });
         let digest = key_digest(b"secret-key");
         assert_eq!(parse_digest_hex(&digest_hex(&digest)), Some(digest));

@@ -231,7 +231,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             body: body.clone(),
         });
     }
-    tokio::time::sleep(behavior.head_delay).await;
+    pause(behavior.head_delay).await;
     if behavior.status != 200 {
         let error = json!({"error": {"message": format!("mock {} failing with {}", state.name, behavior.status), "type": "server_error", "param": null, "code": null}});
         let mut response = full(behavior.status, "application/json", error.to_string());
@@ -266,7 +266,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
     let pieces = split_text(&text, behavior.chunks.max(1));
     let stream_state = state.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(behavior.first_token_delay).await;
+        pause(behavior.first_token_delay).await;
         for (i, piece) in pieces.iter().enumerate() {
             if behavior.drop_after == Some(i) {
                 // A body error makes hyper cut the connection without the terminating chunk.
@@ -287,7 +287,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
                 return;
             }
             if i + 1 < pieces.len() {
-                tokio::time::sleep(behavior.chunk_delay).await;
+                pause(behavior.chunk_delay).await;
             }
         }
         let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
@@ -306,6 +306,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         .header("cache-control", "no-cache")
         .body(BodyExt::boxed(body))
         .unwrap_or_else(|_| Response::new(empty())))
+}
+
+/// Sleep, but not at all for zero: a zero tokio sleep still waits for the next timer tick (about 1 ms).
+async fn pause(duration: Duration) {
+    if !duration.is_zero() {
+        tokio::time::sleep(duration).await;
+    }
 }
 
 /// Split text into `n` pieces of about equal size (on char boundaries).
