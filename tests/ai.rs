@@ -89,6 +89,21 @@ async fn the_mock_provider_answers_and_decisions_are_explained() {
     )
     .await;
     assert_eq!(header(&response, "x-gateway-decision"), "alias");
+    let logged = eventually(Duration::from_secs(3), || async {
+        dir.access_log().contains(r#""decision":"alias""#)
+    })
+    .await;
+    assert!(logged, "{}", dir.access_log());
+    let line = dir
+        .access_log()
+        .lines()
+        .find(|l| l.contains(r#""decision":"alias""#))
+        .unwrap()
+        .to_string();
+    let record: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["model"], "mock-echo");
+    assert_eq!(record["provider"], "local-mock");
+    assert_eq!(record["attempts"], 1);
 
     // Streaming from the mock: three content chunks, a usage chunk and [DONE].
     let response = chat(&client, &gateway, json!({"model": "mock-echo", "stream": true, "messages": [{"role": "user", "content": "stream"}]})).await;
@@ -235,7 +250,7 @@ async fn fallback_on_connect_refused_429_with_cooldown_and_timeout() {
         good.base_url()
     );
     let models = "    - { name: m-dead, provider: dead }\n    - { name: m-limited, provider: limited }\n    - { name: m-slow, provider: slow }\n    - { name: m-good, provider: good }";
-    let profiles = "    default: [m-dead, m-good]\n    rate: [m-limited, m-good]\n    timeout: [m-slow, m-good]";
+    let profiles = "    default: [m-dead, m-good]\n    rate: [m-limited, m-good]\n    timeout: [m-slow, m-good]\n    hopeless: [m-dead, m-limited]";
     let gateway = Gateway::start(
         &dir,
         ports,
@@ -279,6 +294,17 @@ async fn fallback_on_connect_refused_429_with_cooldown_and_timeout() {
         (200, "1".to_string())
     );
     assert_eq!(limited.calls(), 1);
+
+    // Every candidate failing: 502 in OpenAI's shape, naming what was tried.
+    let response = ask("hopeless").await;
+    assert_eq!(response.status(), 502);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "all_candidates_failed");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("dead/m-dead") && message.contains("limited/m-limited"),
+        "{message}"
+    );
 
     let started = std::time::Instant::now();
     let response = ask("timeout").await;
@@ -504,6 +530,7 @@ async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_pro
         - {{ base_url: "{}", api_key: key-east }}
         - {{ base_url: "{}", api_key: key-west }}
       health_check: {{ path: /models, interval: 200ms, unhealthy_threshold: 1 }}
+      headers: {{ x-provider-extra: "yes" }}
     - {{ name: paid, type: openai, base_url: "http://127.0.0.1:9/v1", api_key: "${{UNSET_TEST_PROVIDER_KEY:-}}" }}"#,
         east.base_url(),
         west.base_url()
@@ -543,6 +570,7 @@ async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_pro
         west.last().unwrap().header("authorization"),
         Some("Bearer key-west")
     );
+    assert_eq!(east.last().unwrap().header("x-provider-extra"), Some("yes"));
     let models: Value = client
         .get(gateway.url("/v1/models"))
         .send()
