@@ -941,6 +941,17 @@ impl ProxyHttp for EdgeProxy {
             provider: ctx.ai.as_ref().and_then(|a| a.provider.as_deref()),
             decision: ctx.ai.as_ref().and_then(|a| a.decision.as_deref()),
             attempts: ctx.ai.as_ref().map(|a| a.attempts),
+            prompt_tokens: ctx
+                .ai
+                .as_ref()
+                .and_then(|a| a.usage)
+                .map(|u| u.prompt_tokens),
+            completion_tokens: ctx
+                .ai
+                .as_ref()
+                .and_then(|a| a.usage)
+                .map(|u| u.completion_tokens),
+            cost_usd: ctx.ai.as_ref().and_then(|a| a.cost),
         });
     }
 }

@@ -681,3 +681,72 @@ routes:
     );
     assert_eq!(seen["messages"][1]["content"], "q");
 }
+
+#[tokio::test]
+async fn usage_and_cost_are_accounted_for_plain_and_streamed_answers() {
+    let llm = MockLlm::start("metered").await.unwrap();
+    llm.set_behavior(Behavior {
+        chunks: 3,
+        ..Behavior::default()
+    });
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: metered, type: openai, base_url: \"{}\" }}",
+        llm.base_url()
+    );
+    let models = "    - { name: priced, provider: metered, input_price: 2.0, output_price: 8.0 }";
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &ai_config(&dir, &ports, &providers, models, "    default: [priced]"),
+    )
+    .await;
+    let client = client();
+    let plain = json!({"model": "priced", "messages": [{"role": "user", "content": "q"}]});
+    assert_eq!(chat(&client, &gateway, plain).await.status(), 200);
+    let streamed =
+        json!({"model": "priced", "stream": true, "messages": [{"role": "user", "content": "q"}]});
+    let text = chat(&client, &gateway, streamed)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("\"usage\""),
+        "the usage chunk reaches the client too"
+    );
+    assert_eq!(
+        llm.last().unwrap().json()["stream_options"],
+        json!({"include_usage": true})
+    );
+
+    // The mock reports 10 + 5 tokens plain, and 10 + 3 (one per chunk) streamed.
+    let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_ai_tokens_total{kind="prompt",model="priced"}"#
+        ),
+        20.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_ai_tokens_total{kind="completion",model="priced"}"#
+        ),
+        8.0
+    );
+    let cost = metric_value(&metrics, r#"gateway_ai_cost_usd_total{model="priced"}"#);
+    assert!(
+        (cost - (20.0 * 2.0 + 8.0 * 8.0) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+    let logged = eventually(Duration::from_secs(3), || async {
+        dir.access_log().matches("\"completion_tokens\"").count() == 2
+    })
+    .await;
+    assert!(logged, "{}", dir.access_log());
+    assert!(dir
+        .access_log()
+        .contains("\"prompt_tokens\":10,\"completion_tokens\":5,\"cost_usd\":"));
+}

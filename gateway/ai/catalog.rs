@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue};
 use super::guard::{Guards, SystemPrompt};
 use super::heuristics::Rule;
 use super::secrets::SecretMasker;
+use crate::observe::metrics::ModelMetrics;
 use crate::upstream::cluster::Cluster;
 
 /// What kind of API a provider speaks.
@@ -73,6 +74,7 @@ pub struct Model {
     pub output_price: Option<f64>,
     pub capabilities: Vec<String>,
     pub local: bool,
+    pub metrics: ModelMetrics,
 }
 
 /// Everything the AI routes choose from.

@@ -9,3 +9,4 @@ pub mod openai;
 pub mod relay;
 pub mod routing;
 pub mod secrets;
+pub mod usage;

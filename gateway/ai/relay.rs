@@ -24,6 +24,7 @@ use super::mock;
 use super::openai::{Endpoint, OpenAiError};
 use super::routing::{decide, AiPolicy, Plan};
 use super::secrets::StreamMasker;
+use super::usage::{Usage, UsageScanner};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
@@ -42,6 +43,25 @@ pub struct AiOutcome {
     pub decision: Option<String>,
     pub attempts: u32,
     pub error: Option<&'static str>,
+    /// Tokens the provider reported, and their cost from the catalog's prices.
+    pub usage: Option<Usage>,
+    pub cost: Option<f64>,
+}
+
+impl AiOutcome {
+    /// Record the usage of an answer from `model`, in the outcome and the model's counters.
+    fn account(&mut self, model: &Model, usage: Usage) {
+        model.metrics.prompt_tokens.inc_by(usage.prompt_tokens);
+        model
+            .metrics
+            .completion_tokens
+            .inc_by(usage.completion_tokens);
+        self.cost = usage.cost(model.input_price, model.output_price);
+        if let Some(cost) = self.cost {
+            model.metrics.cost.inc_by(cost);
+        }
+        self.usage = Some(usage);
+    }
 }
 
 /// The request-independent inputs of one AI request.
@@ -220,6 +240,13 @@ async fn relay(
     plan: &Plan,
 ) -> Result<(), Failure> {
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if stream && endpoint == Endpoint::ChatCompletions && !body.contains_key("stream_options") {
+        // Ask for the final usage chunk, so streamed answers are accounted too.
+        body.insert(
+            "stream_options".to_string(),
+            serde_json::json!({"include_usage": true}),
+        );
+    }
     let mut tried: Vec<String> = Vec::new();
     let mut any_attempt = false;
     for model in &plan.candidates {
@@ -298,7 +325,7 @@ async fn relay(
                 }
                 cluster.record_success(index);
                 return stream_back(
-                    session, request, outcome, plan, upstream, head, &peer, provider,
+                    session, request, outcome, plan, upstream, head, &peer, model,
                 )
                 .await;
             }
@@ -505,8 +532,9 @@ async fn stream_back(
     mut upstream: HttpSession,
     upstream_head: ResponseHeader,
     peer: &HttpPeer,
-    provider: &Provider,
+    model: &Model,
 ) -> Result<(), Failure> {
+    let provider = &*model.provider;
     let content_type = upstream_head.headers.get(CONTENT_TYPE);
     let is_sse = content_type
         .and_then(|v| v.to_str().ok())
@@ -523,6 +551,7 @@ async fn stream_back(
     }
     session.write_response_header(Box::new(head), false).await?;
     let deadline = Instant::now() + provider.timeouts.total;
+    let mut usage = UsageScanner::new(is_sse);
     let mut stream_masker = request
         .catalog
         .secrets
@@ -545,6 +574,7 @@ async fn stream_back(
         ));
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
+                usage.observe(&chunk);
                 let chunk = match (&mut stream_masker, &mut whole) {
                     (Some(masker), _) => Bytes::from(masker.push(&chunk)),
                     (None, Some(buffer)) => {
@@ -565,6 +595,9 @@ async fn stream_back(
                 }
             }
             Ok(None) => {
+                if let Some(found) = usage.finish() {
+                    outcome.account(model, found);
+                }
                 let tail = match (&mut stream_masker, whole.take(), &request.catalog.secrets) {
                     (Some(masker), _, _) => masker.finish(),
                     (None, Some(buffer), Some(secrets)) => {
@@ -624,6 +657,16 @@ async fn answer_mock(
     let id = format!("chatcmpl-{}", request.request_id.to_str().unwrap_or("mock"));
     let prompt_tokens = mock::estimate_tokens(serde_json::to_vec(body).map_or(0, |b| b.len()));
     let text = mock::reply_text(&model.upstream_model, body);
+    if endpoint != Endpoint::Embeddings {
+        let completion_tokens = mock::estimate_tokens(text.len()) as u64;
+        outcome.account(
+            model,
+            Usage {
+                prompt_tokens: prompt_tokens as u64,
+                completion_tokens,
+            },
+        );
+    }
     let reply = match endpoint {
         Endpoint::Embeddings => mock::embeddings(&model.upstream_model, body),
         Endpoint::Completions => {

@@ -82,6 +82,7 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
             output_price: section.output_price,
             capabilities: section.capabilities.clone(),
             local: section.local,
+            metrics: crate::observe::metrics::ModelMetrics::for_model(&section.name),
         }));
     }
     let known = |name: &str| models.iter().find(|m| &*m.name == name).cloned();

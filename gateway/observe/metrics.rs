@@ -20,6 +20,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub auth_failures: IntCounterVec,
     pub limited: IntCounterVec,
+    pub ai_tokens: IntCounterVec,
+    pub ai_cost: prometheus::CounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -96,6 +98,22 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["route", "policy"],
     )
     .expect("valid metric");
+    let ai_tokens = IntCounterVec::new(
+        Opts::new(
+            "gateway_ai_tokens_total",
+            "Tokens of AI answers, as the providers report them",
+        ),
+        &["model", "kind"],
+    )
+    .expect("valid metric");
+    let ai_cost = prometheus::CounterVec::new(
+        Opts::new(
+            "gateway_ai_cost_usd_total",
+            "Cost of AI answers in USD, from the catalog's prices",
+        ),
+        &["model"],
+    )
+    .expect("valid metric");
     for collector in [
         Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(duration.clone()),
@@ -106,6 +124,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(access_log_dropped.clone()),
         Box::new(auth_failures.clone()),
         Box::new(limited.clone()),
+        Box::new(ai_tokens.clone()),
+        Box::new(ai_cost.clone()),
     ] {
         registry
             .register(collector)
@@ -122,6 +142,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         access_log_dropped,
         auth_failures,
         limited,
+        ai_tokens,
+        ai_cost,
     }
 });
 
@@ -180,4 +202,23 @@ pub fn render() -> Vec<u8> {
     // Encoding into a Vec cannot fail for well-formed families.
     let _ = TextEncoder::new().encode(&families, &mut out);
     out
+}
+
+/// Pre-resolved usage counters of one AI model.
+#[derive(Debug, Clone)]
+pub struct ModelMetrics {
+    pub prompt_tokens: IntCounter,
+    pub completion_tokens: IntCounter,
+    pub cost: prometheus::Counter,
+}
+
+impl ModelMetrics {
+    pub fn for_model(model: &str) -> Self {
+        let m = &*METRICS;
+        ModelMetrics {
+            prompt_tokens: m.ai_tokens.with_label_values(&[model, "prompt"]),
+            completion_tokens: m.ai_tokens.with_label_values(&[model, "completion"]),
+            cost: m.ai_cost.with_label_values(&[model]),
+        }
+    }
 }

@@ -1,0 +1,138 @@
+//! Token usage and cost of an AI answer, read from the provider's `usage` object: in a JSON body, or in the
+//! last SSE event that carries one (the gateway asks OpenAI-compatible providers for it with
+//! `stream_options.include_usage`).
+
+use serde_json::Value;
+
+/// Tokens of one answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    fn from_value(value: &Value) -> Option<Usage> {
+        let usage = value.get("usage").filter(|u| u.is_object())?;
+        Some(Usage {
+            prompt_tokens: usage
+                .get("prompt_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            completion_tokens: usage
+                .get("completion_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        })
+    }
+
+    /// USD, from prices per 1M tokens.
+    pub fn cost(&self, input_price: Option<f64>, output_price: Option<f64>) -> Option<f64> {
+        if input_price.is_none() && output_price.is_none() {
+            return None;
+        }
+        let per_token = |price: Option<f64>| price.unwrap_or(0.0) / 1_000_000.0;
+        Some(
+            self.prompt_tokens as f64 * per_token(input_price)
+                + self.completion_tokens as f64 * per_token(output_price),
+        )
+    }
+}
+
+/// Largest plain body kept for reading its usage.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Watches an answer go by and keeps the last usage it carried.
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    sse: bool,
+    /// A plain body (up to `MAX_BODY`), or the incomplete SSE event.
+    pending: Vec<u8>,
+    pub usage: Option<Usage>,
+}
+
+impl UsageScanner {
+    pub fn new(sse: bool) -> Self {
+        UsageScanner {
+            sse,
+            ..Default::default()
+        }
+    }
+
+    pub fn observe(&mut self, chunk: &[u8]) {
+        if !self.sse {
+            if self.pending.len() + chunk.len() <= MAX_BODY {
+                self.pending.extend_from_slice(chunk);
+            }
+            return;
+        }
+        self.pending.extend_from_slice(chunk);
+        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+            // Only events that mention usage are parsed.
+            if event.windows(7).any(|w| w == b"\"usage\"") {
+                let data: String = String::from_utf8_lossy(&event)
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if let Some(usage) = serde_json::from_str::<Value>(&data)
+                    .ok()
+                    .as_ref()
+                    .and_then(Usage::from_value)
+                {
+                    self.usage = Some(usage);
+                }
+            }
+        }
+    }
+
+    /// The usage found, once the answer is complete.
+    pub fn finish(mut self) -> Option<Usage> {
+        if !self.sse && !self.pending.is_empty() {
+            self.usage = serde_json::from_slice::<Value>(&self.pending)
+                .ok()
+                .as_ref()
+                .and_then(Usage::from_value);
+        }
+        self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_bodies_and_streams() {
+        let mut plain = UsageScanner::new(false);
+        plain.observe(br#"{"choices":[],"usage":{"prompt_tokens":10,"#);
+        plain.observe(br#""completion_tokens":5,"total_tokens":15}}"#);
+        assert_eq!(
+            plain.finish(),
+            Some(Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5
+            })
+        );
+
+        let mut stream = UsageScanner::new(true);
+        stream.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usa");
+        stream.observe(b"ge\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n");
+        assert_eq!(
+            stream.finish(),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3
+            })
+        );
+
+        let usage = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 500_000,
+        };
+        let cost = usage.cost(Some(0.15), Some(0.60)).unwrap();
+        assert!((cost - 0.45).abs() < 1e-12, "{cost}");
+        assert_eq!(usage.cost(None, None), None);
+    }
+}
