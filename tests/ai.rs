@@ -39,6 +39,27 @@ routes:
     dir.plain_config(ports, &body)
 }
 
+/// A gateway whose only OpenAI provider, `name`, is `llm`; `models` and `profiles` are YAML lines.
+async fn one_provider(
+    name: &str,
+    llm: &MockLlm,
+    models: &str,
+    profiles: &str,
+) -> (TestDir, Gateway) {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: {name}, type: openai, base_url: \"{}\" }}",
+        llm.base_url()
+    );
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &ai_config(&dir, &ports, &providers, models, profiles),
+    )
+    .await;
+    (dir, gateway)
+}
+
 async fn chat(client: &reqwest::Client, gateway: &Gateway, body: Value) -> reqwest::Response {
     client
         .post(gateway.url("/v1/chat/completions"))
@@ -373,21 +394,11 @@ async fn the_circuit_breaker_opens_and_half_opens_after_the_cooldown() {
 #[tokio::test]
 async fn streams_pass_through_and_a_mid_stream_drop_ends_with_an_error_event() {
     let llm = MockLlm::start("streamer").await.unwrap();
-    let (dir, ports) = (TestDir::new(), Ports::new());
-    let providers = format!(
-        "    - {{ name: streamer, type: openai, base_url: \"{}\" }}",
-        llm.base_url()
-    );
-    let gateway = Gateway::start(
-        &dir,
-        ports,
-        &ai_config(
-            &dir,
-            &ports,
-            &providers,
-            "    - { name: m, provider: streamer }",
-            "    default: [m]",
-        ),
+    let (_dir, gateway) = one_provider(
+        "streamer",
+        &llm,
+        "    - { name: m, provider: streamer }",
+        "    default: [m]",
     )
     .await;
     let client = client();
@@ -441,21 +452,11 @@ async fn a_client_disconnect_closes_the_provider_stream() {
         chunk_delay: Duration::from_millis(50),
         ..Behavior::default()
     });
-    let (dir, ports) = (TestDir::new(), Ports::new());
-    let providers = format!(
-        "    - {{ name: long, type: openai, base_url: \"{}\" }}",
-        llm.base_url()
-    );
-    let gateway = Gateway::start(
-        &dir,
-        ports,
-        &ai_config(
-            &dir,
-            &ports,
-            &providers,
-            "    - { name: m, provider: long }",
-            "    default: [m]",
-        ),
+    let (_dir, gateway) = one_provider(
+        "long",
+        &llm,
+        "    - { name: m, provider: long }",
+        "    default: [m]",
     )
     .await;
     let mut response = chat(
@@ -476,21 +477,11 @@ async fn a_client_disconnect_closes_the_provider_stream() {
 #[tokio::test]
 async fn the_model_command_selects_and_is_stripped() {
     let llm = MockLlm::start("cmd").await.unwrap();
-    let (dir, ports) = (TestDir::new(), Ports::new());
-    let providers = format!(
-        "    - {{ name: cmdp, type: openai, base_url: \"{}\" }}",
-        llm.base_url()
-    );
-    let gateway = Gateway::start(
-        &dir,
-        ports,
-        &ai_config(
-            &dir,
-            &ports,
-            &providers,
-            "    - { name: llama, provider: cmdp, upstream_model: llama3:8b }",
-            "    default: [mock-echo]",
-        ),
+    let (_dir, gateway) = one_provider(
+        "cmdp",
+        &llm,
+        "    - { name: llama, provider: cmdp, upstream_model: llama3:8b }",
+        "    default: [mock-echo]",
     )
     .await;
     let client = client();
