@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::compile::Compiler;
 use super::schema::*;
+use super::units::DurationOr;
 use regex::Regex;
 
 use crate::ai::catalog::{
@@ -317,18 +318,9 @@ fn compile_guards(c: &mut Compiler, guards: &GuardsSection) -> Guards {
 fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> Option<Provider> {
     let errors_before = c.errors.len();
     let timeouts = AiTimeouts {
-        connect: section
-            .timeouts
-            .connect
-            .map_or(Duration::from_secs(5), |d| d.0),
-        first_byte: section
-            .timeouts
-            .first_byte
-            .map_or(Duration::from_secs(60), |d| d.0),
-        total: section
-            .timeouts
-            .total
-            .map_or(Duration::from_secs(600), |d| d.0),
+        connect: section.timeouts.connect.or_secs(5),
+        first_byte: section.timeouts.first_byte.or_secs(60),
+        total: section.timeouts.total.or_secs(600),
     };
     let mock = MockSettings {
         chunks: section.mock.chunks.unwrap_or(4).max(1),
@@ -347,10 +339,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             ),
         }
     }
-    let cooldown = section
-        .circuit_breaker
-        .cooldown
-        .map_or(Duration::from_secs(30), |d| d.0);
+    let cooldown = section.circuit_breaker.cooldown.or_secs(30);
     if section.kind == ProviderKindSection::Mock {
         return (c.errors.len() == errors_before).then(|| Provider {
             name: Arc::from(section.name.as_str()),
@@ -480,8 +469,8 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             host: None,
             expected_status: hc.expected_status.clone(),
         }),
-        interval: hc.interval.map_or(Duration::from_secs(15), |d| d.0),
-        timeout: hc.timeout.map_or(Duration::from_secs(2), |d| d.0),
+        interval: hc.interval.or_secs(15),
+        timeout: hc.timeout.or_secs(2),
         healthy_threshold: hc.healthy_threshold.max(1),
         unhealthy_threshold: hc.unhealthy_threshold.max(1),
     });

@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
@@ -13,6 +12,7 @@ use regex::Regex;
 
 use super::schema::*;
 use super::security;
+use super::units::DurationOr;
 use super::{ConfigError, ConfigErrors, GatewayConfig};
 use crate::edge::auth::AuthRuntime;
 use crate::edge::client::TrustedProxies;
@@ -148,10 +148,8 @@ pub fn compile(
     }
     let settings = ProcessSettings {
         threads,
-        grace_period: server.grace_period.map_or(Duration::from_secs(10), |d| d.0),
-        graceful_shutdown_timeout: server
-            .graceful_shutdown_timeout
-            .map_or(Duration::from_secs(5), |d| d.0),
+        grace_period: server.grace_period.or_secs(10),
+        graceful_shutdown_timeout: server.graceful_shutdown_timeout.or_secs(5),
         pid_file: server
             .pid_file
             .clone()
@@ -487,7 +485,7 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
                 "healthy_threshold and unhealthy_threshold must be at least 1",
             );
         }
-        let interval = hc.interval.map_or(Duration::from_secs(5), |d| d.0);
+        let interval = hc.interval.or_secs(5);
         if interval.is_zero() {
             c.error(format!("{hpath}.interval"), "must be more than 0");
         }
@@ -498,7 +496,7 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
                 expected_status: hc.expected_status.clone(),
             }),
             interval,
-            timeout: hc.timeout.map_or(Duration::from_secs(1), |d| d.0),
+            timeout: hc.timeout.or_secs(1),
             healthy_threshold: hc.healthy_threshold,
             unhealthy_threshold: hc.unhealthy_threshold,
         }
@@ -512,24 +510,15 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
         health_check,
         passive: PassiveHealth {
             consecutive_failures: cluster.passive_health.consecutive_failures,
-            cooldown: cluster
-                .passive_health
-                .cooldown
-                .map_or(Duration::from_secs(10), |d| d.0),
+            cooldown: cluster.passive_health.cooldown.or_secs(10),
         },
         retries: cluster.retries.unwrap_or(1),
         timeouts: ClusterTimeouts {
-            connect: cluster
-                .connect_timeout
-                .map_or(Duration::from_secs(3), |d| d.0),
-            read: cluster
-                .read_timeout
-                .map_or(Duration::from_secs(60), |d| d.0),
-            idle: cluster
-                .idle_timeout
-                .map_or(Duration::from_secs(60), |d| d.0),
+            connect: cluster.connect_timeout.or_secs(3),
+            read: cluster.read_timeout.or_secs(60),
+            idle: cluster.idle_timeout.or_secs(60),
         },
-        dns_refresh: cluster.dns_refresh.map_or(Duration::from_secs(30), |d| d.0),
+        dns_refresh: cluster.dns_refresh.or_secs(30),
     };
     Some(Cluster::new(
         Arc::from(cluster.name.as_str()),

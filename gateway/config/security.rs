@@ -4,12 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderName;
 
 use super::compile::{Compiler, Mode};
 use super::schema::*;
+use super::units::DurationOr;
 use crate::edge::auth::{AuthRuntime, AuthSettings, RouteAuth};
 use crate::edge::consumers::{
     generated_key_digest, key_digest, parse_digest_hex, Consumer, ConsumerTable, KeyDigest,
@@ -280,13 +280,9 @@ fn compile_issuer(c: &mut Compiler, section: &JwtIssuerSection, path: &str) -> O
         static_keys,
         initial_jwks,
         jwks,
-        cache_ttl: section
-            .jwks_cache_ttl
-            .map_or(Duration::from_secs(600), |d| d.0),
-        min_refetch: section
-            .jwks_min_refetch
-            .map_or(Duration::from_secs(30), |d| d.0),
-        leeway: section.leeway.map_or(Duration::from_secs(30), |d| d.0),
+        cache_ttl: section.jwks_cache_ttl.or_secs(600),
+        min_refetch: section.jwks_min_refetch.or_secs(30),
+        leeway: section.leeway.or_secs(30),
         consumer_claim: section.consumer_claim.clone(),
     }))
 }

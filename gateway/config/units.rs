@@ -39,6 +39,17 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// An optional configured duration, or a default.
+pub trait DurationOr {
+    fn or_secs(self, default: u64) -> Duration;
+}
+
+impl DurationOr for Option<HumanDuration> {
+    fn or_secs(self, default: u64) -> Duration {
+        self.map_or(Duration::from_secs(default), |d| d.0)
+    }
+}
+
 /// A size in bytes written as `512KiB`, `10MiB`, `1GB` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);
