@@ -741,3 +741,75 @@ async fn usage_and_cost_are_accounted_for_plain_and_streamed_answers() {
         .access_log()
         .contains("\"prompt_tokens\":10,\"completion_tokens\":5,\"cost_usd\":"));
 }
+
+/// Read one HTTP/1.1 response off `stream`: its head and its body, framed by Content-Length or chunked
+/// encoding (a close-delimited body fails the test, since the connection could not be reused).
+async fn read_framed_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before the head");
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_lowercase();
+    let mut body = data.split_off(head_end);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map(|v| v.trim().parse::<usize>().unwrap());
+    let chunked = head.contains("transfer-encoding: chunked");
+    assert!(length.is_some() || chunked, "body has no framing: {head}");
+    loop {
+        let complete = match length {
+            Some(length) => body.len() >= length,
+            None => body.ends_with(b"\r\n0\r\n\r\n") || body == b"0\r\n\r\n",
+        };
+        if complete {
+            break;
+        }
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed mid-body: {head}");
+        body.extend_from_slice(&buf[..n]);
+    }
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn plain_and_streamed_answers_keep_the_client_connection_open() {
+    use tokio::io::AsyncWriteExt;
+    let llm = MockLlm::start("keeper").await.unwrap();
+    let (_dir, gateway) = one_provider(
+        "keeper",
+        &llm,
+        "    - { name: m, provider: keeper }",
+        "    default: [m]",
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.ports.http))
+        .await
+        .unwrap();
+    let bodies = [
+        json!({"model": "m", "messages": [{"role": "user", "content": "plain"}]}),
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "stream"}]}),
+        json!({"model": "mock-echo", "stream": true, "messages": [{"role": "user", "content": "mock"}]}),
+        json!({"model": "mock-echo", "messages": [{"role": "user", "content": "mock plain"}]}),
+    ];
+    for body in &bodies {
+        let body = body.to_string();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let (head, text) = read_framed_response(&mut stream).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        assert!(text.contains("chat.completion"), "{text}");
+    }
+    assert_eq!(llm.calls(), 2);
+}

@@ -521,6 +521,16 @@ async fn pass_error(
     Ok(())
 }
 
+/// A body whose length is not known up front goes chunked to HTTP/1.1 clients, so their connection stays
+/// usable; without it Pingora ends the body by closing the connection. HTTP/2 frames bodies itself (Pingora
+/// drops the header there) and HTTP/1.0 has no chunked encoding.
+fn frame_unknown_length(session: &Session, head: &mut ResponseHeader) -> pingora::Result<()> {
+    if session.req_header().version == http::Version::HTTP_11 {
+        head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
 /// Relay the provider's answer chunk by chunk. No retry from here on: a failure ends the stream with an error
 /// event (SSE) or cuts the connection (plain JSON), never a clean-looking end.
 #[allow(clippy::too_many_arguments)]
@@ -548,6 +558,12 @@ async fn stream_back(
     )?;
     if let Some(cache) = upstream_head.headers.get(http::header::CACHE_CONTROL) {
         head.insert_header(http::header::CACHE_CONTROL, cache.clone())?;
+    }
+    let secrets = request.catalog.secrets.is_some();
+    match upstream_head.headers.get(CONTENT_LENGTH) {
+        // Passed through byte for byte: the provider's length holds.
+        Some(length) if !is_sse && !secrets => head.insert_header(CONTENT_LENGTH, length)?,
+        _ => frame_unknown_length(session, &mut head)?,
     }
     session.write_response_header(Box::new(head), false).await?;
     let deadline = Instant::now() + provider.timeouts.total;
@@ -674,7 +690,8 @@ async fn answer_mock(
         }
         Endpoint::ChatCompletions if stream => {
             let event_stream = HeaderValue::from_static("text/event-stream");
-            let head = client_head(200, request, outcome, Some(plan), Some(&event_stream))?;
+            let mut head = client_head(200, request, outcome, Some(plan), Some(&event_stream))?;
+            frame_unknown_length(session, &mut head)?;
             session.write_response_header(Box::new(head), false).await?;
             let settings = model.provider.mock;
             let mut masker = request.catalog.secrets.as_ref().map(StreamMasker::new);
