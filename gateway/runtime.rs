@@ -20,6 +20,7 @@ use crate::upstream::cluster::Cluster;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSettings {
     pub threads: usize,
+    pub work_stealing: bool,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub pid_file: String,

@@ -91,6 +91,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
 
     let server_conf = ServerConf {
         threads: settings.threads,
+        work_stealing: settings.work_stealing,
         grace_period_seconds: Some(whole_seconds(settings.grace_period)),
         graceful_shutdown_timeout_seconds: Some(whole_seconds(settings.graceful_shutdown_timeout)),
         pid_file: settings.pid_file.clone(),

@@ -148,6 +148,7 @@ pub fn compile(
     }
     let settings = ProcessSettings {
         threads,
+        work_stealing: server.work_stealing.unwrap_or(false),
         grace_period: server.grace_period.or_secs(10),
         graceful_shutdown_timeout: server.graceful_shutdown_timeout.or_secs(5),
         pid_file: server

@@ -13,6 +13,9 @@ use super::units::{ByteSize, HumanDuration};
 pub struct ServerSection {
     /// Worker threads per listener (default: number of CPUs).
     pub threads: Option<usize>,
+    /// Let idle threads steal work queued on busy ones (default `false`: each thread runs its own
+    /// connections to completion, as NGINX workers do, which costs less CPU per request).
+    pub work_stealing: Option<bool>,
     /// On SIGTERM, how long in-flight requests get to finish (default `10s`).
     pub grace_period: Option<HumanDuration>,
     /// After the grace period, how long runtimes get to stop (default `5s`).

@@ -1,11 +1,37 @@
-//! `mock-llm [--listen ADDR] [--name NAME]`: run the mock OpenAI-compatible LLM until Ctrl-C.
+//! `mock-llm [--listen ADDR] [--name NAME] [--head-delay-ms N] [--first-token-delay-ms N] [--chunks N]
+//! [--chunk-delay-ms N]`: run the mock OpenAI-compatible LLM until Ctrl-C (benchmarks, manual tries).
 
-use loadtest::{listen_args, MockLlm};
+use std::time::Duration;
+
+use loadtest::{listen_args, Behavior, MockLlm};
+
+const FLAGS: &[&str] = &[
+    "--head-delay-ms",
+    "--first-token-delay-ms",
+    "--chunks",
+    "--chunk-delay-ms",
+];
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let (addr, name) = listen_args("mock-llm", "127.0.0.1:9100", "mock-llm");
+    let (addr, name, options) = listen_args("mock-llm", "127.0.0.1:9100", "mock-llm", FLAGS);
+    let mut behavior = Behavior::default();
+    for (flag, value) in options {
+        let Ok(n) = value.parse::<u64>() else {
+            eprintln!("mock-llm: {flag} takes a whole number, not `{value}`");
+            std::process::exit(2);
+        };
+        match flag.as_str() {
+            "--head-delay-ms" => behavior.head_delay = Duration::from_millis(n),
+            "--first-token-delay-ms" => behavior.first_token_delay = Duration::from_millis(n),
+            "--chunks" => behavior.chunks = n.max(1) as usize,
+            _ => behavior.chunk_delay = Duration::from_millis(n),
+        }
+    }
+    // Enough text for every chunk to carry a word.
+    behavior.text = Some((0..behavior.chunks).map(|i| format!("word{i} ")).collect());
     let llm = MockLlm::start_on(addr, &name).await?;
+    llm.set_behavior(behavior);
     println!("mock LLM `{name}` listening on {}", llm.base_url());
     tokio::signal::ctrl_c().await
 }

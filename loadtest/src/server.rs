@@ -43,27 +43,34 @@ pub(crate) async fn accept_loop<F, Fut, B>(
     }
 }
 
-/// `--listen ADDR --name NAME` with defaults; exits with a usage line on anything else.
+/// `--listen ADDR --name NAME` plus the program's own `--FLAG VALUE` options (`extra`), with defaults;
+/// exits with a usage line on anything else. Returns the address, the name and the extra options given.
 pub fn listen_args(
     program: &str,
     default_listen: &str,
     default_name: &str,
-) -> (SocketAddr, String) {
+    extra: &[&str],
+) -> (SocketAddr, String, Vec<(String, String)>) {
     let mut listen = default_listen.to_string();
     let mut name = default_name.to_string();
+    let mut given = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--listen", Some(value)) => listen = value,
             ("--name", Some(value)) => name = value,
+            (flag, Some(value)) if extra.contains(&flag) => given.push((flag.to_string(), value)),
             _ => {
-                eprintln!("usage: {program} [--listen {default_listen}] [--name {default_name}]");
+                let options: String = extra.iter().map(|f| format!(" [{f} VALUE]")).collect();
+                eprintln!(
+                    "usage: {program} [--listen {default_listen}] [--name {default_name}]{options}"
+                );
                 std::process::exit(2);
             }
         }
     }
     match listen.parse() {
-        Ok(addr) => (addr, name),
+        Ok(addr) => (addr, name, given),
         Err(e) => {
             eprintln!("{program}: `{listen}` is not an address: {e}");
             std::process::exit(2);
