@@ -1,65 +1,132 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark on 127.0.0.1 (first slice of the harness; see README "Benchmarks").
-#   loadtest/bench.sh [--quick] [edge-http] [ai-overhead]
-# Installs nginx-light and wrk when missing, builds the release binaries, starts every process on loopback,
-# alternates contenders A B A B (3 rounds, 1 with --quick), stops everything it started, and writes
-# loadtest/results/<date>.md and .json. Headline figure: CPU microseconds per request of the proxy process.
+# Side-by-side benchmark on 127.0.0.1: the gateway against nginx, a bare Pingora proxy and the AI gateways
+# LiteLLM and Portkey, in one run (README "Benchmarks").
+#   loadtest/bench.sh [--quick] [--no-peers] [scenario...]
+#   scenarios: edge-http edge-tls edge-full ai-overhead ai-stream memory (default: all)
+# Installs what it lacks (nginx-light, wrk and openssl with apt-get; the peers with pip and npm into loadtest/.peers), builds the
+# release binaries, starts every process on loopback, alternates contenders A B A B (3 rounds of 5 s; --quick:
+# 1 round of 2 s and a 20 s soak instead of 10 min), stops everything it started, and writes
+# loadtest/results/<date>.md, .json and .svg. Headline figure: CPU microseconds per request of the proxy process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-rounds=3 duration=8 scenarios=()
+rounds=3 duration=5 soak=600 stream_timeout=60 peers=1 scenarios=()
+all=(edge-http edge-tls edge-full ai-overhead ai-stream memory)
 for arg in "$@"; do
   case "$arg" in
-    --quick) rounds=1 duration=3 ;;
-    edge-http|ai-overhead) scenarios+=("$arg") ;;
-    *) echo "usage: loadtest/bench.sh [--quick] [edge-http] [ai-overhead]" >&2; exit 2 ;;
+    --quick) rounds=1 duration=2 soak=20 stream_timeout=10 ;;
+    --no-peers) peers=0 ;;
+    edge-http|edge-tls|edge-full|ai-overhead|ai-stream|memory) scenarios+=("$arg") ;;
+    *) echo "usage: loadtest/bench.sh [--quick] [--no-peers] [${all[*]}]..." >&2; exit 2 ;;
   esac
 done
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(edge-http ai-overhead)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=("${all[@]}")
+wants() { [[ " ${scenarios[*]} " == *" $1 "* ]]; }
+started_at=$(date +%s)
 
+# --- what the run needs ---------------------------------------------------------------------------------------
 need=()
 command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --workspace --quiet
+peer_dir=loadtest/.peers
+notes=()
+have_litellm=0 have_portkey=0
+if [ "$peers" = 1 ] && (wants ai-overhead || wants ai-stream); then
+  # Peers go into a local folder, never system-wide; a peer that does not install is skipped and noted.
+  if [ ! -x "$peer_dir/litellm/bin/litellm" ]; then
+    echo "installing LiteLLM proxy into $peer_dir/litellm (pip)..."
+    { python3 -m venv "$peer_dir/litellm" && "$peer_dir/litellm/bin/pip" install -q 'litellm[proxy]'; } \
+      >"$peer_dir/litellm-install.log" 2>&1 || notes+=("LiteLLM did not install (see $peer_dir/litellm-install.log)")
+  fi
+  if [ ! -f "$peer_dir/portkey/node_modules/@portkey-ai/gateway/build/start-server.js" ]; then
+    echo "installing Portkey gateway into $peer_dir/portkey (npm)..."
+    { mkdir -p "$peer_dir/portkey" && (cd "$peer_dir/portkey" && npm install --no-audit --no-fund @portkey-ai/gateway); } \
+      >"$peer_dir/portkey-install.log" 2>&1 || notes+=("Portkey did not install (see $peer_dir/portkey-install.log)")
+  fi
+  [ -x "$peer_dir/litellm/bin/litellm" ] && have_litellm=1
+  [ -f "$peer_dir/portkey/node_modules/@portkey-ai/gateway/build/start-server.js" ] && have_portkey=1
+fi
+echo "building release binaries..."
+cargo build --release --workspace --bins --examples --quiet
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  exec 2>/dev/null # no "Killed" job notices
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
-
 bin=target/release
-"$bin/mock-origin" --listen 127.0.0.1:19000 --name origin >/dev/null & pids+=($!)
-"$bin/mock-llm" --listen 127.0.0.1:19100 --name llm >/dev/null & pids+=($!)
+results="$work/results.jsonl"
+: > "$results"
 
+# --- processes ----------------------------------------------------------------------------------------------
+# One certificate for every TLS contender: ECDSA P-256, generated now, never stored.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+bench_key="bench-$(openssl rand -hex 16)"
+
+"$bin/mock-origin" --listen 127.0.0.1:19000 --name origin >/dev/null & pids+=($!); origin_pid=$!
+"$bin/mock-llm" --listen 127.0.0.1:19100 --name llm >/dev/null & pids+=($!); llm_pid=$!
+"$bin/mock-llm" --listen 127.0.0.1:19101 --name llm20 --head-delay-ms 20 >/dev/null & pids+=($!); llm20_pid=$!
+"$bin/mock-llm" --listen 127.0.0.1:19102 --name stream --chunks 64 --chunk-delay-ms 20 >/dev/null & pids+=($!)
+stream_pid=$!
+"$bin/examples/bare-pingora" --listen 127.0.0.1:19400 --upstream 127.0.0.1:19000 >/dev/null 2>&1 & pids+=($!)
+bare_pid=$!
+"$bin/examples/bare-pingora" --listen 127.0.0.1:19401 --upstream 127.0.0.1:19000 --tls "$work/cert.pem" "$work/key.pem" \
+  >/dev/null 2>&1 & pids+=($!); bare_tls_pid=$!
+
+# nginx: one worker (the gateway runs one thread), upstream keep-alive, TLS 1.3 only, the same certificate.
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 1;
+worker_rlimit_nofile 65536;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log warn;
-events { worker_connections 4096; }
+events { worker_connections 8192; }
 http {
   access_log off;
   upstream origin { server 127.0.0.1:19000; keepalive 64; }
+  ssl_protocols TLSv1.3;
+  ssl_certificate $work/cert.pem;
+  ssl_certificate_key $work/key.pem;
+  map \$http_x_api_key \$consumer { "$bench_key" bench; default ""; }
+  limit_req_zone \$consumer zone=perkey:1m rate=1000000r/s;
+  log_format json escape=json '{"time":"\$time_iso8601","request_id":"\$request_id","client":"\$remote_addr",'
+    '"method":"\$request_method","host":"\$host","path":"\$uri","status":\$status,"bytes":\$body_bytes_sent,'
+    '"duration_s":\$request_time,"upstream":"\$upstream_addr","upstream_s":"\$upstream_response_time",'
+    '"consumer":"\$consumer","user_agent":"\$http_user_agent"}';
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_set_header Host \$host;
+  proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
   server {
     listen 127.0.0.1:19200;
+    listen 127.0.0.1:19201 ssl;
+    location / { proxy_pass http://origin; }
+  }
+  server {
+    listen 127.0.0.1:19202 ssl;
+    access_log $work/nginx-access.log json buffer=64k flush=1s;
     location / {
+      if (\$consumer = "") { return 401; }
+      limit_req zone=perkey burst=100000 nodelay;
+      proxy_set_header X-Request-ID \$request_id;
       proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
 }
 NGINX
 nginx -c "$work/nginx.conf"
 
+# The gateway: one thread like nginx's one worker. Process A serves edge-http, edge-tls and the AI scenarios
+# with the access log off (as nginx above); process B is edge-full: API key, rate limit and a JSON access log.
 cat > "$work/gateway.yaml" <<YAML
 server:
   threads: 1
@@ -68,14 +135,21 @@ server:
   access_log: { target: "off" }
 listeners:
   - { name: edge, address: "127.0.0.1:19300" }
+  - name: tls
+    address: "127.0.0.1:19301"
+    tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem", default: true }] }
 clusters:
   - name: origin
     backends: [{ address: "127.0.0.1:19000" }]
 ai:
   providers:
     - { name: llm, type: openai, base_url: "http://127.0.0.1:19100/v1" }
+    - { name: llm20, type: openai, base_url: "http://127.0.0.1:19101/v1" }
+    - { name: stream, type: openai, base_url: "http://127.0.0.1:19102/v1" }
   models:
     - { name: bench, provider: llm }
+    - { name: bench20, provider: llm20 }
+    - { name: bench-stream, provider: stream }
   profiles:
     default: [bench]
 routes:
@@ -85,81 +159,189 @@ routes:
   - name: edge
     proxy: { cluster: origin }
 YAML
-RUST_LOG=warn "$bin/gateway" run -c "$work/gateway.yaml" >/dev/null 2>"$work/gateway.log" & pids+=($!)
-gateway_pid=$!
-sleep 1.5
+cat > "$work/gateway-full.yaml" <<YAML
+server:
+  threads: 1
+  pid_file: $work/gateway-full.pid
+  upgrade_sock: $work/gateway-full.sock
+  access_log: { target: "$work/gateway-access.log" }
+listeners:
+  - name: full
+    address: "127.0.0.1:19302"
+    tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem", default: true }] }
+consumers:
+  - name: bench
+    api_keys: [{ env: BENCH_API_KEY }]
+limits:
+  - { name: high, rate: 1000000/second, burst: 100000, key: consumer }
+clusters:
+  - name: origin
+    backends: [{ address: "127.0.0.1:19000" }]
+routes:
+  - name: full
+    auth: { methods: [api_key] }
+    limits: [high]
+    proxy: { cluster: origin }
+YAML
+RUST_LOG=warn "$bin/gateway" run -c "$work/gateway.yaml" >/dev/null 2>"$work/gateway.log" & pids+=($!); gateway_pid=$!
+BENCH_API_KEY=$bench_key RUST_LOG=warn "$bin/gateway" run -c "$work/gateway-full.yaml" >/dev/null 2>"$work/gateway-full.log" &
+pids+=($!); gateway_full_pid=$!
 
-cat > "$work/chat.lua" <<'LUA'
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Say hello to the benchmark, please."}]}'
-LUA
+litellm_pid="" portkey_pid=""
+if [ "$have_litellm" = 1 ]; then
+  cat > "$work/litellm.yaml" <<YAML
+model_list:
+  - { model_name: bench, litellm_params: { model: openai/bench, api_base: "http://127.0.0.1:19100/v1", api_key: none } }
+  - { model_name: bench20, litellm_params: { model: openai/bench, api_base: "http://127.0.0.1:19101/v1", api_key: none } }
+  - { model_name: bench-stream, litellm_params: { model: openai/bench, api_base: "http://127.0.0.1:19102/v1", api_key: none } }
+YAML
+  # LiteLLM refuses to start without a master key; this one lives only for the run.
+  LITELLM_MASTER_KEY="$bench_key" "$peer_dir/litellm/bin/litellm" --config "$work/litellm.yaml" --host 127.0.0.1 \
+    --port 19500 >"$work/litellm.log" 2>&1 & pids+=($!); litellm_pid=$!
+fi
+if [ "$have_portkey" = 1 ]; then
+  node "$peer_dir/portkey/node_modules/@portkey-ai/gateway/build/start-server.js" --port=19600 --headless \
+    >"$work/portkey.log" 2>&1 & pids+=($!); portkey_pid=$!
+fi
 
-origin_pid=${pids[0]} llm_pid=${pids[1]}
+wait_for() { # URL: until it answers at all (30 s)
+  for _ in $(seq 150); do curl -s -o /dev/null -m 1 "$1" && return 0; sleep 0.2; done
+  echo "bench: $1 did not come up" >&2; return 1
+}
+for url in http://127.0.0.1:19000/ http://127.0.0.1:19100/health http://127.0.0.1:19300/ http://127.0.0.1:19200/ \
+    http://127.0.0.1:19400/; do wait_for "$url"; done
+curl -sk -o /dev/null https://127.0.0.1:19302/ || wait_for https://127.0.0.1:19302/ || true
+if [ -n "$litellm_pid" ] && ! wait_for http://127.0.0.1:19500/health/liveliness; then
+  notes+=("LiteLLM did not start (log tail: $(tail -c 300 "$work/litellm.log" | tr '\n' ' '))"); litellm_pid=""
+fi
+if [ -n "$portkey_pid" ] && ! wait_for http://127.0.0.1:19600/; then
+  notes+=("Portkey did not start"); portkey_pid=""
+fi
 nginx_pid=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+
+# --- measuring ----------------------------------------------------------------------------------------------
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# CPU of a process and its children (LiteLLM and Portkey may fork).
+tree_cpu() { local t; t=$(cpu "$1"); for c in $(pgrep -P "$1" || true); do t=$((t + $(tree_cpu "$c"))); done; echo "$t"; }
 rss_kib() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
 
-# measure SCENARIO CONTENDER PID URL CONNECTIONS [LUA]
-results="$work/results.tsv"
-measure() {
-  local scenario=$1 contender=$2 pid=$3 url=$4 conns=$5 script=${6:-}
+for lua in chat:bench chat20:bench20; do
+  name=${lua%%:*} model=${lua##*:}
+  cat > "$work/$name.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $bench_key"
+wrk.headers["x-portkey-provider"] = "openai"
+wrk.body = '{"model":"$model","messages":[{"role":"user","content":"Say hello to the benchmark, please."}]}'
+LUA
+done
+
+# wrk_run SCENARIO CONTENDER PID URL CONNECTIONS [wrk options...]: one measured window, one JSON line.
+wrk_run() {
+  local scenario=$1 contender=$2 pid=$3 url=$4 conns=$5; shift 5
   local before after out
-  before=$(cpu "$pid")
-  out=$(wrk -t1 -c"$conns" -d"${duration}s" --latency ${script:+-s "$script"} "$url" 2>&1)
-  after=$(cpu "$pid")
+  before=$(tree_cpu "$pid")
+  out=$(wrk -t1 -c"$conns" -d"${duration}s" --timeout 10s --latency "$@" "$url" 2>&1)
+  after=$(tree_cpu "$pid")
   echo "$out" | awk -v s="$scenario" -v c="$contender" -v b="$before" -v a="$after" -v t="$ticks" -v r="$(rss_kib "$pid")" '
     function us(v) { if (v ~ /us$/) return v+0; if (v ~ /ms$/) return (v+0)*1000; if (v ~ /s$/) return (v+0)*1000000; return v }
     /requests in/ { n=$1 } /Requests\/sec/ { rps=$2 } / 50%/ { p50=us($2) } / 99%/ { p99=us($2) }
-    END { printf "%s\t%s\t%.1f\t%.0f\t%.0f\t%.0f\t%d\n", s, c, (a-b)/t*1e6/(n>0?n:1), rps, p50, p99, r }' >> "$results"
+    /Non-2xx/ { bad=$4 } /Socket errors/ { err=1 }
+    END { printf "{\"scenario\":\"%s\",\"contender\":\"%s\",\"requests\":%d,\"cpu_us\":%.2f,\"rps\":%.1f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"rss_kib\":%d,\"non_2xx\":%d}\n",
+          s, c, n, (a-b)/t*1e6/(n>0?n:1), rps, p50, p99, r, bad+0 }' >> "$results"
 }
 
+# stream_run CONTENDER PID URL [stream-load options...]: 512 concurrent streams, one JSON line.
+stream_run() {
+  local contender=$1 pid=$2 url=$3; shift 3
+  local before after out
+  before=$(tree_cpu "$pid")
+  out=$("$bin/stream-load" --url "$url" --streams 512 --timeout-s "$stream_timeout" \
+    --body '{"model":"bench-stream","stream":true,"messages":[{"role":"user","content":"Stream a long answer, please."}]}' "$@")
+  after=$(tree_cpu "$pid")
+  printf '{"scenario":"ai-stream","contender":"%s","cpu_us":%.2f,"rss_kib":%d,"stream":%s}\n' "$contender" \
+    "$(awk -v a="$after" -v b="$before" -v t="$ticks" 'BEGIN { print (a - b) / t * 1000000 / 512 }')" \
+    "$(rss_kib "$pid")" "$out" >> "$results"
+}
+
+portkey_headers=(-H "x-portkey-provider: openai" -H "authorization: Bearer none")
 for round in $(seq "$rounds"); do
-  for scenario in "${scenarios[@]}"; do
-    case "$scenario" in
-      edge-http)
-        measure edge-http direct "$origin_pid" http://127.0.0.1:19000/ 32
-        measure edge-http nginx "$nginx_pid" http://127.0.0.1:19200/ 32
-        measure edge-http gateway "$gateway_pid" http://127.0.0.1:19300/ 32 ;;
-      ai-overhead)
-        measure ai-overhead direct "$llm_pid" http://127.0.0.1:19100/v1/chat/completions 1 "$work/chat.lua"
-        measure ai-overhead gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions 1 "$work/chat.lua" ;;
-    esac
-  done
+  echo "round $round of $rounds..."
+  if wants edge-http; then
+    wrk_run edge-http direct "$origin_pid" http://127.0.0.1:19000/ 32
+    wrk_run edge-http nginx "$nginx_pid" http://127.0.0.1:19200/ 32
+    wrk_run edge-http bare-pingora "$bare_pid" http://127.0.0.1:19400/ 32
+    wrk_run edge-http gateway "$gateway_pid" http://127.0.0.1:19300/ 32
+  fi
+  if wants edge-tls; then
+    wrk_run edge-tls nginx "$nginx_pid" https://127.0.0.1:19201/ 32
+    wrk_run edge-tls bare-pingora "$bare_tls_pid" https://127.0.0.1:19401/ 32
+    wrk_run edge-tls gateway "$gateway_pid" https://127.0.0.1:19301/ 32
+    wrk_run edge-tls-handshake nginx "$nginx_pid" https://127.0.0.1:19201/ 32 -H "Connection: close"
+    wrk_run edge-tls-handshake bare-pingora "$bare_tls_pid" https://127.0.0.1:19401/ 32 -H "Connection: close"
+    wrk_run edge-tls-handshake gateway "$gateway_pid" https://127.0.0.1:19301/ 32 -H "Connection: close"
+  fi
+  if wants edge-full; then
+    wrk_run edge-full nginx "$nginx_pid" https://127.0.0.1:19202/ 32 -H "x-api-key: $bench_key"
+    wrk_run edge-full bare-pingora "$bare_tls_pid" https://127.0.0.1:19401/ 32 -H "x-api-key: $bench_key"
+    wrk_run edge-full gateway "$gateway_full_pid" https://127.0.0.1:19302/ 32 -H "x-api-key: $bench_key"
+  fi
+  if wants ai-overhead; then
+    wrk_run ai-overhead direct "$llm_pid" http://127.0.0.1:19100/v1/chat/completions 1 -s "$work/chat.lua"
+    wrk_run ai-overhead gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions 1 -s "$work/chat.lua"
+    [ -n "$litellm_pid" ] && wrk_run ai-overhead litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions 1 -s "$work/chat.lua"
+    [ -n "$portkey_pid" ] && wrk_run ai-overhead portkey "$portkey_pid" http://127.0.0.1:19600/v1/chat/completions 1 \
+      -s "$work/chat.lua" -H "x-portkey-custom-host: http://127.0.0.1:19100/v1"
+    wrk_run ai-throughput direct "$llm20_pid" http://127.0.0.1:19101/v1/chat/completions 64 -s "$work/chat20.lua"
+    wrk_run ai-throughput gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions 64 -s "$work/chat20.lua"
+    [ -n "$litellm_pid" ] && wrk_run ai-throughput litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions 64 -s "$work/chat20.lua"
+    [ -n "$portkey_pid" ] && wrk_run ai-throughput portkey "$portkey_pid" http://127.0.0.1:19600/v1/chat/completions 64 \
+      -s "$work/chat20.lua" -H "x-portkey-custom-host: http://127.0.0.1:19101/v1"
+  fi
+  if wants ai-stream; then
+    stream_run direct "$stream_pid" http://127.0.0.1:19102/v1/chat/completions
+    stream_run gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions
+    [ -n "$litellm_pid" ] && stream_run litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions \
+      --header "Authorization: Bearer $bench_key"
+    [ -n "$portkey_pid" ] && stream_run portkey "$portkey_pid" http://127.0.0.1:19600/v1/chat/completions \
+      --header "x-portkey-provider: openai" --header "authorization: Bearer none" \
+      --header "x-portkey-custom-host: http://127.0.0.1:19102/v1"
+  fi
+  true
 done
 
+# --- memory: idle, 1,000 open keep-alive connections, and a soak that must not keep growing ----------------
+if wants memory; then
+  now_rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+  # A fresh gateway, so idle means idle.
+  sed "s#$work/gateway\\.#$work/mem.#; s/19300/19310/; s/19301/19311/" "$work/gateway.yaml" > "$work/mem.yaml"
+  RUST_LOG=warn "$bin/gateway" run -c "$work/mem.yaml" >/dev/null 2>"$work/mem.log" & pids+=($!); mem_pid=$!
+  wait_for http://127.0.0.1:19310/
+  sleep 1
+  for contender in gateway:$mem_pid:19310 nginx:$nginx_pid:19200; do
+    IFS=: read -r name pid port <<<"$contender"
+    idle=$(now_rss "$pid")
+    wrk -t1 -c1000 -d"$((duration + 3))s" --timeout 10s "http://127.0.0.1:$port/" >/dev/null 2>&1 &
+    wrk_pid=$!
+    sleep $((duration + 1)); open=$(ss -Htn state established "( sport = :$port )" | wc -l); at_1000=$(now_rss "$pid")
+    wait "$wrk_pid" || true
+    printf '{"scenario":"memory","contender":"%s","idle_kib":%d,"connections":%d,"at_1000_kib":%d}\n' \
+      "$name" "$idle" "$open" "$at_1000" >> "$results"
+  done
+  echo "soak: ${soak}s of mixed edge and AI traffic against the gateway..."
+  wrk -t1 -c16 -d"${soak}s" --timeout 10s http://127.0.0.1:19310/ >/dev/null 2>&1 & soak_edge=$!
+  wrk -t1 -c4 -d"${soak}s" --timeout 10s -s "$work/chat.lua" http://127.0.0.1:19310/v1/chat/completions >/dev/null 2>&1 &
+  soak_ai=$!
+  samples=()
+  for _ in $(seq 10); do sleep $((soak / 10)); samples+=("$(now_rss "$mem_pid")"); done
+  wait "$soak_edge" "$soak_ai" || true
+  printf '{"scenario":"soak","contender":"gateway","seconds":%d,"rss_kib":[%s]}\n' "$soak" \
+    "$(IFS=,; echo "${samples[*]}")" >> "$results"
+fi
+
 stamp=$(date -u +%Y-%m-%d)
-out=loadtest/results/$stamp
-python3 - "$results" "$out" "$rounds" "$duration" <<'PY'
-import json, statistics, sys, platform, os
-path, out, rounds, duration = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-rows = [line.rstrip("\n").split("\t") for line in open(path)]
-groups = {}
-for s, c, cpu, rps, p50, p99, rss in rows:
-    groups.setdefault((s, c), []).append((float(cpu), float(rps), float(p50), float(p99), int(rss)))
-summary = []
-for (s, c), values in groups.items():
-    cpu = [v[0] for v in values]
-    summary.append({"scenario": s, "contender": c, "rounds": len(values),
-        "cpu_us_per_request": statistics.median(cpu), "cpu_spread": [min(cpu), max(cpu)],
-        "requests_per_second": statistics.median(v[1] for v in values),
-        "p50_us": statistics.median(v[2] for v in values), "p99_us": statistics.median(v[3] for v in values),
-        "peak_rss_kib": max(v[4] for v in values)})
-for row in summary:
-    ref = next((r for r in summary if r["scenario"] == row["scenario"] and r["contender"] == ("nginx" if row["scenario"] == "edge-http" else "direct")), None)
-    row["cpu_ratio_to_reference"] = round(row["cpu_us_per_request"] / ref["cpu_us_per_request"], 2) if ref else None
-machine = {"cpus": os.cpu_count(), "kernel": platform.release()}
-json.dump({"rounds": rounds, "duration_s": duration, "machine": machine, "results": summary}, open(out + ".json", "w"), indent=2)
-lines = [f"# Benchmark {os.path.basename(out)}", "",
-         f"{rounds} round(s) of {duration}s per contender, alternated; {machine['cpus']} CPUs; loopback only.",
-         "edge-http: keep-alive GET through each proxy to the mock origin, 32 connections; the reference is nginx.",
-         "ai-overhead: non-streaming chat completion at concurrency 1; the reference is the mock LLM called directly.", "",
-         "| scenario | contender | CPU us/request (median, spread) | ratio | req/s | p50 us | p99 us | peak RSS KiB |",
-         "|---|---|---|---|---|---|---|---|"]
-for r in summary:
-    lines.append(f"| {r['scenario']} | {r['contender']} | {r['cpu_us_per_request']:.1f} ({r['cpu_spread'][0]:.1f}-{r['cpu_spread'][1]:.1f}) | {r['cpu_ratio_to_reference']} | {r['requests_per_second']:.0f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['peak_rss_kib']} |")
-open(out + ".md", "w").write("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
-echo "wrote $out.md and $out.json"
+elapsed=$(( $(date +%s) - started_at ))
+notes_json=$(printf '%s\n' "${notes[@]+"${notes[@]}"}" | python3 -c 'import json,sys; print(json.dumps([l.rstrip() for l in sys.stdin if l.strip()]))')
+python3 loadtest/report.py "$results" "loadtest/results/$stamp" --rounds "$rounds" --duration "$duration" \
+  --elapsed "$elapsed" --notes "$notes_json"

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Summarise loadtest/bench.sh's measurements (JSON lines) into <out>.json, <out>.md and <out>.svg.
+
+Per scenario and contender: the median and spread over rounds of CPU microseconds per request (per stream
+for ai-stream), requests/s, p50/p99 latency and peak RSS; the ratio to the scenario's reference; the derived
+figures the targets are stated in (added latency, throughput ratios, added time to first token, stalls,
+memory); and a pass/miss line per target.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+from collections import OrderedDict
+
+REFERENCE = {
+    "edge-http": "nginx", "edge-tls": "nginx", "edge-tls-handshake": "nginx", "edge-full": "nginx",
+    "ai-overhead": "direct", "ai-throughput": "direct", "ai-stream": "direct",
+}
+DESCRIPTION = OrderedDict([
+    ("edge-http", "keep-alive GET of a small body through each proxy to the mock origin, 32 connections"),
+    ("edge-tls", "the same over TLS 1.3 (ECDSA P-256, one certificate for all), keep-alive"),
+    ("edge-tls-handshake", "TLS 1.3 with a new connection (full handshake) per request (`Connection: close`)"),
+    ("edge-full", "TLS + API key check + rate limit (never triggered) + JSON access log to a file; "
+                  "bare-pingora does only TLS and is the floor"),
+    ("ai-overhead", "non-streaming chat completion at concurrency 1, mock LLM with zero latency"),
+    ("ai-throughput", "non-streaming chat completion at concurrency 64, mock LLM answering after 20 ms"),
+    ("ai-stream", "512 concurrent streams of 64 chunks 20 ms apart; CPU is per stream"),
+])
+
+
+def median(values):
+    return statistics.median(values) if values else 0
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summarise(rows):
+    groups = OrderedDict()
+    for row in rows:
+        if row["scenario"] in ("memory", "soak"):
+            continue
+        groups.setdefault((row["scenario"], row["contender"]), []).append(row)
+    summary = []
+    for (scenario, contender), values in groups.items():
+        cpu = [v["cpu_us"] for v in values]
+        entry = {
+            "scenario": scenario, "contender": contender, "rounds": len(values),
+            "cpu_us_per_request": round(median(cpu), 1), "cpu_spread": [round(min(cpu), 1), round(max(cpu), 1)],
+            "peak_rss_kib": max(v["rss_kib"] for v in values),
+        }
+        if "stream" in values[0]:
+            streams = [v["stream"] for v in values]
+            entry.update({
+                "ttft_p50_us": median([s["ttft_us"]["p50"] for s in streams]),
+                "ttft_p99_us": median([s["ttft_us"]["p99"] for s in streams]),
+                "gap_mean_us": median([s["gap_us"]["mean"] for s in streams]),
+                "gap_p99_us": median([s["gap_us"]["p99"] for s in streams]),
+                "streams": streams[0]["streams"],
+                "stall_free_worst_round": min(s["completed"] - s["stalled"] for s in streams),
+                "failed_worst_round": max(s["failed"] for s in streams),
+                "wall_s": round(median([s["wall_s"] for s in streams]), 2),
+            })
+        else:
+            entry.update({
+                "requests_per_second": round(median([v["rps"] for v in values])),
+                "p50_us": median([v["p50_us"] for v in values]),
+                "p99_us": median([v["p99_us"] for v in values]),
+                "non_2xx": sum(v.get("non_2xx", 0) for v in values),
+            })
+        summary.append(entry)
+    by_key = {(e["scenario"], e["contender"]): e for e in summary}
+    for entry in summary:
+        ref = by_key.get((entry["scenario"], REFERENCE.get(entry["scenario"])))
+        entry["cpu_ratio_to_reference"] = (
+            round(entry["cpu_us_per_request"] / ref["cpu_us_per_request"], 2)
+            if ref and ref["cpu_us_per_request"] else None)
+    return summary, by_key
+
+
+def derived_figures(by_key, rows):
+    d = OrderedDict()
+    direct = by_key.get(("ai-overhead", "direct"))
+    for peer in ("gateway", "litellm", "portkey"):
+        e = by_key.get(("ai-overhead", peer))
+        if e and direct:
+            d[f"ai-overhead {peer} added p50 us"] = e["p50_us"] - direct["p50_us"]
+            d[f"ai-overhead {peer} added p99 us"] = e["p99_us"] - direct["p99_us"]
+    gw = by_key.get(("ai-throughput", "gateway"))
+    for peer in ("litellm", "portkey"):
+        e = by_key.get(("ai-throughput", peer))
+        if gw and e and e["requests_per_second"]:
+            d[f"ai-throughput gateway / {peer} req/s"] = round(gw["requests_per_second"] / e["requests_per_second"], 1)
+    direct = by_key.get(("ai-stream", "direct"))
+    for peer in ("gateway", "litellm", "portkey"):
+        e = by_key.get(("ai-stream", peer))
+        if e and direct:
+            d[f"ai-stream {peer} added TTFT p50 us"] = e["ttft_p50_us"] - direct["ttft_p50_us"]
+            d[f"ai-stream {peer} added TTFT p99 us"] = e["ttft_p99_us"] - direct["ttft_p99_us"]
+            d[f"ai-stream {peer} added mean inter-chunk us"] = e["gap_mean_us"] - direct["gap_mean_us"]
+            d[f"ai-stream {peer} stall-free streams (worst round)"] = f"{e['stall_free_worst_round']}/{e['streams']}"
+    full, bare = by_key.get(("edge-full", "gateway")), by_key.get(("edge-full", "bare-pingora"))
+    if full and bare:
+        d["edge-full gateway / bare Pingora CPU"] = round(full["cpu_us_per_request"] / bare["cpu_us_per_request"], 2)
+    for row in rows:
+        if row["scenario"] == "memory":
+            d[f"memory {row['contender']} idle MiB"] = round(row["idle_kib"] / 1024, 1)
+            d[f"memory {row['contender']} at {row['connections']} connections MiB"] = round(row["at_1000_kib"] / 1024, 1)
+        if row["scenario"] == "soak":
+            samples = row["rss_kib"]
+            d["soak seconds"] = row["seconds"]
+            d["soak RSS MiB (first, last, max)"] = [round(samples[0] / 1024, 1), round(samples[-1] / 1024, 1),
+                                                   round(max(samples) / 1024, 1)]
+            half = len(samples) // 2
+            d["soak RSS growth over the second half MiB"] = round((samples[-1] - samples[half]) / 1024, 1)
+    return d
+
+
+def targets(by_key, d):
+    out = []
+
+    def check(name, value, ok, shown):
+        if value is not None:
+            out.append({"target": name, "measured": shown, "met": bool(ok)})
+
+    full = by_key.get(("edge-full", "gateway"))
+    if full and full["cpu_ratio_to_reference"] is not None:
+        r = full["cpu_ratio_to_reference"]
+        check("edge-full CPU/request <= 1.3x nginx", r, r <= 1.3, f"{r}x")
+    r = d.get("edge-full gateway / bare Pingora CPU")
+    check("edge features <= 1.25x a bare Pingora proxy (edge-full)", r, r is not None and r <= 1.25, f"{r}x")
+    v = d.get("ai-overhead gateway added p99 us")
+    check("ai-overhead added p99 <= 150 us", v, v is not None and v <= 150, f"{v:.0f} us" if v is not None else "")
+    for peer, want in (("litellm", 10), ("portkey", 5)):
+        v = d.get(f"ai-throughput gateway / {peer} req/s")
+        check(f"ai-throughput >= {want}x {peer}", v, v is not None and v >= want, f"{v}x")
+    v = d.get("ai-stream gateway added TTFT p99 us")
+    check("ai-stream added TTFT p99 <= 300 us", v, v is not None and v <= 300, f"{v:.0f} us" if v is not None else "")
+    v = d.get("ai-stream gateway stall-free streams (worst round)")
+    if v:
+        done, total = v.split("/")
+        check("ai-stream all 512 streams stall-free", v, done == total, v)
+    v = d.get("memory gateway idle MiB")
+    check("memory idle < 64 MiB", v, v is not None and v < 64, f"{v} MiB")
+    for key, value in d.items():
+        if key.startswith("memory gateway at "):
+            check("memory at 1,000 connections < 200 MiB", value, value < 200, f"{value} MiB")
+    v = d.get("soak RSS growth over the second half MiB")
+    check("memory flat over the soak (second-half growth < 5 MiB)", v, v is not None and v < 5, f"{v} MiB")
+    return out
+
+
+def svg_chart(summary, path):
+    """Horizontal bars: CPU us per request per scenario and contender (ai-stream: per stream, own scale)."""
+    colors = {"gateway": "#2b7bb9", "nginx": "#3a9a4a", "bare-pingora": "#a0a0a0", "direct": "#d0d0d0",
+              "litellm": "#c8553d", "portkey": "#8e5ea2"}
+    rows = [e for e in summary]
+    scenarios = list(OrderedDict.fromkeys(e["scenario"] for e in rows))
+    bar, gap, left, width = 16, 14, 260, 440
+    height = 40 + sum(gap + bar * sum(1 for e in rows if e["scenario"] == s) for s in scenarios) + 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 120}" height="{height}" '
+             f'font-family="sans-serif" font-size="12">',
+             '<rect width="100%" height="100%" fill="white"/>',
+             f'<text x="10" y="20" font-size="14" font-weight="bold">CPU microseconds per request of the proxy '
+             f'process (lower is better; ai-stream: per stream)</text>']
+    y = 40
+    for s in scenarios:
+        entries = [e for e in rows if e["scenario"] == s]
+        top = max(e["cpu_us_per_request"] for e in entries) or 1
+        y += gap
+        parts.append(f'<text x="10" y="{y - 2}" font-weight="bold">{s}</text>')
+        for e in entries:
+            w = max(1, e["cpu_us_per_request"] / top * width)
+            c = colors.get(e["contender"], "#777")
+            parts.append(f'<text x="{left - 6}" y="{y + bar - 4}" text-anchor="end">{e["contender"]}</text>')
+            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 3}" fill="{c}"/>')
+            parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 4}">{e["cpu_us_per_request"]:.1f}</text>')
+            y += bar
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+def markdown(out, summary, d, checks, meta):
+    name = os.path.basename(out)
+    lines = [f"# Benchmark {name}", "",
+             f"{meta['rounds']} round(s) of {meta['duration_s']} s per contender, contenders alternated within each "
+             f"round; {meta['machine']['cpus']} CPUs, kernel {meta['machine']['kernel']}; loopback only; whole run "
+             f"{meta['elapsed_s']} s. Every proxy runs one thread/worker; the same mock upstreams, bodies, "
+             "certificate, TLS 1.3 and keep-alive policy for every contender. CPU is utime+stime of the proxy "
+             "process (and its children) over the measured window, divided by completed requests.", ""]
+    for scenario, text in DESCRIPTION.items():
+        if any(e["scenario"] == scenario for e in summary):
+            lines.append(f"- **{scenario}**: {text}; reference `{REFERENCE[scenario]}`.")
+    lines += ["", f"![CPU per request]({name}.svg)", "",
+              "| scenario | contender | CPU us/req (median, spread) | ratio | req/s | p50 us | p99 us | peak RSS KiB |",
+              "|---|---|---|---|---|---|---|---|"]
+    for e in summary:
+        if "requests_per_second" not in e:
+            continue
+        lines.append(f"| {e['scenario']} | {e['contender']} | {e['cpu_us_per_request']:.1f} "
+                     f"({e['cpu_spread'][0]:.1f}-{e['cpu_spread'][1]:.1f}) | {e['cpu_ratio_to_reference']} | "
+                     f"{e['requests_per_second']} | {e['p50_us']:.0f} | {e['p99_us']:.0f} | {e['peak_rss_kib']} |")
+    streams = [e for e in summary if "ttft_p50_us" in e]
+    if streams:
+        lines += ["", "| ai-stream contender | CPU us/stream | TTFT p50 us | TTFT p99 us | mean gap us | gap p99 us "
+                      "| stall-free (worst round) | failed | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+        for e in streams:
+            lines.append(f"| {e['contender']} | {e['cpu_us_per_request']:.0f} | {e['ttft_p50_us']} | {e['ttft_p99_us']} "
+                         f"| {e['gap_mean_us']} | {e['gap_p99_us']} | {e['stall_free_worst_round']}/{e['streams']} "
+                         f"| {e['failed_worst_round']} | {e['wall_s']} |")
+    if d:
+        lines += ["", "| derived figure | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in d.items()]
+    if checks:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {c['target']} | {c['measured']} | {'yes' if c['met'] else '**no**'} |" for c in checks]
+    if meta["notes"]:
+        lines += ["", "Notes:"] + [f"- {n}" for n in meta["notes"]]
+    lines += ["", "Profiling and the fixes measured with this harness: [PROFILING.md](PROFILING.md).", ""]
+    with open(out + ".md", "w") as f:
+        f.write("\n".join(lines))
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("results")
+    parser.add_argument("out")
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--duration", type=int, required=True)
+    parser.add_argument("--elapsed", type=int, default=0)
+    parser.add_argument("--notes", default="[]")
+    args = parser.parse_args()
+    rows = load(args.results)
+    summary, by_key = summarise(rows)
+    d = derived_figures(by_key, rows)
+    checks = targets(by_key, d)
+    meta = {"rounds": args.rounds, "duration_s": args.duration, "elapsed_s": args.elapsed,
+            "machine": {"cpus": os.cpu_count(), "kernel": platform.release()}, "notes": json.loads(args.notes)}
+    with open(args.out + ".json", "w") as f:
+        json.dump({**meta, "results": summary, "derived": d, "targets": checks, "raw": rows}, f, indent=2)
+    svg_chart(summary, args.out + ".svg")
+    lines = markdown(args.out, summary, d, checks, meta)
+    print("\n".join(lines))
+    print(f"wrote {args.out}.md, .json and .svg")
+
+
+if __name__ == "__main__":
+    main()
