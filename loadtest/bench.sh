@@ -252,15 +252,15 @@ wrk_run() {
           s, c, n, (a-b)/t*1e6/(n>0?n:1), rps, p50, p99, r, bad+0 }' >> "$results"
 }
 
-# stream_run CONTENDER PID URL [stream-load options...]: 512 concurrent streams, one JSON line.
+# stream_run SCENARIO CONTENDER PID URL [stream-load options...]: 512 concurrent streams, one JSON line.
 stream_run() {
-  local contender=$1 pid=$2 url=$3; shift 3
+  local scenario=$1 contender=$2 pid=$3 url=$4; shift 4
   local before after out
   before=$(tree_cpu "$pid")
   out=$("$bin/stream-load" --url "$url" --streams 512 --timeout-s "$stream_timeout" \
     --body '{"model":"bench-stream","stream":true,"messages":[{"role":"user","content":"Stream a long answer, please."}]}' "$@")
   after=$(tree_cpu "$pid")
-  printf '{"scenario":"ai-stream","contender":"%s","cpu_us":%.2f,"rss_kib":%d,"stream":%s}\n' "$contender" \
+  printf '{"scenario":"%s","contender":"%s","cpu_us":%.2f,"rss_kib":%d,"stream":%s}\n' "$scenario" "$contender" \
     "$(awk -v a="$after" -v b="$before" -v t="$ticks" 'BEGIN { print (a - b) / t * 1000000 / 512 }')" \
     "$(rss_kib "$pid")" "$out" >> "$results"
 }
@@ -300,11 +300,14 @@ for round in $(seq "$rounds"); do
       -s "$work/chat20.lua" -H "x-portkey-custom-host: http://127.0.0.1:19101/v1"
   fi
   if wants ai-stream; then
-    stream_run direct "$stream_pid" http://127.0.0.1:19102/v1/chat/completions
-    stream_run gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions
-    [ -n "$litellm_pid" ] && stream_run litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions \
+    stream_run ai-stream direct "$stream_pid" http://127.0.0.1:19102/v1/chat/completions
+    stream_run ai-stream gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions
+    # The same 512 streams arriving over one second (they still overlap: each lasts 1.3 s).
+    stream_run ai-stream-ramp direct "$stream_pid" http://127.0.0.1:19102/v1/chat/completions --ramp-ms 1000
+    stream_run ai-stream-ramp gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions --ramp-ms 1000
+    [ -n "$litellm_pid" ] && stream_run ai-stream litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions \
       --header "Authorization: Bearer $bench_key"
-    [ -n "$portkey_pid" ] && stream_run portkey "$portkey_pid" http://127.0.0.1:19600/v1/chat/completions \
+    [ -n "$portkey_pid" ] && stream_run ai-stream portkey "$portkey_pid" http://127.0.0.1:19600/v1/chat/completions \
       --header "x-portkey-provider: openai" --header "authorization: Bearer none" \
       --header "x-portkey-custom-host: http://127.0.0.1:19102/v1"
   fi

@@ -531,8 +531,10 @@ fn frame_unknown_length(session: &Session, head: &mut ResponseHeader) -> pingora
     Ok(())
 }
 
-/// Relay the provider's answer chunk by chunk. No retry from here on: a failure ends the stream with an error
-/// event (SSE) or cuts the connection (plain JSON), never a clean-looking end.
+/// Relay the provider's answer. A plain answer is read whole, masked, and written with its length in one go
+/// (one write to the client instead of three); if it breaks off, the client gets a 502 error instead. An
+/// event stream goes on event by event; no retry from there on: a failure ends it with an error event,
+/// never a clean-looking end.
 #[allow(clippy::too_many_arguments)]
 async fn stream_back(
     session: &mut Session,
@@ -559,45 +561,73 @@ async fn stream_back(
     if let Some(cache) = upstream_head.headers.get(http::header::CACHE_CONTROL) {
         head.insert_header(http::header::CACHE_CONTROL, cache.clone())?;
     }
-    let secrets = request.catalog.secrets.is_some();
-    match upstream_head.headers.get(CONTENT_LENGTH) {
-        // Passed through byte for byte: the provider's length holds.
-        Some(length) if !is_sse && !secrets => head.insert_header(CONTENT_LENGTH, length)?,
-        _ => frame_unknown_length(session, &mut head)?,
-    }
-    session.write_response_header(Box::new(head), false).await?;
     let deadline = Instant::now() + provider.timeouts.total;
-    let mut usage = UsageScanner::new(is_sse);
-    let mut stream_masker = request
-        .catalog
-        .secrets
-        .as_ref()
-        .filter(|_| is_sse)
-        .map(StreamMasker::new);
-    let mut whole: Option<Vec<u8>> = request
-        .catalog
-        .secrets
-        .as_ref()
-        .filter(|_| !is_sse)
-        .map(|_| Vec::new());
-    loop {
+    let read_timeout = || {
         let left = deadline.saturating_duration_since(Instant::now());
-        upstream.set_read_timeout(Some(
+        Some(
             provider
                 .timeouts
                 .first_byte
                 .min(left.max(Duration::from_millis(1))),
-        ));
+        )
+    };
+    let mut usage = UsageScanner::new(is_sse);
+
+    if !is_sse {
+        let mut body = Vec::new();
+        loop {
+            upstream.set_read_timeout(read_timeout());
+            match upstream.read_response_body().await {
+                Ok(Some(chunk)) => {
+                    usage.observe(&chunk);
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!(
+                        "AI provider {} failed mid-response: {}",
+                        provider.name,
+                        e.etype().as_str()
+                    );
+                    return Err(OpenAiError::new(
+                        502,
+                        "server_error",
+                        "upstream_stream_error",
+                        "the provider failed while sending the answer",
+                    )
+                    .into());
+                }
+            }
+        }
+        if let Some(found) = usage.finish() {
+            outcome.account(model, found);
+        }
+        let body = match &request.catalog.secrets {
+            Some(secrets) => secrets.mask_body(&body).unwrap_or(body),
+            None => body,
+        };
+        head.insert_header(CONTENT_LENGTH, body.len())?;
+        session.write_response_header(Box::new(head), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+        CONNECTOR
+            .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
+            .await;
+        return Ok(());
+    }
+
+    frame_unknown_length(session, &mut head)?;
+    session.write_response_header(Box::new(head), false).await?;
+    let mut masker = request.catalog.secrets.as_ref().map(StreamMasker::new);
+    loop {
+        upstream.set_read_timeout(read_timeout());
         match upstream.read_response_body().await {
             Ok(Some(chunk)) => {
                 usage.observe(&chunk);
-                let chunk = match (&mut stream_masker, &mut whole) {
-                    (Some(masker), _) => Bytes::from(masker.push(&chunk)),
-                    (None, Some(buffer)) => {
-                        buffer.extend_from_slice(&chunk);
-                        continue;
-                    }
-                    (None, None) => chunk,
+                let chunk = match &mut masker {
+                    Some(masker) => Bytes::from(masker.push(&chunk)),
+                    None => chunk,
                 };
                 if !chunk.is_empty()
                     && session
@@ -614,13 +644,10 @@ async fn stream_back(
                 if let Some(found) = usage.finish() {
                     outcome.account(model, found);
                 }
-                let tail = match (&mut stream_masker, whole.take(), &request.catalog.secrets) {
-                    (Some(masker), _, _) => masker.finish(),
-                    (None, Some(buffer), Some(secrets)) => {
-                        secrets.mask_body(&buffer).unwrap_or(buffer)
-                    }
-                    _ => Vec::new(),
-                };
+                let tail = masker
+                    .as_mut()
+                    .map(StreamMasker::finish)
+                    .unwrap_or_default();
                 if !tail.is_empty() {
                     session
                         .write_response_body(Some(Bytes::from(tail)), false)
@@ -639,20 +666,16 @@ async fn stream_back(
                     provider.name,
                     e.etype().as_str()
                 );
-                if is_sse {
-                    let error = OpenAiError::new(
-                        502,
-                        "server_error",
-                        "upstream_stream_error",
-                        "the provider failed while streaming the answer",
-                    );
-                    let _ = session
-                        .write_response_body(Some(error.sse_event()), false)
-                        .await;
-                    let _ = session.write_response_body(None, true).await;
-                } else {
-                    session.set_keepalive(None);
-                }
+                let error = OpenAiError::new(
+                    502,
+                    "server_error",
+                    "upstream_stream_error",
+                    "the provider failed while streaming the answer",
+                );
+                let _ = session
+                    .write_response_body(Some(error.sse_event()), false)
+                    .await;
+                let _ = session.write_response_body(None, true).await;
                 return Ok(());
             }
         }

@@ -315,17 +315,11 @@ async fn pause(duration: Duration) {
     }
 }
 
-/// Split text into `n` pieces of about equal size (on char boundaries); fewer only when the text is shorter.
+/// Split text into `n` pieces of about equal size (on char boundaries).
 fn split_text(text: &str, n: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
-    let n = n.clamp(1, chars.len().max(1));
-    (0..n)
-        .map(|i| {
-            chars[i * chars.len() / n..(i + 1) * chars.len() / n]
-                .iter()
-                .collect()
-        })
-        .collect()
+    let size = chars.len().div_ceil(n).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
 }
 
 struct ReceiverStream(mpsc::Receiver<Chunk>);

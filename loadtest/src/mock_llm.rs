@@ -28,8 +28,12 @@ async fn main() -> std::io::Result<()> {
             _ => behavior.chunk_delay = Duration::from_millis(n),
         }
     }
-    // Enough text for every chunk to carry a word.
-    behavior.text = Some((0..behavior.chunks).map(|i| format!("word{i} ")).collect());
+    // One six-character word per chunk, so the text splits into exactly `chunks` pieces.
+    behavior.text = Some(
+        (0..behavior.chunks)
+            .map(|i| format!("w{:04} ", i % 10_000))
+            .collect(),
+    );
     let llm = MockLlm::start_on(addr, &name).await?;
     llm.set_behavior(behavior);
     println!("mock LLM `{name}` listening on {}", llm.base_url());

@@ -1,8 +1,8 @@
 //! `stream-load --url URL [--streams 512] [--waves 1] [--header 'Name: value']... [--body JSON]
-//! [--stall-ms 500] [--timeout-s 60]`: the ai-stream benchmark's client.
+//! [--stall-ms 500] [--timeout-s 60] [--ramp-ms 0]`: the ai-stream benchmark's client.
 //!
-//! Opens `streams` streaming chat completions at once (one connection each, HTTP/1.1), `waves` times
-//! in a row, and prints one JSON line: how many streams completed (`[DONE]` seen), failed (status or
+//! Opens `streams` streaming chat completions at once (one connection each, HTTP/1.1), or spread evenly
+//! over `ramp-ms`, `waves` times in a row, and prints one JSON line: how many streams completed (`[DONE]` seen), failed (status or
 //! connection error) and stalled (a gap between content events over `stall-ms`, or no `[DONE]` before
 //! the timeout), time to first token from sending the request (p50/p99/max, µs), and the gaps between
 //! content events (mean/p50/p99/max, µs). Time is taken when an event arrives, not when its bytes do.
@@ -25,6 +25,7 @@ struct Options {
     body: String,
     stall: Duration,
     timeout: Duration,
+    ramp: Duration,
 }
 
 #[derive(Default)]
@@ -36,7 +37,7 @@ struct StreamResult {
 }
 
 fn usage(message: &str) -> ! {
-    eprintln!("stream-load: {message}\nusage: stream-load --url URL [--streams N] [--waves N] [--header 'Name: value']... [--body JSON] [--stall-ms N] [--timeout-s N]");
+    eprintln!("stream-load: {message}\nusage: stream-load --url URL [--streams N] [--waves N] [--header 'Name: value']... [--body JSON] [--stall-ms N] [--timeout-s N] [--ramp-ms N]");
     std::process::exit(2)
 }
 
@@ -51,6 +52,7 @@ fn parse_options() -> Options {
         .to_string(),
         stall: Duration::from_millis(500),
         timeout: Duration::from_secs(60),
+        ramp: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -68,6 +70,7 @@ fn parse_options() -> Options {
             "--waves" => options.waves = number().max(1) as usize,
             "--stall-ms" => options.stall = Duration::from_millis(number()),
             "--timeout-s" => options.timeout = Duration::from_secs(number()),
+            "--ramp-ms" => options.ramp = Duration::from_millis(number()),
             "--body" => options.body = value.clone(),
             "--header" => match value.split_once(':') {
                 Some((name, v)) => options
@@ -166,10 +169,15 @@ async fn main() {
     let mut results = Vec::with_capacity(options.streams * options.waves);
     for _ in 0..options.waves {
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..options.streams {
+        let wave_start = tokio::time::Instant::now();
+        for i in 0..options.streams {
             let options = options.clone();
             let (authority, path) = (authority.clone(), path.clone());
+            let start_at = wave_start + options.ramp.mul_f64(i as f64 / options.streams as f64);
             tasks.spawn(async move {
+                if !options.ramp.is_zero() {
+                    tokio::time::sleep_until(start_at).await;
+                }
                 tokio::time::timeout(options.timeout, one_stream(&options, &authority, &path))
                     .await
                     .unwrap_or_default()
