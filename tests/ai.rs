@@ -428,6 +428,27 @@ async fn streams_pass_through_and_a_mid_stream_drop_ends_with_an_error_event() {
     }
     assert!(String::from_utf8_lossy(&rest).ends_with("data: [DONE]\n\n"));
 
+    // Response secret masking is on by default; an ordinary token goes on at once, not with the next one.
+    llm.set_behavior(Behavior {
+        text: Some(" Hello world".into()),
+        chunks: 2,
+        chunk_delay: Duration::from_millis(400),
+        ..Behavior::default()
+    });
+    let started = std::time::Instant::now();
+    let mut response = chat(&client, &gateway, request.clone()).await;
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains("\"content\":\" Hello\""),
+        "{first:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(350),
+        "the first token was not held for the second: {:?}",
+        started.elapsed()
+    );
+    while response.chunk().await.unwrap().is_some() {}
+
     llm.set_behavior(Behavior {
         chunks: 6,
         drop_after: Some(2),

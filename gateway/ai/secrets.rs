@@ -1,7 +1,9 @@
 //! Response secret masking: `API_KEY=...`, `PASSWORD: ...`, private key blocks, provider key formats and
 //! custom patterns are replaced in completions, both in whole JSON bodies and in SSE streams. In a stream,
-//! text that could still be the start of a secret (an open key block, a line with a secret keyword, the
-//! trailing word) is held back until the next chunk or the end, so a secret split across chunks is caught.
+//! text that could still be the start of a secret is held back until the next chunk or the end, so a secret
+//! split across chunks is caught: an open key block, a keyword or key prefix whose value has not ended yet,
+//! and a trailing word that could be the beginning of one (any trailing word when custom patterns exist,
+//! since their shape is unknown). Everything else goes on at once, so ordinary tokens are not delayed.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -13,6 +15,52 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone)]
 pub struct SecretMasker {
     patterns: Vec<(Regex, String)>,
+    /// Custom patterns exist: any trailing word may be the start of one.
+    custom: bool,
+}
+
+/// From the start of the word holding a trigger: the text a built-in pattern could still need, that is the
+/// word, then perhaps `=`/`:` and a value that has not ended (no whitespace, quote, comma or semicolon yet).
+static UNFINISHED: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"^\S*(\s*([=:]\s*["']?[^\s"',;]*)?)?$"#).expect("unfinished pattern compiles")
+});
+
+/// How secrets the built-in patterns know begin (lowercase): a trailing word ending with the beginning of one
+/// of these is held back.
+const SECRET_STARTS: [&str; 21] = [
+    "api_key",
+    "api-key",
+    "apikey",
+    "secret",
+    "password",
+    "passwd",
+    "token",
+    "sk-",
+    "akia",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "xoxa-",
+    "xoxb-",
+    "xoxp-",
+    "xoxr-",
+    "xoxs-",
+    "aiza",
+    "-----begin",
+];
+
+/// Whether `word` ends with the beginning of a secret keyword or key prefix (`MY_SEC`, `s`, `AKI`).
+fn may_begin_secret(word: &str) -> bool {
+    let lower = word.to_ascii_lowercase();
+    (0..lower.len())
+        .filter(|&i| lower.is_char_boundary(i))
+        .any(|i| {
+            SECRET_STARTS
+                .iter()
+                .any(|start| start.starts_with(&lower[i..]))
+        })
 }
 
 static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
@@ -46,12 +94,16 @@ impl SecretMasker {
                 )
             })
             .collect();
+        let has_custom = !custom.is_empty();
         patterns.extend(
             custom
                 .into_iter()
                 .map(|regex| (regex, "[REDACTED]".to_string())),
         );
-        SecretMasker { patterns }
+        SecretMasker {
+            patterns,
+            custom: has_custom,
+        }
     }
 
     pub fn mask<'a>(&self, text: &'a str) -> Cow<'a, str> {
@@ -119,8 +171,9 @@ fn choice_text(choice: &mut Value, create: bool) -> Option<&mut String> {
     }
 }
 
-/// Where held-back text starts: an unclosed key block, a last line with a secret keyword, or the trailing word.
-fn holdback_start(text: &str) -> usize {
+/// Where held-back text starts: an unclosed key block, a trigger on the last line whose secret has not ended,
+/// or the trailing word when it may begin a secret (always, with custom patterns).
+fn holdback_start(text: &str, custom: bool) -> usize {
     let mut start = text.len();
     if let Some(begin) = text.rfind("-----BEGIN") {
         if !text[begin..].contains("-----END") || !text[begin..].trim_end().ends_with("-----") {
@@ -128,13 +181,25 @@ fn holdback_start(text: &str) -> usize {
         }
     }
     let line_start = text.rfind('\n').map_or(0, |i| i + 1);
-    if TRIGGER.is_match(&text[line_start..]) {
-        start = start.min(line_start);
+    let line = &text[line_start..];
+    for found in TRIGGER.find_iter(line) {
+        let word_start = line[..found.start()]
+            .rfind(char::is_whitespace)
+            .map_or(0, |i| {
+                i + line[i..].chars().next().map_or(1, char::len_utf8)
+            });
+        if UNFINISHED.is_match(&line[word_start..]) {
+            start = start.min(line_start + word_start);
+            break;
+        }
     }
     let word_start = text.rfind(char::is_whitespace).map_or(0, |i| {
         i + text[i..].chars().next().map_or(1, char::len_utf8)
     });
-    start.min(word_start)
+    if custom || may_begin_secret(&text[word_start..]) {
+        start = start.min(word_start);
+    }
+    start
 }
 
 /// Masks the content deltas of one SSE stream, event by event.
@@ -216,7 +281,7 @@ impl<'a> StreamMasker<'a> {
                 let cut = if finishing {
                     held.len()
                 } else {
-                    holdback_start(held)
+                    holdback_start(held, self.masker.custom)
                 };
                 let ready: String = held.drain(..cut).collect();
                 *text = self.masker.mask(&ready).into_owned();
@@ -331,10 +396,62 @@ mod tests {
             );
             assert!(!String::from_utf8_lossy(&out).contains("abc123"));
         }
+        for split in ["s", "AK", "MY_SEC"] {
+            let text = concat!(
+                "key ",
+                "AKIA",
+                "ABCDEFGHIJKLMNOP and ",
+                "sk-",
+                "proj-abcdefghijklmnopqrstuvwx MY_SECRET=x1 end"
+            );
+            let at = text.find(split).unwrap() + split.len();
+            let mut stream = StreamMasker::new(&masker);
+            let mut out = stream.push(event(&text[..at]).as_bytes());
+            out.extend(stream.push(event(&text[at..]).as_bytes()));
+            out.extend(stream.push(b"data: [DONE]\n\n"));
+            assert_eq!(
+                collected(&out),
+                "key [REDACTED] and [REDACTED] MY_SECRET=[REDACTED] end",
+                "split after {split:?}"
+            );
+        }
         let mut stream = StreamMasker::new(&masker);
         let mut out = stream.push(event("PASSWORD: ").as_bytes());
         out.extend(stream.push(event("hunter2\nok").as_bytes()));
         out.extend(stream.push(b"data: [DONE]\n\n"));
         assert_eq!(collected(&out), "PASSWORD: [REDACTED]\nok");
+    }
+
+    #[test]
+    fn ordinary_tokens_are_not_held_back() {
+        let masker = SecretMasker::new(vec![]);
+        let mut stream = StreamMasker::new(&masker);
+        // Tokens as models send them, with the space in front: words that cannot begin a secret go on at
+        // once; a word that may (`token=`, `s` of `secret`) waits for the next token to decide.
+        let expected = [
+            ("Hello", "Hello"),
+            (" world", " world"),
+            (",", ","),
+            (" the", " the"),
+            (" token", " "),
+            (" bucket", "token "),
+            (" works", "bucket "),
+        ];
+        for (token, emitted) in expected {
+            assert_eq!(
+                collected(&stream.push(event(token).as_bytes())),
+                emitted,
+                "after {token:?}"
+            );
+        }
+        assert_eq!(collected(&stream.push(b"data: [DONE]\n\n")), "works");
+        // ...but with custom patterns any trailing word waits for the next chunk.
+        let custom = SecretMasker::new(vec![Regex::new("INTERNAL-[0-9]+").unwrap()]);
+        let mut stream = StreamMasker::new(&custom);
+        assert_eq!(collected(&stream.push(event("Hello").as_bytes())), "");
+        assert_eq!(
+            collected(&stream.push(event(" world").as_bytes())),
+            "Hello "
+        );
     }
 }

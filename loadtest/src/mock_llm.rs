@@ -28,10 +28,11 @@ async fn main() -> std::io::Result<()> {
             _ => behavior.chunk_delay = Duration::from_millis(n),
         }
     }
-    // One six-character word per chunk, so the text splits into exactly `chunks` pieces.
+    // One six-character token per chunk, so the text splits into exactly `chunks` pieces; the space leads,
+    // as in the tokens real models stream (` world`).
     behavior.text = Some(
         (0..behavior.chunks)
-            .map(|i| format!("w{:04} ", i % 10_000))
+            .map(|i| format!(" w{:04}", i % 10_000))
             .collect(),
     );
     let llm = MockLlm::start_on(addr, &name).await?;

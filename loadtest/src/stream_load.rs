@@ -5,7 +5,8 @@
 //! over `ramp-ms`, `waves` times in a row, and prints one JSON line: how many streams completed (`[DONE]` seen), failed (status or
 //! connection error) and stalled (a gap between content events over `stall-ms`, or no `[DONE]` before
 //! the timeout), time to first token from sending the request (p50/p99/max, µs), and the gaps between
-//! content events (mean/p50/p99/max, µs). Time is taken when an event arrives, not when its bytes do.
+//! content events (mean/p50/p99/max, µs). Time is taken when an event arrives, not when its bytes do; only
+//! events whose delta carries visible text count.
 
 use std::time::{Duration, Instant};
 
@@ -141,7 +142,7 @@ async fn one_stream(options: &Options, authority: &str, path: &str) -> StreamRes
             let text = String::from_utf8_lossy(&event);
             if text.contains("[DONE]") {
                 result.done = true;
-            } else if text.contains("\"content\"") {
+            } else if carries_text(&text) {
                 match last {
                     None => result.ttft = Some(now - sent),
                     Some(previous) => result.gaps.push(now - previous),
@@ -151,6 +152,26 @@ async fn one_stream(options: &Options, authority: &str, path: &str) -> StreamRes
         }
     }
     result
+}
+
+/// Whether an SSE event delivers visible text (`choices[].delta.content` with more than whitespace): events
+/// with an empty or blank delta are not tokens.
+fn carries_text(event: &str) -> bool {
+    let data: String = event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim_start)
+        .collect();
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&data) else {
+        return false;
+    };
+    value["choices"].as_array().is_some_and(|choices| {
+        choices.iter().any(|c| {
+            c["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.trim().is_empty())
+        })
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> u128 {
