@@ -521,18 +521,23 @@ async fn pass_error(
     Ok(())
 }
 
+/// Plain answers up to this size are read whole and sent in one write.
+const WHOLE_ANSWER_LIMIT: usize = 1 << 20;
+
 /// A body whose length is not known up front goes chunked to HTTP/1.1 clients, so their connection stays
 /// usable; without it Pingora ends the body by closing the connection. HTTP/2 frames bodies itself (Pingora
 /// drops the header there) and HTTP/1.0 has no chunked encoding.
 fn frame_unknown_length(session: &Session, head: &mut ResponseHeader) -> pingora::Result<()> {
-    if session.req_header().version == http::Version::HTTP_11 {
+    let bodiless = matches!(head.status.as_u16(), 204 | 304);
+    if session.req_header().version == http::Version::HTTP_11 && !bodiless {
         head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
     Ok(())
 }
 
-/// Relay the provider's answer. A plain answer is read whole, masked, and written with its length in one go
-/// (one write to the client instead of three); if it breaks off, the client gets a 502 error instead. An
+/// Relay the provider's answer. A plain answer (masked, or up to 1 MiB) is read whole, masked, and written with
+/// its length in one go (one write to the client instead of three); if it breaks off, the client gets a 502
+/// error instead. A larger unmasked plain answer streams through with the provider's length. An
 /// event stream goes on event by event; no retry from there on: a failure ends it with an error event,
 /// never a clean-looking end.
 #[allow(clippy::too_many_arguments)]
@@ -573,8 +578,16 @@ async fn stream_back(
     };
     let mut usage = UsageScanner::new(is_sse);
 
-    if !is_sse {
-        let mut body = Vec::new();
+    let secrets = request.catalog.secrets.as_ref();
+    let length = upstream_head
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // Read whole when masking needs the whole JSON, or when the answer is small enough to cost nothing to
+    // hold; a large unmasked answer (embeddings in bulk) streams through with its length.
+    if !is_sse && (secrets.is_some() || length.is_some_and(|n| n <= WHOLE_ANSWER_LIMIT)) {
+        let mut body = Vec::with_capacity(length.unwrap_or(0).min(WHOLE_ANSWER_LIMIT));
         loop {
             upstream.set_read_timeout(read_timeout());
             match upstream.read_response_body().await {
@@ -602,24 +615,30 @@ async fn stream_back(
         if let Some(found) = usage.finish() {
             outcome.account(model, found);
         }
-        let body = match &request.catalog.secrets {
+        // The provider connection is done with: back to the pool before the client write can fail.
+        CONNECTOR
+            .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
+            .await;
+        let body = match secrets {
             Some(secrets) => secrets.mask_body(&body).unwrap_or(body),
             None => body,
         };
-        head.insert_header(CONTENT_LENGTH, body.len())?;
+        if !matches!(head.status.as_u16(), 204 | 304) {
+            head.insert_header(CONTENT_LENGTH, body.len())?;
+        }
         session.write_response_header(Box::new(head), false).await?;
         session
             .write_response_body(Some(Bytes::from(body)), true)
             .await?;
-        CONNECTOR
-            .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
-            .await;
         return Ok(());
     }
 
-    frame_unknown_length(session, &mut head)?;
+    match length {
+        Some(length) if !is_sse => head.insert_header(CONTENT_LENGTH, length)?,
+        _ => frame_unknown_length(session, &mut head)?,
+    }
     session.write_response_header(Box::new(head), false).await?;
-    let mut masker = request.catalog.secrets.as_ref().map(StreamMasker::new);
+    let mut masker = secrets.filter(|_| is_sse).map(StreamMasker::new);
     loop {
         upstream.set_read_timeout(read_timeout());
         match upstream.read_response_body().await {
@@ -666,6 +685,11 @@ async fn stream_back(
                     provider.name,
                     e.etype().as_str()
                 );
+                if !is_sse {
+                    // A plain answer already on its way can only be cut short.
+                    session.set_keepalive(None);
+                    return Ok(());
+                }
                 let error = OpenAiError::new(
                     502,
                     "server_error",

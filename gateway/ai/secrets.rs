@@ -51,9 +51,14 @@ const SECRET_STARTS: [&str; 21] = [
     "-----begin",
 ];
 
-/// Whether `word` ends with the beginning of a secret keyword or key prefix (`MY_SEC`, `s`, `AKI`).
+/// Whether `word` ends with the beginning of a secret keyword or key prefix (`MY_SEC`, `s`, `AKI`). Only the
+/// last ten bytes can matter (the longest start is ten bytes long).
 fn may_begin_secret(word: &str) -> bool {
-    let lower = word.to_ascii_lowercase();
+    let from = (0..=word.len().saturating_sub(10))
+        .rev()
+        .find(|&i| word.is_char_boundary(i))
+        .unwrap_or(0);
+    let lower = word[from..].to_lowercase();
     (0..lower.len())
         .filter(|&i| lower.is_char_boundary(i))
         .any(|i| {
@@ -180,7 +185,10 @@ fn holdback_start(text: &str, custom: bool) -> usize {
             start = begin;
         }
     }
-    let line_start = text.rfind('\n').map_or(0, |i| i + 1);
+    // The last line with text, and the blank lines after it: a separator and its value may sit on the next
+    // line (`PASSWORD:\n` then `hunter2`), which the built-in pattern's `\s*` matches too.
+    let content_end = text.trim_end().len();
+    let line_start = text[..content_end].rfind('\n').map_or(0, |i| i + 1);
     let line = &text[line_start..];
     for found in TRIGGER.find_iter(line) {
         let word_start = line[..found.start()]
@@ -234,6 +242,7 @@ impl<'a> StreamMasker<'a> {
     }
 
     /// Whatever is still buffered (an unterminated event), masked, at the end of the stream.
+    /// Then held-back text, for a stream that ended without `[DONE]` or a finishing chunk.
     pub fn finish(&mut self) -> Vec<u8> {
         let rest = std::mem::take(&mut self.buffer);
         let mut out = Vec::new();
@@ -241,6 +250,7 @@ impl<'a> StreamMasker<'a> {
             let text = String::from_utf8_lossy(&rest).into_owned();
             self.rewrite_event(text.trim_end(), &mut out);
         }
+        self.flush_pending(&mut out);
         out
     }
 
@@ -415,6 +425,23 @@ mod tests {
                 "split after {split:?}"
             );
         }
+        for (a, b) in [("PASSWORD:\n", "hunter2 ok"), ("API_KEY\n", "=abc123 ok")] {
+            let mut stream = StreamMasker::new(&masker);
+            let mut out = stream.push(event(a).as_bytes());
+            out.extend(stream.push(event(b).as_bytes()));
+            out.extend(stream.push(b"data: [DONE]\n\n"));
+            let seen = collected(&out);
+            assert!(seen.contains("[REDACTED]"), "{a:?} + {b:?}: {seen}");
+            assert!(
+                !seen.contains("hunter2") && !seen.contains("abc123"),
+                "{seen}"
+            );
+        }
+        // A stream that ends without [DONE] still gets its held-back word.
+        let mut stream = StreamMasker::new(&masker);
+        let mut out = stream.push(event("it works").as_bytes());
+        out.extend(stream.finish());
+        assert_eq!(collected(&out), "it works");
         let mut stream = StreamMasker::new(&masker);
         let mut out = stream.push(event("PASSWORD: ").as_bytes());
         out.extend(stream.push(event("hunter2\nok").as_bytes()));

@@ -28,11 +28,16 @@ async fn main() -> std::io::Result<()> {
             _ => behavior.chunk_delay = Duration::from_millis(n),
         }
     }
-    // One six-character token per chunk, so the text splits into exactly `chunks` pieces; the space leads,
-    // as in the tokens real models stream (` world`).
+    // One six-character token per chunk, so the text splits into exactly `chunks` pieces. The space leads, as
+    // in the tokens real models stream (` world`), and the words are a mix: some end the way a secret may
+    // begin (` tests`, ` token`), which the gateway's stream masking holds until the next token.
+    const WORDS: [&str; 16] = [
+        " hello", " world", " quick", " brown", " model", " cache", " proxy", " fetch", " tests",
+        " input", " sigma", " token", " table", " paths", " graph", " layer",
+    ];
     behavior.text = Some(
         (0..behavior.chunks)
-            .map(|i| format!(" w{:04}", i % 10_000))
+            .map(|i| WORDS[i % WORDS.len()])
             .collect(),
     );
     let llm = MockLlm::start_on(addr, &name).await?;

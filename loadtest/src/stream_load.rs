@@ -17,6 +17,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpStream;
+use tokio::time::timeout_at;
 
 struct Options {
     url: String,
@@ -99,13 +100,17 @@ fn split_url(url: &str) -> (String, String) {
     }
 }
 
+/// One stream, given up at `deadline` with what it got so far (a stream cut short counts as stalled).
 async fn one_stream(options: &Options, authority: &str, path: &str) -> StreamResult {
+    let deadline = tokio::time::Instant::now() + options.timeout;
     let mut result = StreamResult::default();
-    let Ok(tcp) = TcpStream::connect(authority).await else {
+    let Ok(Ok(tcp)) = timeout_at(deadline, TcpStream::connect(authority)).await else {
         return result;
     };
     let _ = tcp.set_nodelay(true);
-    let Ok((mut sender, connection)) = http1::handshake(TokioIo::new(tcp)).await else {
+    let Ok(Ok((mut sender, connection))) =
+        timeout_at(deadline, http1::handshake(TokioIo::new(tcp))).await
+    else {
         return result;
     };
     tokio::spawn(connection);
@@ -119,7 +124,7 @@ async fn one_stream(options: &Options, authority: &str, path: &str) -> StreamRes
         return result;
     };
     let sent = Instant::now();
-    let Ok(response) = sender.send_request(request).await else {
+    let Ok(Ok(response)) = timeout_at(deadline, sender.send_request(request)).await else {
         return result;
     };
     result.ok_status = response.status().is_success();
@@ -129,7 +134,7 @@ async fn one_stream(options: &Options, authority: &str, path: &str) -> StreamRes
     let mut body = response.into_body();
     let mut pending: Vec<u8> = Vec::new();
     let mut last: Option<Instant> = None;
-    while let Some(frame) = body.frame().await {
+    while let Ok(Some(frame)) = timeout_at(deadline, body.frame()).await {
         let Ok(frame) = frame else { break };
         let Some(data) = frame.data_ref() else {
             continue;
@@ -199,9 +204,7 @@ async fn main() {
                 if !options.ramp.is_zero() {
                     tokio::time::sleep_until(start_at).await;
                 }
-                tokio::time::timeout(options.timeout, one_stream(&options, &authority, &path))
-                    .await
-                    .unwrap_or_default()
+                one_stream(&options, &authority, &path).await
             });
         }
         while let Some(result) = tasks.join_next().await {
