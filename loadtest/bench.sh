@@ -321,6 +321,14 @@ for round in $(seq "$rounds"); do
   true
 done
 
+# A peer whose requests failed: keep the first error line of its log for the results' notes.
+for peer in litellm portkey; do
+  if grep -q "\"scenario\":\"ai-[a-z-]*\",\"contender\":\"$peer\".*\"failed\":[1-9]" "$results" 2>/dev/null; then
+    line=$(grep -m1 -E "Error|error|Exception" "$work/$peer.log" 2>/dev/null | cut -c1-200 || true)
+    notes+=("$peer: some streamed requests failed${line:+; its log says: $line}")
+  fi
+done
+
 # --- memory: idle, 1,000 open keep-alive connections, and a soak that must not keep growing ----------------
 if wants memory; then
   now_rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }

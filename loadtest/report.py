@@ -61,7 +61,7 @@ def summarise(rows):
                 "gap_mean_us": median([s["gap_us"]["mean"] for s in streams]),
                 "gap_p99_us": median([s["gap_us"]["p99"] for s in streams]),
                 "streams": streams[0]["streams"],
-                "stall_free_worst_round": min(s["completed"] - s["stalled"] for s in streams),
+                "stall_free_worst_round": min(s["stall_free"] for s in streams),
                 "failed_worst_round": max(s["failed"] for s in streams),
                 "wall_s": round(median([s["wall_s"] for s in streams]), 2),
             })

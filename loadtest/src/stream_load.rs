@@ -218,6 +218,7 @@ async fn main() {
         .iter()
         .filter(|r| r.ok_status && (!r.done || r.gaps.iter().any(|g| *g > options.stall)))
         .count();
+    let stall_free = results.iter().filter(|r| r.ok_status).count() - stalled;
     let mut ttft: Vec<Duration> = results.iter().filter_map(|r| r.ttft).collect();
     ttft.sort();
     let mut gaps: Vec<Duration> = results
@@ -231,7 +232,7 @@ async fn main() {
         gaps.iter().map(|g| g.as_micros()).sum::<u128>() / gaps.len() as u128
     };
     let report = json!({
-        "streams": results.len(), "completed": completed, "failed": failed, "stalled": stalled,
+        "streams": results.len(), "completed": completed, "failed": failed, "stalled": stalled, "stall_free": stall_free,
         "ttft_us": {"p50": percentile(&ttft, 0.5), "p99": percentile(&ttft, 0.99), "max": percentile(&ttft, 1.0)},
         "gap_us": {"mean": mean_gap, "p50": percentile(&gaps, 0.5), "p99": percentile(&gaps, 0.99), "max": percentile(&gaps, 1.0)},
         "wall_s": wall.as_secs_f64(),
