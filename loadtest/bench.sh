@@ -6,7 +6,7 @@
 # Installs what it lacks (nginx-light, wrk and openssl with apt-get; the peers with pip and npm into loadtest/.peers), builds the
 # release binaries, starts every process on loopback, alternates contenders A B A B (3 rounds of 5 s; --quick:
 # 1 round of 2 s and a 20 s soak instead of 10 min), stops everything it started, and writes
-# loadtest/results/<date>.md, .json and .svg. Headline figure: CPU microseconds per request of the proxy process.
+# loadtest/results/<date>.md, .json and .svg (<date>-<scenarios> and -quick for partial and quick runs). Headline figure: CPU microseconds per request of the proxy process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -359,6 +359,9 @@ if wants memory; then
 fi
 
 stamp=$(date -u +%Y-%m-%d)
+# A run of chosen scenarios gets its own file, so it never replaces the day's full results.
+[ ${#scenarios[@]} -eq ${#all[@]} ] || stamp="$stamp-$(IFS=-; echo "${scenarios[*]}")"
+[ "$rounds" = 3 ] || stamp="$stamp-quick"
 elapsed=$(( $(date +%s) - started_at ))
 notes_json=$(printf '%s\n' "${notes[@]+"${notes[@]}"}" | python3 -c 'import json,sys; print(json.dumps([l.rstrip() for l in sys.stdin if l.strip()]))')
 python3 loadtest/report.py "$results" "loadtest/results/$stamp" --rounds "$rounds" --duration "$duration" \

