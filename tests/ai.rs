@@ -69,6 +69,18 @@ async fn chat(client: &reqwest::Client, gateway: &Gateway, body: Value) -> reqwe
         .unwrap()
 }
 
+/// Send a streamed chat request; the response, its first body chunk, and how long that chunk took.
+async fn first_chunk(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    request: &Value,
+) -> (reqwest::Response, bytes::Bytes, Duration) {
+    let started = std::time::Instant::now();
+    let mut response = chat(client, gateway, request.clone()).await;
+    let first = response.chunk().await.unwrap().unwrap();
+    (response, first, started.elapsed())
+}
+
 fn header(response: &reqwest::Response, name: &str) -> String {
     response
         .headers()
@@ -410,17 +422,14 @@ async fn streams_pass_through_and_a_mid_stream_drop_ends_with_an_error_event() {
         chunk_delay: Duration::from_millis(300),
         ..Behavior::default()
     });
-    let started = std::time::Instant::now();
-    let mut response = chat(&client, &gateway, request.clone()).await;
-    let first = response.chunk().await.unwrap().unwrap();
+    let (mut response, first, waited) = first_chunk(&client, &gateway, &request).await;
     assert!(
         String::from_utf8_lossy(&first).starts_with("data: "),
         "{first:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_millis(700),
-        "first event flushed at once: {:?}",
-        started.elapsed()
+        waited < Duration::from_millis(700),
+        "first event flushed at once: {waited:?}"
     );
     let mut rest = Vec::new();
     while let Some(chunk) = response.chunk().await.unwrap() {
@@ -435,17 +444,14 @@ async fn streams_pass_through_and_a_mid_stream_drop_ends_with_an_error_event() {
         chunk_delay: Duration::from_millis(400),
         ..Behavior::default()
     });
-    let started = std::time::Instant::now();
-    let mut response = chat(&client, &gateway, request.clone()).await;
-    let first = response.chunk().await.unwrap().unwrap();
+    let (mut response, first, waited) = first_chunk(&client, &gateway, &request).await;
     assert!(
         String::from_utf8_lossy(&first).contains("\"content\":\" Hello\""),
         "{first:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_millis(350),
-        "the first token was not held for the second: {:?}",
-        started.elapsed()
+        waited < Duration::from_millis(350),
+        "the first token was not held for the second: {waited:?}"
     );
     while response.chunk().await.unwrap().is_some() {}
 

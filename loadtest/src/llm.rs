@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 /// How the mock answers.
@@ -104,8 +103,6 @@ impl MockLlm {
     }
 
     pub async fn start_on(addr: SocketAddr, name: &str) -> std::io::Result<MockLlm> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State {
             name: name.to_string(),
             behavior: Mutex::new(Behavior::default()),
@@ -113,11 +110,9 @@ impl MockLlm {
             calls: AtomicUsize::new(0),
             cancelled: AtomicUsize::new(0),
         });
-        let (stop, stopped) = watch::channel(false);
         let served = state.clone();
-        tokio::spawn(crate::server::accept_loop(listener, stopped, move |req| {
-            handle(req, served.clone())
-        }));
+        let (addr, stop) =
+            crate::server::serve(addr, move |req| handle(req, served.clone())).await?;
         Ok(MockLlm { addr, state, stop })
     }
 

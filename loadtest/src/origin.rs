@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// What the origin received.
@@ -68,8 +67,6 @@ impl MockOrigin {
         name: &str,
         record: bool,
     ) -> std::io::Result<MockOrigin> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State {
             name: name.to_string(),
             health_status: AtomicU16::new(200),
@@ -78,11 +75,9 @@ impl MockOrigin {
             record,
             statics: Mutex::new(std::collections::HashMap::new()),
         });
-        let (stop, stopped) = watch::channel(false);
         let served = state.clone();
-        tokio::spawn(crate::server::accept_loop(listener, stopped, move |req| {
-            handle(req, served.clone())
-        }));
+        let (addr, stop) =
+            crate::server::serve(addr, move |req| handle(req, served.clone())).await?;
         Ok(MockOrigin { addr, state, stop })
     }
 

@@ -13,8 +13,27 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// Bind `addr` and serve it with `handle` in the background: the bound address, and the switch that stops it.
+pub(crate) async fn serve<F, Fut, B>(
+    addr: SocketAddr,
+    handle: F,
+) -> std::io::Result<(SocketAddr, watch::Sender<bool>)>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(accept_loop(listener, stopped, handle));
+    Ok((addr, stop))
+}
+
 /// Serve HTTP/1.1 and h2c connections with `handle` until `stopped` changes; stopping drops every connection.
-pub(crate) async fn accept_loop<F, Fut, B>(
+async fn accept_loop<F, Fut, B>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     handle: F,
