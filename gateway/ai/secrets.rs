@@ -52,20 +52,26 @@ const SECRET_STARTS: [&str; 21] = [
 ];
 
 /// Whether `word` ends with the beginning of a secret keyword or key prefix (`MY_SEC`, `s`, `AKI`). Only the
-/// last ten bytes can matter (the longest start is ten bytes long).
+/// last ten bytes can matter (the longest start is ten bytes long); compared case-folded, without allocating.
 fn may_begin_secret(word: &str) -> bool {
     let from = (0..=word.len().saturating_sub(10))
         .rev()
         .find(|&i| word.is_char_boundary(i))
         .unwrap_or(0);
-    let lower = word[from..].to_lowercase();
-    (0..lower.len())
-        .filter(|&i| lower.is_char_boundary(i))
-        .any(|i| {
-            SECRET_STARTS
-                .iter()
-                .any(|start| start.starts_with(&lower[i..]))
-        })
+    let tail = &word[from..];
+    tail.char_indices().any(|(i, _)| {
+        SECRET_STARTS
+            .iter()
+            .any(|start| folds_to_prefix(&tail[i..], start))
+    })
+}
+
+/// Whether `text`, lowercased, is a prefix of `start`.
+fn folds_to_prefix(text: &str, start: &str) -> bool {
+    let mut start = start.chars();
+    text.chars()
+        .flat_map(char::to_lowercase)
+        .all(|c| start.next() == Some(c))
 }
 
 static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
