@@ -1,6 +1,7 @@
 //! The AI path: the catalog (providers, models, profiles), the routing decision, OpenAI wire-format pieces,
 //! the mock provider and the relay that re-originates requests with fallback and streams answers back.
 
+pub mod answer;
 pub mod catalog;
 pub mod guard;
 pub mod heuristics;

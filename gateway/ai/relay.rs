@@ -14,10 +14,13 @@ use http::{HeaderName, HeaderValue, Method};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use serde_json::{Map, Value};
+use tokio::io::AsyncWriteExt;
 
+use super::answer::AnswerView;
 use super::catalog::{Catalog, Model, Provider, ProviderKind};
 use super::guard::apply_system_prompt;
 use super::mock;
@@ -361,7 +364,7 @@ async fn send(
 ) -> Result<(HttpSession, ResponseHeader), String> {
     let deployment = &provider.deployments[index];
     let path = format!("{}{}", deployment.base_path, endpoint.upstream_path());
-    let (mut upstream, _reused) = CONNECTOR
+    let (upstream, _reused) = CONNECTOR
         .get_http_session(peer)
         .await
         .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
@@ -389,17 +392,7 @@ async fn send(
         Ok(())
     };
     build(&mut head).map_err(|e| e.to_string())?;
-    upstream.set_write_timeout(Some(provider.timeouts.first_byte));
-    upstream
-        .write_request_header(Box::new(head))
-        .await
-        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
-    upstream
-        .write_request_body(payload, true)
-        .await
-        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
-    upstream
-        .finish_request_body()
+    let mut upstream = write_request(upstream, peer, head, payload, provider.timeouts.first_byte)
         .await
         .map_err(|e| format!("send: {}", e.etype().as_str()))?;
     upstream.set_read_timeout(Some(provider.timeouts.first_byte));
@@ -415,6 +408,60 @@ async fn send(
         .cloned()
         .ok_or("no response head")?;
     Ok((upstream, head))
+}
+
+/// Send the request head and body. Over HTTP/1 both go out in one write: Pingora's client flushes the head on
+/// its own, which costs a second `sendto` and wakes the provider twice. The session is rebuilt around the
+/// same connection exactly as Pingora's connector builds it, so reading the answer and returning the
+/// connection to the pool work as before (a POST that is not an upgrade and keeps the connection alive).
+async fn write_request(
+    upstream: HttpSession,
+    peer: &HttpPeer,
+    head: RequestHeader,
+    payload: Bytes,
+    timeout: Duration,
+) -> pingora::Result<HttpSession> {
+    let mut upstream = match upstream {
+        HttpSession::H1(h1) => {
+            let mut wire = http_req_header_to_wire(&head).ok_or_else(|| {
+                pingora::Error::explain(
+                    pingora::ErrorType::InvalidHTTPHeader,
+                    "request head has forbidden bytes",
+                )
+            })?;
+            wire.extend_from_slice(&payload);
+            let mut stream = h1.into_inner();
+            let write = async {
+                stream.write_all(&wire).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(pingora::Error::because(
+                        pingora::ErrorType::WriteError,
+                        "writing the request",
+                        e,
+                    ))
+                }
+                Err(_) => {
+                    return Err(pingora::Error::explain(
+                        pingora::ErrorType::WriteTimedout,
+                        "writing the request",
+                    ))
+                }
+            }
+            return Ok(HttpSession::H1(Http1Session::new_with_options(
+                stream, peer,
+            )));
+        }
+        other => other,
+    };
+    upstream.set_write_timeout(Some(timeout));
+    upstream.write_request_header(Box::new(head)).await?;
+    upstream.write_request_body(payload, true).await?;
+    upstream.finish_request_body().await?;
+    Ok(upstream)
 }
 
 fn retry_after(head: &ResponseHeader) -> Option<Duration> {
@@ -576,8 +623,6 @@ async fn stream_back(
                 .min(left.max(Duration::from_millis(1))),
         )
     };
-    let mut usage = UsageScanner::new(is_sse);
-
     let secrets = request.catalog.secrets.as_ref();
     let length = upstream_head
         .headers
@@ -591,10 +636,7 @@ async fn stream_back(
         loop {
             upstream.set_read_timeout(read_timeout());
             match upstream.read_response_body().await {
-                Ok(Some(chunk)) => {
-                    usage.observe(&chunk);
-                    body.extend_from_slice(&chunk);
-                }
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
                 Ok(None) => break,
                 Err(e) => {
                     log::warn!(
@@ -612,17 +654,26 @@ async fn stream_back(
                 }
             }
         }
-        if let Some(found) = usage.finish() {
-            outcome.account(model, found);
-        }
         // The provider connection is done with: back to the pool before the client write can fail.
         CONNECTOR
             .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
             .await;
-        let body = match secrets {
-            Some(secrets) => secrets.mask_body(&body).unwrap_or(body),
-            None => body,
+        // One borrowed parse gives the usage and tells whether masking changes anything; only then is the
+        // body rewritten.
+        let answer = AnswerView::parse(&body);
+        let found = answer
+            .as_ref()
+            .map_or_else(|| Usage::from_json(&body), AnswerView::usage);
+        if let Some(found) = found {
+            outcome.account(model, found);
+        }
+        let masked = match (secrets, &answer) {
+            (Some(secrets), Some(answer)) if !secrets.changes(answer) => None,
+            (Some(secrets), _) => secrets.mask_body(&body),
+            (None, _) => None,
         };
+        drop(answer);
+        let body = masked.unwrap_or(body);
         if !matches!(head.status.as_u16(), 204 | 304) {
             head.insert_header(CONTENT_LENGTH, body.len())?;
         }
@@ -633,6 +684,7 @@ async fn stream_back(
         return Ok(());
     }
 
+    let mut usage = UsageScanner::new(is_sse);
     match length {
         Some(length) if !is_sse => head.insert_header(CONTENT_LENGTH, length)?,
         _ => frame_unknown_length(session, &mut head)?,

@@ -11,6 +11,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::answer::AnswerView;
+
 /// Patterns and their replacements.
 #[derive(Debug, Clone)]
 pub struct SecretMasker {
@@ -127,8 +129,20 @@ impl SecretMasker {
         current
     }
 
-    /// Mask the completion texts of a whole (non-streamed) response body.
+    /// Whether masking would change any completion text of a whole answer.
+    pub fn changes(&self, answer: &AnswerView) -> bool {
+        answer
+            .choices
+            .iter()
+            .flat_map(|choice| choice.texts())
+            .any(|text| matches!(self.mask(text), Cow::Owned(_)))
+    }
+
+    /// Mask the completion texts of a whole (non-streamed) response body; `None` when nothing changes.
     pub fn mask_body(&self, body: &[u8]) -> Option<Vec<u8>> {
+        if AnswerView::parse(body).is_some_and(|answer| !self.changes(&answer)) {
+            return None;
+        }
         let mut value: Map<String, Value> = serde_json::from_slice(body).ok()?;
         let mut changed = false;
         for_each_choice_text(&mut value, |text| {
@@ -216,6 +230,10 @@ fn holdback_start(text: &str, custom: bool) -> usize {
     start
 }
 
+/// Choice indexes above this share one hold-back slot: OpenAI allows at most 128 choices, and a provider
+/// sending index 10^18 must not make the gateway allocate that many.
+const MAX_CHOICES: usize = 255;
+
 /// Masks the content deltas of one SSE stream, event by event.
 #[derive(Debug)]
 pub struct StreamMasker<'a> {
@@ -237,12 +255,27 @@ impl<'a> StreamMasker<'a> {
 
     /// Feed upstream bytes; returns the (possibly rewritten) complete events to send on.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        self.buffer.extend_from_slice(chunk);
         let mut out = Vec::with_capacity(chunk.len() + 64);
-        while let Some(end) = find_event_end(&self.buffer) {
-            let event: Vec<u8> = self.buffer.drain(..end.0 + end.1).collect();
-            let text = String::from_utf8_lossy(&event[..end.0]).into_owned();
-            self.rewrite_event(&text, &mut out);
+        // Usually a chunk holds whole events and nothing is buffered: read them from the chunk itself.
+        let buffered = !self.buffer.is_empty();
+        let data = if buffered {
+            self.buffer.extend_from_slice(chunk);
+            std::mem::take(&mut self.buffer)
+        } else {
+            Vec::new()
+        };
+        let bytes = if buffered { &data[..] } else { chunk };
+        let mut start = 0;
+        while let Some((end, separator)) = find_event_end(&bytes[start..]) {
+            let event = String::from_utf8_lossy(&bytes[start..start + end]);
+            self.rewrite_event(&event, &mut out);
+            start += end + separator;
+        }
+        if buffered {
+            self.buffer = data;
+            self.buffer.drain(..start);
+        } else {
+            self.buffer.extend_from_slice(&chunk[start..]);
         }
         out
     }
@@ -260,14 +293,47 @@ impl<'a> StreamMasker<'a> {
         out
     }
 
+    /// Whether an event goes on exactly as it came: nothing of its choices is held back, and none of its
+    /// texts needs masking or holding back. Most events of a stream pass this test, and skip the rewrite.
+    fn passes_unchanged(&self, chunk: &AnswerView) -> bool {
+        chunk.choices.iter().enumerate().all(|(position, choice)| {
+            let index = choice.index(position).min(MAX_CHOICES);
+            if self.pending.get(index).is_some_and(|held| !held.is_empty()) {
+                return false;
+            }
+            let Some(text) = choice.text() else {
+                return true;
+            };
+            (choice.finishing() || holdback_start(text, self.masker.custom) == text.len())
+                && matches!(self.masker.mask(text), Cow::Borrowed(_))
+        })
+    }
+
     fn rewrite_event(&mut self, event: &str, out: &mut Vec<u8>) {
-        let data = event
+        let mut lines = event
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim_start)
-            .collect::<Vec<_>>()
-            .join("\n");
-        let parsed: Option<Map<String, Value>> = if data.is_empty() || data == "[DONE]" {
+            .map(str::trim_start);
+        let first = lines.next().unwrap_or_default();
+        let data: Cow<str> = match lines.next() {
+            None => Cow::Borrowed(first),
+            Some(second) => Cow::Owned(
+                [first, second]
+                    .into_iter()
+                    .chain(lines)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+        };
+        let special = data.is_empty() || data == "[DONE]";
+        if !special
+            && AnswerView::parse(data.as_bytes()).is_some_and(|chunk| self.passes_unchanged(&chunk))
+        {
+            out.extend_from_slice(event.as_bytes());
+            out.extend_from_slice(b"\n\n");
+            return;
+        }
+        let parsed: Option<Map<String, Value>> = if special {
             None
         } else {
             serde_json::from_str(&data).ok()
@@ -285,7 +351,8 @@ impl<'a> StreamMasker<'a> {
                 let index = choice
                     .get("index")
                     .and_then(Value::as_u64)
-                    .map_or(position, |i| i as usize);
+                    .map_or(position, |i| usize::try_from(i).unwrap_or(usize::MAX))
+                    .min(MAX_CHOICES);
                 let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
                 if self.pending.len() <= index {
                     self.pending.resize(index + 1, String::new());
@@ -322,17 +389,25 @@ impl<'a> StreamMasker<'a> {
     }
 }
 
-/// (end of the event text, length of the blank-line separator) of the first complete event.
+/// (end of the event text, length of the blank-line separator) of the first complete event: the first
+/// `\n\n` or `\r\n\r\n`, in one pass over the newlines.
 fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buffer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+    let mut from = 0;
+    while let Some(offset) = buffer[from..].iter().position(|&b| b == b'\n') {
+        let newline = from + offset;
+        match buffer.get(newline + 1) {
+            Some(b'\n') => return Some((newline, 2)),
+            Some(b'\r')
+                if newline >= 1
+                    && buffer[newline - 1] == b'\r'
+                    && buffer.get(newline + 2) == Some(&b'\n') =>
+            {
+                return Some((newline - 1, 4))
+            }
+            _ => from = newline + 1,
+        }
     }
+    None
 }
 
 #[cfg(test)]
@@ -358,6 +433,54 @@ mod tests {
                     .map(str::to_string)
             })
             .collect()
+    }
+
+    #[test]
+    fn clean_events_pass_byte_for_byte_and_dirty_ones_are_rewritten() {
+        let masker = SecretMasker::new(vec![]);
+        let mut stream = StreamMasker::new(&masker);
+        // Provider formatting (spaces, key order, escapes) survives when nothing is held or masked.
+        let clean = "data: {\"id\":\"c1\", \"choices\":[{\"delta\":{\"content\":\" \\\"hi\\\"\\n\"},\"index\":0,\"finish_reason\":null}]}\r\n\r\n";
+        let out = stream.push(clean.as_bytes());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            clean.trim_end().to_string() + "\n\n"
+        );
+        // Two events in one chunk and one split over two chunks: each is found once, in order.
+        let mut out = stream.push(format!("{}{}", event(" world"), event(" PASSWORD")).as_bytes());
+        let tail = event(": hunter2 ok");
+        let (x, y) = tail.split_at(9);
+        out.extend(stream.push(x.as_bytes()));
+        out.extend(stream.push(y.as_bytes()));
+        out.extend(stream.finish());
+        assert_eq!(collected(&out), " world PASSWORD: [REDACTED] ok");
+        // The plain-body check agrees with the rewrite.
+        let body = br#"{"choices":[{"message":{"content":"nothing to hide"}}]}"#;
+        assert_eq!(masker.mask_body(body), None);
+        let body = br#"{"choices":[{"message":{"content":"API_KEY=abc"}}]}"#;
+        let masked = masker.mask_body(body).unwrap();
+        assert!(String::from_utf8(masked)
+            .unwrap()
+            .contains("API_KEY=[REDACTED]"));
+    }
+
+    #[test]
+    fn event_ends_are_found_for_both_separators() {
+        assert_eq!(find_event_end(b"data: x\n\ndata: y\n\n"), Some((7, 2)));
+        assert_eq!(find_event_end(b"data: x\r\n\r\ndata: y"), Some((7, 4)));
+        assert_eq!(find_event_end(b"a\nb\r\nc\n"), None);
+        assert_eq!(find_event_end(b"a\r\n\n"), Some((2, 2)));
+        // A huge index does not make the masker allocate for it.
+        let masker = SecretMasker::new(vec![]);
+        let mut stream = StreamMasker::new(&masker);
+        let out = stream.push(
+            b"data: {\"choices\":[{\"index\":1000000000000,\"delta\":{\"content\":\" sk\"}}]}\n\n",
+        );
+        assert!(stream.pending.len() <= MAX_CHOICES + 1);
+        // "sk" may begin a key: held back, then flushed at the end.
+        assert!(!String::from_utf8_lossy(&out).contains("sk"));
+        let tail = String::from_utf8(stream.finish()).unwrap();
+        assert!(tail.contains(r#""content":"sk""#), "{tail}");
     }
 
     #[test]

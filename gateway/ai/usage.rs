@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use super::answer::AnswerView;
+
 /// Tokens of one answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -24,6 +26,17 @@ impl Usage {
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
         })
+    }
+
+    /// The usage of a JSON answer or event, if it carries one.
+    pub fn from_json(json: &[u8]) -> Option<Usage> {
+        match AnswerView::parse(json) {
+            Some(view) => view.usage(),
+            None => serde_json::from_slice::<Value>(json)
+                .ok()
+                .as_ref()
+                .and_then(Usage::from_value),
+        }
     }
 
     /// USD, from prices per 1M tokens.
@@ -67,33 +80,38 @@ impl UsageScanner {
             return;
         }
         self.pending.extend_from_slice(chunk);
-        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+        let mut start = 0;
+        while let Some(end) = self.pending[start..].windows(2).position(|w| w == b"\n\n") {
+            let event = &self.pending[start..start + end];
+            start += end + 2;
             // Only events that mention usage are parsed.
-            if event.windows(7).any(|w| w == b"\"usage\"") {
-                let data: String = String::from_utf8_lossy(&event)
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect();
-                if let Some(usage) = serde_json::from_str::<Value>(&data)
-                    .ok()
-                    .as_ref()
-                    .and_then(Usage::from_value)
-                {
-                    self.usage = Some(usage);
+            if !event.windows(7).any(|w| w == b"\"usage\"") {
+                continue;
+            }
+            let text = String::from_utf8_lossy(event);
+            let mut data = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start);
+            let first = data.next().unwrap_or_default();
+            let found = match data.next() {
+                None => Usage::from_json(first.as_bytes()),
+                Some(second) => {
+                    let joined: String = [first, second].into_iter().chain(data).collect();
+                    Usage::from_json(joined.as_bytes())
                 }
+            };
+            if found.is_some() {
+                self.usage = found;
             }
         }
+        self.pending.drain(..start);
     }
 
     /// The usage found, once the answer is complete.
     pub fn finish(mut self) -> Option<Usage> {
         if !self.sse && !self.pending.is_empty() {
-            self.usage = serde_json::from_slice::<Value>(&self.pending)
-                .ok()
-                .as_ref()
-                .and_then(Usage::from_value);
+            self.usage = Usage::from_json(&self.pending);
         }
         self.usage
     }

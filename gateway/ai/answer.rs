@@ -1,0 +1,154 @@
+//! A borrowed look at an OpenAI-style answer, a whole body or one stream event: its completion texts and
+//! its usage, read without building a `serde_json::Value` tree (strings without escapes are not even
+//! copied). Bodies of another shape (content parts instead of a string, a usage count as a string, a
+//! repeated key) fail to parse here, and callers take the general `Value` path for them.
+
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
+
+use super::usage::Usage;
+
+#[derive(Debug, Deserialize)]
+pub struct AnswerView<'a> {
+    #[serde(default, borrow)]
+    pub choices: Vec<ChoiceView<'a>>,
+    #[serde(default)]
+    usage: Option<UsageView>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChoiceView<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    delta: Option<ContentView<'a>>,
+    #[serde(default, borrow)]
+    message: Option<ContentView<'a>>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentView<'a> {
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageView {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// An optional string, borrowed from the input unless it has escapes (serde copies an `Option<Cow<str>>`
+/// field always; only a `Cow` field itself is borrowed).
+fn borrowed<'de, D: Deserializer<'de>>(input: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text>::deserialize(input)?.map(|text| text.0))
+}
+
+impl<'a> AnswerView<'a> {
+    pub fn parse(json: &'a [u8]) -> Option<Self> {
+        serde_json::from_slice(json).ok()
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage.as_ref().map(|u| Usage {
+            prompt_tokens: u.prompt_tokens.unwrap_or(0),
+            completion_tokens: u.completion_tokens.unwrap_or(0),
+        })
+    }
+}
+
+impl ChoiceView<'_> {
+    /// The choice's index, or its position when the provider leaves it out.
+    pub fn index(&self, position: usize) -> usize {
+        self.index
+            .map_or(position, |i| usize::try_from(i).unwrap_or(usize::MAX))
+    }
+
+    /// The choice carries a finish reason: its text ends here.
+    pub fn finishing(&self) -> bool {
+        self.finish_reason.is_some()
+    }
+
+    /// The completion text a stream chunk carries: `delta.content` (or `message.content`) when that object
+    /// is there, else `text`.
+    pub fn text(&self) -> Option<&str> {
+        match self.delta.as_ref().or(self.message.as_ref()) {
+            Some(object) => object.content.as_deref(),
+            None => self.text.as_deref(),
+        }
+    }
+
+    /// Every completion text of a whole answer: `message.content`, `delta.content` and `text`.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        [&self.message, &self.delta]
+            .into_iter()
+            .filter_map(|object| object.as_ref()?.content.as_deref())
+            .chain(self.text.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_texts_and_usage_borrowed() {
+        let body = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi there"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+        let view = AnswerView::parse(body).unwrap();
+        let choice = &view.choices[0];
+        assert_eq!(choice.text(), Some("hi there"));
+        assert!(matches!(
+            choice.message.as_ref().unwrap().content,
+            Some(Cow::Borrowed(_))
+        ));
+        assert!(choice.finishing());
+        assert_eq!(choice.index(5), 0);
+        assert_eq!(
+            view.usage(),
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 2
+            })
+        );
+
+        let chunk =
+            br#"{"choices":[{"delta":{"content":"a \"quoted\" word"},"finish_reason":null}]}"#;
+        let view = AnswerView::parse(chunk).unwrap();
+        assert_eq!(view.choices[0].text(), Some("a \"quoted\" word"));
+        assert!(!view.choices[0].finishing());
+        assert_eq!(view.choices[0].index(3), 3);
+        assert_eq!(view.usage(), None);
+
+        let legacy = br#"{"choices":[{"text":"done","index":1}]}"#;
+        let view = AnswerView::parse(legacy).unwrap();
+        assert_eq!(view.choices[0].texts().collect::<Vec<_>>(), ["done"]);
+        assert_eq!(view.choices[0].index(0), 1);
+    }
+
+    #[test]
+    fn other_shapes_are_left_to_the_general_path() {
+        for body in [
+            &br#"{"choices":[{"message":{"content":[{"type":"text","text":"x"}]}}]}"#[..],
+            br#"{"choices":[],"usage":{"prompt_tokens":"9"}}"#,
+            br#"{"choices":{"0":{}}}"#,
+            br#"{"choices":[],"choices":[]}"#,
+            br#"[1,2]"#,
+        ] {
+            assert!(
+                AnswerView::parse(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}
