@@ -67,7 +67,7 @@ impl<'a> AnswerView<'a> {
     }
 }
 
-impl ChoiceView<'_> {
+impl<'a> ChoiceView<'a> {
     /// The choice's index, or its position when the provider leaves it out.
     pub fn index(&self, position: usize) -> usize {
         self.index
@@ -82,9 +82,15 @@ impl ChoiceView<'_> {
     /// The completion text a stream chunk carries: `delta.content` (or `message.content`) when that object
     /// is there, else `text`.
     pub fn text(&self) -> Option<&str> {
+        self.text_slot().map(|text| &**text)
+    }
+
+    /// The same text as it was read: borrowed from the input (then it sits there unescaped, between its
+    /// quotes) or copied because it had escapes.
+    pub fn text_slot(&self) -> Option<&Cow<'a, str>> {
         match self.delta.as_ref().or(self.message.as_ref()) {
-            Some(object) => object.content.as_deref(),
-            None => self.text.as_deref(),
+            Some(object) => object.content.as_ref(),
+            None => self.text.as_ref(),
         }
     }
 

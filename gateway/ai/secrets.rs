@@ -61,9 +61,12 @@ fn may_begin_secret(word: &str) -> bool {
         .find(|&i| word.is_char_boundary(i))
         .unwrap_or(0);
     let tail = &word[from..];
-    tail.char_indices().any(|(i, _)| {
+    tail.char_indices().any(|(i, c)| {
+        // Most positions fail on their first letter; an ASCII one is compared as a byte.
+        let first = c.to_ascii_lowercase() as u32;
         SECRET_STARTS
             .iter()
+            .filter(|start| !c.is_ascii() || u32::from(start.as_bytes()[0]) == first)
             .any(|start| folds_to_prefix(&tail[i..], start))
     })
 }
@@ -326,12 +329,17 @@ impl<'a> StreamMasker<'a> {
             ),
         };
         let special = data.is_empty() || data == "[DONE]";
-        if !special
-            && AnswerView::parse(data.as_bytes()).is_some_and(|chunk| self.passes_unchanged(&chunk))
-        {
-            out.extend_from_slice(event.as_bytes());
-            out.extend_from_slice(b"\n\n");
-            return;
+        if let Some(chunk) = AnswerView::parse(data.as_bytes()).filter(|_| !special) {
+            if self.passes_unchanged(&chunk) {
+                out.extend_from_slice(event.as_bytes());
+                out.extend_from_slice(b"\n\n");
+                return;
+            }
+            if let Cow::Borrowed(data) = data {
+                if self.splice(event, data, &chunk, out) {
+                    return;
+                }
+            }
         }
         let parsed: Option<Map<String, Value>> = if special {
             None
@@ -354,25 +362,79 @@ impl<'a> StreamMasker<'a> {
                     .map_or(position, |i| usize::try_from(i).unwrap_or(usize::MAX))
                     .min(MAX_CHOICES);
                 let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-                if self.pending.len() <= index {
-                    self.pending.resize(index + 1, String::new());
-                }
-                let held = &mut self.pending[index];
-                let slot = choice_text(choice, finishing && !held.is_empty());
-                let Some(text) = slot else { continue };
-                held.push_str(text);
-                let cut = if finishing {
-                    held.len()
-                } else {
-                    holdback_start(held, self.masker.custom)
+                let holding = self.pending.get(index).is_some_and(|held| !held.is_empty());
+                let Some(text) = choice_text(choice, finishing && holding) else {
+                    continue;
                 };
-                let ready: String = held.drain(..cut).collect();
-                *text = self.masker.mask(&ready).into_owned();
+                *text = self.release(index, text, finishing);
             }
         }
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&serde_json::to_vec(&chunk).unwrap_or_default());
         out.extend_from_slice(b"\n\n");
+    }
+
+    /// Rewrite the texts of `chunk` where they stand in the event's one `data` line (`data`, a slice of
+    /// `event`), keeping everything else as the provider wrote it: no `Map` built, nothing re-serialised.
+    /// Not possible (false, and nothing changed) when a text had escapes, so its place in the line is not
+    /// known, or when held text must be flushed into a choice that has no text field to carry it.
+    fn splice(&mut self, event: &str, data: &str, chunk: &AnswerView, out: &mut Vec<u8>) -> bool {
+        let base = data.as_ptr() as usize;
+        // (choice index, where the text starts in `data`, its length, finishing)
+        let mut texts = Vec::with_capacity(chunk.choices.len());
+        for (position, choice) in chunk.choices.iter().enumerate() {
+            let index = choice.index(position).min(MAX_CHOICES);
+            match choice.text_slot() {
+                Some(Cow::Borrowed(text)) => texts.push((
+                    index,
+                    text.as_ptr() as usize - base,
+                    text.len(),
+                    choice.finishing(),
+                )),
+                Some(Cow::Owned(_)) => return false,
+                None if choice.finishing()
+                    && self.pending.get(index).is_some_and(|held| !held.is_empty()) =>
+                {
+                    return false
+                }
+                None => {}
+            }
+        }
+        let data_start = base - event.as_ptr() as usize;
+        out.extend_from_slice(&event.as_bytes()[..data_start]);
+        let mut cursor = 0;
+        for (index, start, len, finishing) in texts {
+            out.extend_from_slice(&data.as_bytes()[cursor..start]);
+            let released = self.release(index, &data[start..start + len], finishing);
+            // Escaped as JSON; the quotes around it are the provider's.
+            let at = out.len();
+            if serde_json::to_writer(&mut *out, &released).is_ok() {
+                out.remove(at);
+                out.pop();
+            }
+            cursor = start + len;
+        }
+        out.extend_from_slice(&data.as_bytes()[cursor..]);
+        out.extend_from_slice(&event.as_bytes()[data_start + data.len()..]);
+        out.extend_from_slice(b"\n\n");
+        true
+    }
+
+    /// Add `text` to what choice `index` holds and take out, masked, what may go on now: everything when
+    /// the choice is finishing, else all but what may still begin a secret.
+    fn release(&mut self, index: usize, text: &str, finishing: bool) -> String {
+        if self.pending.len() <= index {
+            self.pending.resize(index + 1, String::new());
+        }
+        let held = &mut self.pending[index];
+        held.push_str(text);
+        let cut = if finishing {
+            held.len()
+        } else {
+            holdback_start(held, self.masker.custom)
+        };
+        let ready: String = held.drain(..cut).collect();
+        self.masker.mask(&ready).into_owned()
     }
 
     /// Emit held-back text before the stream ends.
@@ -454,6 +516,29 @@ mod tests {
         out.extend(stream.push(y.as_bytes()));
         out.extend(stream.finish());
         assert_eq!(collected(&out), " world PASSWORD: [REDACTED] ok");
+        // Held text is rewritten where it stands (the provider's other fields and spacing stay); a text with
+        // escapes, or data split over two lines, takes the general rewrite. The secret is caught either way.
+        let mut stream = StreamMasker::new(&masker);
+        let mut out = stream.push(
+            b"data: {\"id\":\"c2\", \"choices\":[{\"delta\":{\"content\":\"my API_KEY\"}}]}\n\n",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "data: {\"id\":\"c2\", \"choices\":[{\"delta\":{\"content\":\"my \"}}]}\n\n"
+        );
+        out.extend(
+            stream.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"=ab\\u0063d \"}}]}\n\n"),
+        );
+        out.extend(
+            stream.push(
+                b"data: {\"choices\":[{\"delta\":\ndata: {\"content\":\"PASSWORD=x y\"}}]}\n\n",
+            ),
+        );
+        out.extend(stream.push(b"data: [DONE]\n\n"));
+        assert_eq!(
+            collected(&out),
+            "my API_KEY=[REDACTED] PASSWORD=[REDACTED] y"
+        );
         // The plain-body check agrees with the rewrite.
         let body = br#"{"choices":[{"message":{"content":"nothing to hide"}}]}"#;
         assert_eq!(masker.mask_body(body), None);
