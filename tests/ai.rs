@@ -1,6 +1,7 @@
 //! The AI path over real sockets with mock LLM servers as providers: the OpenAI endpoints, model choice and
 //! its explanation headers, fallback (connect refused, 503 with a 1 MiB prompt, 429 with cooldown, timeout),
-//! the circuit breaker, streaming (pass-through, mid-stream drop, client disconnect) and OpenAI-shaped errors.
+//! the circuit breaker, streaming (pass-through, mid-stream drop, client disconnect), plain answers that break
+//! off or exceed 1 MiB, and OpenAI-shaped errors.
 
 mod common;
 
@@ -839,4 +840,115 @@ async fn plain_and_streamed_answers_keep_the_client_connection_open() {
         assert!(text.contains("chat.completion"), "{text}");
     }
     assert_eq!(llm.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_plain_answer_that_breaks_off_goes_to_the_next_candidate_or_ends_in_a_502() {
+    let first = MockLlm::start("first").await.unwrap();
+    let second = MockLlm::start("second").await.unwrap();
+    let cut = Behavior {
+        cut_plain_at: Some(20),
+        ..Behavior::default()
+    };
+    first.set_behavior(cut.clone());
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: first, type: openai, base_url: \"{}\" }}\n    - {{ name: second, type: openai, base_url: \"{}\" }}",
+        first.base_url(),
+        second.base_url()
+    );
+    let models =
+        "    - { name: model-a, provider: first }\n    - { name: model-b, provider: second }";
+    let config = ai_config(
+        &dir,
+        &ports,
+        &providers,
+        models,
+        "    default: [model-a, model-b]",
+    );
+    let gateway = Gateway::start(&dir, ports, &config).await;
+    let client = client();
+    let request = json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]});
+
+    // The first provider's answer stops 20 bytes in; nothing reached the client, so the second answers.
+    let response = chat(&client, &gateway, request.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-gateway-model"), "model-b");
+    assert_eq!(header(&response, "x-gateway-attempts"), "2");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Hello from second."
+    );
+    assert_eq!(first.calls(), 1);
+
+    // Both break off: an OpenAI error naming why, never a cut connection or half a JSON body.
+    second.set_behavior(cut);
+    let response = chat(&client, &gateway, request.clone()).await;
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "all_candidates_failed");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("first/model-a (answer broke off")
+            && message.contains("second/model-b (answer broke off"),
+        "{message}"
+    );
+    // The gateway goes on serving once a provider answers whole again.
+    second.set_behavior(Behavior::default());
+    assert_eq!(chat(&client, &gateway, request).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_plain_answer_over_1mib_streams_through_whole_with_its_length_and_usage() {
+    let llm = MockLlm::start("bulk").await.unwrap();
+    let text: String = (0..(1536 * 1024))
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    llm.set_behavior(Behavior {
+        text: Some(text.clone()),
+        ..Behavior::default()
+    });
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    // Unmasked, so the gateway need not hold the answer: it streams through with the provider's length.
+    let body = format!(
+        r#"
+ai:
+  guards: {{ response_secrets: {{ enabled: false }} }}
+  providers:
+    - {{ name: bulk, type: openai, base_url: "{}" }}
+  models:
+    - {{ name: big, provider: bulk }}
+  profiles: {{ default: [big] }}
+routes:
+  - name: ai
+    match: {{ path: {{ prefix: /v1 }} }}
+    ai: {{}}
+"#,
+        llm.base_url()
+    );
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let client = client();
+    let response = chat(
+        &client,
+        &gateway,
+        json!({"model": "big", "messages": [{"role": "user", "content": "q"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let length: usize = header(&response, "content-length").parse().unwrap();
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(bytes.len(), length);
+    assert!(length > 1536 * 1024);
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], text.as_str());
+    // The usage at the end of the body is still accounted (the mock reports 10 + 5 tokens).
+    let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_ai_tokens_total{kind="completion",model="big"}"#
+        ),
+        5.0
+    );
 }

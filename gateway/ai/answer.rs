@@ -60,11 +60,39 @@ impl<'a> AnswerView<'a> {
     }
 
     pub fn usage(&self) -> Option<Usage> {
-        self.usage.as_ref().map(|u| Usage {
-            prompt_tokens: u.prompt_tokens.unwrap_or(0),
-            completion_tokens: u.completion_tokens.unwrap_or(0),
-        })
+        self.usage.as_ref().map(UsageView::tokens)
     }
+}
+
+impl UsageView {
+    fn tokens(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.unwrap_or(0),
+            completion_tokens: self.completion_tokens.unwrap_or(0),
+        }
+    }
+}
+
+/// The usage of an answer too large to keep whole, from the last bytes of its body: the value of the last
+/// `"usage"` key there. Providers put it at the end; inside a string the quotes would be escaped.
+pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
+    const KEY: &[u8] = b"\"usage\"";
+    let mut end = tail.len();
+    while let Some(at) = tail[..end].windows(KEY.len()).rposition(|w| w == KEY) {
+        end = at;
+        if at > 0 && tail[at - 1] == b'\\' {
+            continue;
+        }
+        let Some(value) = tail[at + KEY.len()..].trim_ascii_start().strip_prefix(b":") else {
+            continue;
+        };
+        // One value from the front of the rest; what follows it is not looked at.
+        let mut reader = serde_json::Deserializer::from_slice(value);
+        if let Ok(usage) = UsageView::deserialize(&mut reader) {
+            return Some(usage.tokens());
+        }
+    }
+    None
 }
 
 impl<'a> ChoiceView<'a> {
@@ -139,6 +167,20 @@ mod tests {
         let view = AnswerView::parse(legacy).unwrap();
         assert_eq!(view.choices[0].texts().collect::<Vec<_>>(), ["done"]);
         assert_eq!(view.choices[0].index(0), 1);
+    }
+
+    #[test]
+    fn usage_is_found_in_the_tail_of_a_large_answer() {
+        let tail = br#"3],"index":999}],"note":"\"usage\": {\"prompt_tokens\": 1}","model":"m","usage":{"prompt_tokens":1200,"total_tokens":1200}}"#;
+        assert_eq!(
+            usage_in_tail(tail),
+            Some(Usage {
+                prompt_tokens: 1200,
+                completion_tokens: 0
+            })
+        );
+        assert_eq!(usage_in_tail(br#"..."usage\": 5, "x": 1}"#), None);
+        assert_eq!(usage_in_tail(b"0.1,0.2]}]"), None);
     }
 
     #[test]

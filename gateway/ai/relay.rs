@@ -1,7 +1,8 @@
 //! Serve an AI route: read and check the body, choose the plan, then re-originate the request ourselves
 //! through Pingora's HTTP connector (pooled, TLS with SNI to remote providers), trying candidates in order.
-//! Connect errors, timeouts before the first byte, 429 (which also cools the deployment down), 5xx and
-//! `context_length_exceeded` move on to the next candidate. Once bytes reach the client there is no retry:
+//! Connect errors, timeouts before the first byte, 429 (which also cools the deployment down), 5xx,
+//! `context_length_exceeded` and a plain answer that breaks off while being read whole move on to the next
+//! candidate. Once bytes reach the client there is no retry:
 //! a failing stream ends with an OpenAI error event. Chunks are relayed as they arrive; a client that goes
 //! away drops the upstream connection.
 
@@ -85,6 +86,13 @@ pub async fn serve(session: &mut Session, request: AiRequest<'_>) -> pingora::Re
             Ok(outcome)
         }
         Err(Failure::Io(e)) => Err(e),
+        Err(Failure::NextCandidate(reason)) => {
+            // Only the candidate loop sees this; should it ever get here, it is still an answer.
+            let error = OpenAiError::new(502, "server_error", "all_candidates_failed", reason);
+            outcome.error = Some(error.code);
+            write_error(session, &request, &outcome, &error).await?;
+            Ok(outcome)
+        }
     }
 }
 
@@ -93,6 +101,8 @@ enum Failure {
     Answer(OpenAiError),
     /// Writing to the client failed.
     Io(Box<pingora::Error>),
+    /// This candidate failed before anything reached the client (why): try the next one.
+    NextCandidate(String),
 }
 
 impl From<OpenAiError> for Failure {
@@ -327,10 +337,17 @@ async fn relay(
                         .await;
                 }
                 cluster.record_success(index);
-                return stream_back(
+                match stream_back(
                     session, request, outcome, plan, upstream, head, &peer, model,
                 )
-                .await;
+                .await
+                {
+                    Err(Failure::NextCandidate(reason)) => {
+                        cluster.record_failure(index);
+                        tried.push(describe(model, &reason));
+                    }
+                    done => return done,
+                }
             }
             Err(reason) => {
                 cluster.record_failure(index);
@@ -583,8 +600,8 @@ fn frame_unknown_length(session: &Session, head: &mut ResponseHeader) -> pingora
 }
 
 /// Relay the provider's answer. A plain answer (masked, or up to 1 MiB) is read whole, masked, and written with
-/// its length in one go (one write to the client instead of three); if it breaks off, the client gets a 502
-/// error instead. A larger unmasked plain answer streams through with the provider's length. An
+/// its length in one go (one write to the client instead of three); if it breaks off, nothing was sent yet and
+/// the next candidate is tried. A larger unmasked plain answer streams through with the provider's length. An
 /// event stream goes on event by event; no retry from there on: a failure ends it with an error event,
 /// never a clean-looking end.
 #[allow(clippy::too_many_arguments)]
@@ -640,17 +657,15 @@ async fn stream_back(
                 Ok(None) => break,
                 Err(e) => {
                     log::warn!(
-                        "AI provider {} failed mid-response: {}",
+                        "AI provider {} broke off its answer: {}",
                         provider.name,
                         e.etype().as_str()
                     );
-                    return Err(OpenAiError::new(
-                        502,
-                        "server_error",
-                        "upstream_stream_error",
-                        "the provider failed while sending the answer",
-                    )
-                    .into());
+                    // Nothing reached the client yet: the next candidate may still answer.
+                    return Err(Failure::NextCandidate(format!(
+                        "answer broke off: {}",
+                        e.etype().as_str()
+                    )));
                 }
             }
         }

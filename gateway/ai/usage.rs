@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::answer::AnswerView;
+use super::answer::{usage_in_tail, AnswerView};
 
 /// Tokens of one answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,15 +52,19 @@ impl Usage {
     }
 }
 
-/// Largest plain body kept for reading its usage.
+/// Largest plain body kept whole for reading its usage. Past it only the last `TAIL` bytes are kept, and the
+/// usage is read from the last `"usage"` key there.
 const MAX_BODY: usize = 1024 * 1024;
+const TAIL: usize = 16 * 1024;
 
 /// Watches an answer go by and keeps the last usage it carried.
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     sse: bool,
-    /// A plain body (up to `MAX_BODY`), or the incomplete SSE event.
+    /// A plain body (up to `MAX_BODY`, then its tail), or the incomplete SSE event.
     pending: Vec<u8>,
+    /// The plain body outgrew `MAX_BODY`: `pending` holds its tail.
+    tail_only: bool,
     pub usage: Option<Usage>,
 }
 
@@ -74,8 +78,10 @@ impl UsageScanner {
 
     pub fn observe(&mut self, chunk: &[u8]) {
         if !self.sse {
-            if self.pending.len() + chunk.len() <= MAX_BODY {
-                self.pending.extend_from_slice(chunk);
+            self.tail_only |= self.pending.len() + chunk.len() > MAX_BODY;
+            self.pending.extend_from_slice(chunk);
+            if self.tail_only && self.pending.len() > TAIL {
+                self.pending.drain(..self.pending.len() - TAIL);
             }
             return;
         }
@@ -111,7 +117,11 @@ impl UsageScanner {
     /// The usage found, once the answer is complete.
     pub fn finish(mut self) -> Option<Usage> {
         if !self.sse && !self.pending.is_empty() {
-            self.usage = Usage::from_json(&self.pending);
+            self.usage = if self.tail_only {
+                usage_in_tail(&self.pending)
+            } else {
+                Usage::from_json(&self.pending)
+            };
         }
         self.usage
     }
@@ -142,6 +152,21 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 7,
                 completion_tokens: 3
+            })
+        );
+
+        // A body larger than is kept whole: its usage is read from the tail.
+        let mut large = UsageScanner::new(false);
+        large.observe(br#"{"object":"list","data":[{"embedding":["#);
+        for _ in 0..40 {
+            large.observe(&[b'0'; 32 * 1024]);
+        }
+        large.observe(br#"]}],"usage":{"prompt_tokens":12,"total_tokens":12}}"#);
+        assert_eq!(
+            large.finish(),
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 0
             })
         );
 

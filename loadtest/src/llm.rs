@@ -37,6 +37,8 @@ pub struct Behavior {
     pub drop_after: Option<usize>,
     /// For streams: after this many chunks, stop sending (but keep the connection open).
     pub stall_after: Option<usize>,
+    /// For plain answers: announce the whole length but send only this many body bytes, then close.
+    pub cut_plain_at: Option<usize>,
     /// Sent as `Retry-After` (seconds) on error answers.
     pub retry_after: Option<u64>,
     /// Reply text; the default names the server.
@@ -53,6 +55,7 @@ impl Default for Behavior {
             chunk_delay: Duration::ZERO,
             drop_after: None,
             stall_after: None,
+            cut_plain_at: None,
             retry_after: None,
             text: None,
         }
@@ -255,7 +258,28 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         });
-        return Ok(full(200, "application/json", reply.to_string()));
+        let reply = Bytes::from(reply.to_string());
+        let Some(cut) = behavior.cut_plain_at else {
+            return Ok(full(200, "application/json", reply));
+        };
+        // The head promises the whole body; a body error after the first bytes makes hyper close the
+        // connection short of it.
+        let length = reply.len();
+        let sent = reply.slice(..cut.min(length));
+        let (sender, receiver) = mpsc::channel::<Chunk>(2);
+        tokio::spawn(async move {
+            let _ = sender.send(Ok(Frame::data(sent))).await;
+            // Let hyper write the head and the first bytes before the error closes the connection.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = sender.send(Err("mock cuts the body".into())).await;
+        });
+        let body = StreamBody::new(ReceiverStream(receiver));
+        return Ok(Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("content-length", length)
+            .body(BodyExt::boxed(body))
+            .unwrap_or_else(|_| Response::new(empty())));
     }
     let (sender, receiver) = mpsc::channel::<Chunk>(4);
     let pieces = split_text(&text, behavior.chunks.max(1));
