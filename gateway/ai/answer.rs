@@ -5,7 +5,9 @@
 
 use std::borrow::Cow;
 
+use serde::de::value::MapAccessDeserializer;
 use serde::de::IgnoredAny;
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::usage::Usage;
@@ -15,7 +17,7 @@ pub struct AnswerView<'a> {
     #[serde(default, borrow)]
     pub choices: Vec<ChoiceView<'a>>,
     #[serde(default)]
-    usage: Option<UsageView>,
+    usage: Option<Object<UsageView>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -23,9 +25,9 @@ pub struct ChoiceView<'a> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(default, borrow)]
-    delta: Option<ContentView<'a>>,
+    delta: Option<Object<ContentView<'a>>>,
     #[serde(default, borrow)]
-    message: Option<ContentView<'a>>,
+    message: Option<Object<ContentView<'a>>>,
     #[serde(default, borrow, deserialize_with = "borrowed")]
     text: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -46,6 +48,29 @@ struct UsageView {
     completion_tokens: Option<u64>,
 }
 
+/// A struct read only from a JSON object. Serde would also fill one from an array, by position, and then
+/// `"delta": []` would read as a delta without text where the general path sees no delta at all.
+#[derive(Debug)]
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(input: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        input
+            .deserialize_map(Only(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
 /// An optional string, borrowed from the input unless it has escapes (serde copies an `Option<Cow<str>>`
 /// field always; only a `Cow` field itself is borrowed).
 fn borrowed<'de, D: Deserializer<'de>>(input: D) -> Result<Option<Cow<'de, str>>, D::Error> {
@@ -60,7 +85,7 @@ impl<'a> AnswerView<'a> {
     }
 
     pub fn usage(&self) -> Option<Usage> {
-        self.usage.as_ref().map(UsageView::tokens)
+        self.usage.as_ref().map(|usage| usage.0.tokens())
     }
 }
 
@@ -88,8 +113,8 @@ pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
         };
         // One value from the front of the rest; what follows it is not looked at.
         let mut reader = serde_json::Deserializer::from_slice(value);
-        if let Ok(usage) = UsageView::deserialize(&mut reader) {
-            return Some(usage.tokens());
+        if let Ok(usage) = Object::<UsageView>::deserialize(&mut reader) {
+            return Some(usage.0.tokens());
         }
     }
     None
@@ -117,7 +142,7 @@ impl<'a> ChoiceView<'a> {
     /// quotes) or copied because it had escapes.
     pub fn text_slot(&self) -> Option<&Cow<'a, str>> {
         match self.delta.as_ref().or(self.message.as_ref()) {
-            Some(object) => object.content.as_ref(),
+            Some(object) => object.0.content.as_ref(),
             None => self.text.as_ref(),
         }
     }
@@ -126,7 +151,7 @@ impl<'a> ChoiceView<'a> {
     pub fn texts(&self) -> impl Iterator<Item = &str> {
         [&self.message, &self.delta]
             .into_iter()
-            .filter_map(|object| object.as_ref()?.content.as_deref())
+            .filter_map(|object| object.as_ref()?.0.content.as_deref())
             .chain(self.text.as_deref())
     }
 }
@@ -142,7 +167,7 @@ mod tests {
         let choice = &view.choices[0];
         assert_eq!(choice.text(), Some("hi there"));
         assert!(matches!(
-            choice.message.as_ref().unwrap().content,
+            choice.message.as_ref().unwrap().0.content,
             Some(Cow::Borrowed(_))
         ));
         assert!(choice.finishing());
@@ -181,6 +206,7 @@ mod tests {
         );
         assert_eq!(usage_in_tail(br#"..."usage\": 5, "x": 1}"#), None);
         assert_eq!(usage_in_tail(b"0.1,0.2]}]"), None);
+        assert_eq!(usage_in_tail(br#""usage":[],"x":1}"#), None);
     }
 
     #[test]
@@ -191,6 +217,8 @@ mod tests {
             br#"{"choices":{"0":{}}}"#,
             br#"{"choices":[],"choices":[]}"#,
             br#"[1,2]"#,
+            br#"{"choices":[{"delta":[],"text":"API_KEY=abc"}]}"#,
+            br#"{"choices":[],"usage":[]}"#,
         ] {
             assert!(
                 AnswerView::parse(body).is_none(),

@@ -1,8 +1,8 @@
 //! Serve an AI route: read and check the body, choose the plan, then re-originate the request ourselves
 //! through Pingora's HTTP connector (pooled, TLS with SNI to remote providers), trying candidates in order.
 //! Connect errors, timeouts before the first byte, 429 (which also cools the deployment down), 5xx,
-//! `context_length_exceeded` and a plain answer that breaks off while being read whole move on to the next
-//! candidate. Once bytes reach the client there is no retry:
+//! `context_length_exceeded` and a plain answer whose connection breaks while it is read whole (not one that
+//! runs out of time) move on to the next candidate. Once bytes reach the client there is no retry:
 //! a failing stream ends with an OpenAI error event. Chunks are relayed as they arrive; a client that goes
 //! away drops the upstream connection.
 
@@ -600,10 +600,10 @@ fn frame_unknown_length(session: &Session, head: &mut ResponseHeader) -> pingora
 }
 
 /// Relay the provider's answer. A plain answer (masked, or up to 1 MiB) is read whole, masked, and written with
-/// its length in one go (one write to the client instead of three); if it breaks off, nothing was sent yet and
-/// the next candidate is tried. A larger unmasked plain answer streams through with the provider's length. An
-/// event stream goes on event by event; no retry from there on: a failure ends it with an error event,
-/// never a clean-looking end.
+/// its length in one go (one write to the client instead of three); if its connection breaks, nothing was sent
+/// yet and the next candidate is tried (if it runs out of time, the client gets a 502). A larger unmasked
+/// plain answer streams through with the provider's length. An event stream goes on event by event; no retry
+/// from there on: a failure ends it with an error event, never a clean-looking end.
 #[allow(clippy::too_many_arguments)]
 async fn stream_back(
     session: &mut Session,
@@ -661,6 +661,16 @@ async fn stream_back(
                         provider.name,
                         e.etype().as_str()
                     );
+                    // Out of time: another attempt would start the whole wait again.
+                    if matches!(e.etype(), pingora::ErrorType::ReadTimedout) {
+                        return Err(OpenAiError::new(
+                            502,
+                            "server_error",
+                            "upstream_stream_error",
+                            "the provider did not finish the answer in time",
+                        )
+                        .into());
+                    }
                     // Nothing reached the client yet: the next candidate may still answer.
                     return Err(Failure::NextCandidate(format!(
                         "answer broke off: {}",

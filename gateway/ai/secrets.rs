@@ -233,18 +233,15 @@ fn holdback_start(text: &str, custom: bool) -> usize {
     start
 }
 
-/// Choice indexes above this share one hold-back slot: OpenAI allows at most 128 choices, and a provider
-/// sending index 10^18 must not make the gateway allocate that many.
-const MAX_CHOICES: usize = 255;
-
 /// Masks the content deltas of one SSE stream, event by event.
 #[derive(Debug)]
 pub struct StreamMasker<'a> {
     masker: &'a SecretMasker,
     /// Incomplete event bytes.
     buffer: Vec<u8>,
-    /// Held-back text per choice index.
-    pending: Vec<String>,
+    /// Held-back text by choice index (a list, not a vector indexed by it: a provider's index of 10^18 must
+    /// not make the gateway allocate that much).
+    pending: Vec<(usize, String)>,
 }
 
 impl<'a> StreamMasker<'a> {
@@ -300,8 +297,7 @@ impl<'a> StreamMasker<'a> {
     /// texts needs masking or holding back. Most events of a stream pass this test, and skip the rewrite.
     fn passes_unchanged(&self, chunk: &AnswerView) -> bool {
         chunk.choices.iter().enumerate().all(|(position, choice)| {
-            let index = choice.index(position).min(MAX_CHOICES);
-            if self.pending.get(index).is_some_and(|held| !held.is_empty()) {
+            if self.holds(choice.index(position)) {
                 return false;
             }
             let Some(text) = choice.text() else {
@@ -313,8 +309,9 @@ impl<'a> StreamMasker<'a> {
     }
 
     fn rewrite_event(&mut self, event: &str, out: &mut Vec<u8>) {
+        // Lines end with `\n`, `\r\n` or `\r`.
         let mut lines = event
-            .lines()
+            .split(['\n', '\r'])
             .filter_map(|l| l.strip_prefix("data:"))
             .map(str::trim_start);
         let first = lines.next().unwrap_or_default();
@@ -359,14 +356,19 @@ impl<'a> StreamMasker<'a> {
                 let index = choice
                     .get("index")
                     .and_then(Value::as_u64)
-                    .map_or(position, |i| usize::try_from(i).unwrap_or(usize::MAX))
-                    .min(MAX_CHOICES);
+                    .map_or(position, |i| usize::try_from(i).unwrap_or(usize::MAX));
                 let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-                let holding = self.pending.get(index).is_some_and(|held| !held.is_empty());
-                let Some(text) = choice_text(choice, finishing && holding) else {
+                let Some(text) = choice_text(choice, finishing && self.holds(index)) else {
                     continue;
                 };
                 *text = self.release(index, text, finishing);
+            }
+        }
+        // The event's other fields (`event:`, `id:`, comments) go on as they were, before its data.
+        for line in event.split(['\n', '\r']) {
+            if !line.is_empty() && !line.starts_with("data:") {
+                out.extend_from_slice(line.as_bytes());
+                out.push(b'\n');
             }
         }
         out.extend_from_slice(b"data: ");
@@ -383,7 +385,7 @@ impl<'a> StreamMasker<'a> {
         // (choice index, where the text starts in `data`, its length, finishing)
         let mut texts = Vec::with_capacity(chunk.choices.len());
         for (position, choice) in chunk.choices.iter().enumerate() {
-            let index = choice.index(position).min(MAX_CHOICES);
+            let index = choice.index(position);
             match choice.text_slot() {
                 Some(Cow::Borrowed(text)) => texts.push((
                     index,
@@ -392,11 +394,7 @@ impl<'a> StreamMasker<'a> {
                     choice.finishing(),
                 )),
                 Some(Cow::Owned(_)) => return false,
-                None if choice.finishing()
-                    && self.pending.get(index).is_some_and(|held| !held.is_empty()) =>
-                {
-                    return false
-                }
+                None if choice.finishing() && self.holds(index) => return false,
                 None => {}
             }
         }
@@ -423,10 +421,14 @@ impl<'a> StreamMasker<'a> {
     /// Add `text` to what choice `index` holds and take out, masked, what may go on now: everything when
     /// the choice is finishing, else all but what may still begin a secret.
     fn release(&mut self, index: usize, text: &str, finishing: bool) -> String {
-        if self.pending.len() <= index {
-            self.pending.resize(index + 1, String::new());
-        }
-        let held = &mut self.pending[index];
+        let slot = match self.pending.iter().position(|(i, _)| *i == index) {
+            Some(slot) => slot,
+            None => {
+                self.pending.push((index, String::new()));
+                self.pending.len() - 1
+            }
+        };
+        let held = &mut self.pending[slot].1;
         held.push_str(text);
         let cut = if finishing {
             held.len()
@@ -437,9 +439,16 @@ impl<'a> StreamMasker<'a> {
         self.masker.mask(&ready).into_owned()
     }
 
+    /// Whether text of choice `index` is held back.
+    fn holds(&self, index: usize) -> bool {
+        self.pending
+            .iter()
+            .any(|(i, held)| *i == index && !held.is_empty())
+    }
+
     /// Emit held-back text before the stream ends.
     fn flush_pending(&mut self, out: &mut Vec<u8>) {
-        for (index, held) in self.pending.iter_mut().enumerate() {
+        for (index, held) in &mut self.pending {
             if held.is_empty() {
                 continue;
             }
@@ -451,22 +460,43 @@ impl<'a> StreamMasker<'a> {
     }
 }
 
-/// (end of the event text, length of the blank-line separator) of the first complete event: the first
-/// `\n\n` or `\r\n\r\n`, in one pass over the newlines.
+/// How a line ends at `at`: `\n`, `\r\n` or `\r` (the SSE spec allows all three).
+enum LineEnd {
+    Not,
+    /// The buffer ends before it can tell (nothing, or a `\r` that may be half of `\r\n`).
+    Unknown,
+    Len(usize),
+}
+
+fn line_end(buffer: &[u8], at: usize) -> LineEnd {
+    match buffer.get(at) {
+        Some(b'\n') => LineEnd::Len(1),
+        Some(b'\r') => match buffer.get(at + 1) {
+            Some(b'\n') => LineEnd::Len(2),
+            Some(_) => LineEnd::Len(1),
+            None => LineEnd::Unknown,
+        },
+        Some(_) => LineEnd::Not,
+        None => LineEnd::Unknown,
+    }
+}
+
+/// (end of the event text, length of what ends it) of the first complete event: a line end followed by an
+/// empty line, in one pass over the line ends.
 fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
     let mut from = 0;
-    while let Some(offset) = buffer[from..].iter().position(|&b| b == b'\n') {
-        let newline = from + offset;
-        match buffer.get(newline + 1) {
-            Some(b'\n') => return Some((newline, 2)),
-            Some(b'\r')
-                if newline >= 1
-                    && buffer[newline - 1] == b'\r'
-                    && buffer.get(newline + 2) == Some(&b'\n') =>
-            {
-                return Some((newline - 1, 4))
-            }
-            _ => from = newline + 1,
+    while let Some(offset) = buffer[from..]
+        .iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+    {
+        let at = from + offset;
+        let LineEnd::Len(first) = line_end(buffer, at) else {
+            return None;
+        };
+        match line_end(buffer, at + first) {
+            LineEnd::Len(second) => return Some((at, first + second)),
+            LineEnd::Unknown => return None,
+            LineEnd::Not => from = at + first,
         }
     }
     None
@@ -554,18 +584,56 @@ mod tests {
         assert_eq!(find_event_end(b"data: x\n\ndata: y\n\n"), Some((7, 2)));
         assert_eq!(find_event_end(b"data: x\r\n\r\ndata: y"), Some((7, 4)));
         assert_eq!(find_event_end(b"a\nb\r\nc\n"), None);
-        assert_eq!(find_event_end(b"a\r\n\n"), Some((2, 2)));
+        assert_eq!(find_event_end(b"a\r\n\n"), Some((1, 3)));
+        assert_eq!(find_event_end(b"data: x\r\rdata: y"), Some((7, 2)));
+        assert_eq!(find_event_end(b"data: x\r"), None);
+        assert_eq!(find_event_end(b"data: x\r\n"), None);
         // A huge index does not make the masker allocate for it.
         let masker = SecretMasker::new(vec![]);
         let mut stream = StreamMasker::new(&masker);
         let out = stream.push(
             b"data: {\"choices\":[{\"index\":1000000000000,\"delta\":{\"content\":\" sk\"}}]}\n\n",
         );
-        assert!(stream.pending.len() <= MAX_CHOICES + 1);
+        assert_eq!(stream.pending.len(), 1);
         // "sk" may begin a key: held back, then flushed at the end.
         assert!(!String::from_utf8_lossy(&out).contains("sk"));
         let tail = String::from_utf8(stream.finish()).unwrap();
         assert!(tail.contains(r#""content":"sk""#), "{tail}");
+    }
+
+    #[test]
+    fn choices_hold_their_own_text_and_bare_cr_lines_are_read() {
+        let masker = SecretMasker::new(vec![]);
+        let mut stream = StreamMasker::new(&masker);
+        let two = |a: &str, b: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [
+                    {"index": 300, "delta": {"content": a}},
+                    {"index": 301, "delta": {"content": b}}
+                ]})
+            )
+        };
+        let mut out = stream.push(two("my API_KEY", "hello world").as_bytes());
+        out.extend(stream.push(two("=hunter2 end", " again").as_bytes()));
+        out.extend(stream.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("API_KEYhello"), "{text}");
+
+        // Lines ended by a bare CR, as the SSE spec allows; the event's other fields stay.
+        let mut stream = StreamMasker::new(&masker);
+        let mut out = stream.push(b"event: delta\rid: 7\rdata: {\"choices\":[{\"delta\":{\"content\":\"API_KEY=abc\\u0064 x\"}}]}\r\r");
+        out.extend(stream.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("abcd"), "{text}");
+        assert!(text.starts_with("event: delta\nid: 7\ndata: "), "{text}");
+        assert!(
+            text.contains(r#""content":"API_KEY=[REDACTED] ""#),
+            "{text}"
+        );
+        // The trailing "x" may begin a key (`xoxb-`): held, then flushed at the end.
+        assert!(text.contains(r#""content":"x""#), "{text}");
     }
 
     #[test]

@@ -332,6 +332,20 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(value),
         ) {
+            // The gateway frames the request itself: a framing header here would contradict the body.
+            (Ok(name), Ok(_))
+                if [
+                    http::header::CONTENT_LENGTH,
+                    http::header::TRANSFER_ENCODING,
+                    http::header::CONNECTION,
+                ]
+                .contains(&name) =>
+            {
+                c.error(
+                    format!("{path}.headers.{name}"),
+                    "the gateway sets the request's framing itself; remove this header",
+                )
+            }
             (Ok(name), Ok(value)) => headers.push((name, value)),
             _ => c.error(
                 format!("{path}.headers.{name}"),

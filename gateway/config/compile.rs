@@ -1018,4 +1018,37 @@ clusters:
             "{errors:?}"
         );
     }
+
+    #[test]
+    fn provider_headers_may_not_set_the_request_framing() {
+        let errors = errors_of(
+            r#"
+listeners:
+  - { name: http, address: "127.0.0.1:8080" }
+ai:
+  providers:
+    - name: p
+      type: openai
+      base_url: "http://127.0.0.1:9000/v1"
+      headers: { transfer-encoding: chunked, Content-Length: "5", x-team: ok }
+  models:
+    - { name: m, provider: p }
+  profiles: { default: [m] }
+routes:
+  - name: ai
+    ai: {}
+"#,
+        );
+        for name in ["transfer-encoding", "content-length"] {
+            assert!(
+                errors.iter().any(
+                    |e| e.starts_with(&format!("ai.providers[0].headers.{name}"))
+                        && e.contains("remove this header")
+                ),
+                "{errors:?}"
+            );
+        }
+        // Other headers are the operator's to set.
+        assert!(!errors.iter().any(|e| e.contains("x-team")), "{errors:?}");
+    }
 }
