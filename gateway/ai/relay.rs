@@ -15,14 +15,15 @@ use http::{HeaderName, HeaderValue, Method};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::answer::AnswerView;
-use super::catalog::{Catalog, Model, Provider, ProviderKind};
+use super::catalog::{Catalog, Deployment, Model, Provider, ProviderKind};
 use super::guard::apply_system_prompt;
 use super::mock;
 use super::openai::{Endpoint, OpenAiError};
@@ -313,10 +314,14 @@ async fn relay(
         )
         .await
         {
-            Ok((upstream, head)) => {
+            Ok(upstream) => {
+                let Ok(head) = response_head(&upstream) else {
+                    tried.push(describe(model, "no response head"));
+                    continue;
+                };
                 let status = head.status.as_u16();
                 if status == 429 {
-                    let wait = retry_after(&head).unwrap_or(provider.cooldown);
+                    let wait = retry_after(head).unwrap_or(provider.cooldown);
                     cluster.cool_down(index, wait);
                     tried.push(describe(model, "429"));
                     continue;
@@ -333,15 +338,10 @@ async fn relay(
                         continue;
                     }
                     cluster.record_success(index);
-                    return pass_error(session, request, outcome, plan, &head, text, upstream)
-                        .await;
+                    return pass_error(session, request, outcome, plan, text, upstream).await;
                 }
                 cluster.record_success(index);
-                match stream_back(
-                    session, request, outcome, plan, upstream, head, &peer, model,
-                )
-                .await
-                {
+                match stream_back(session, request, outcome, plan, upstream, &peer, model).await {
                     Err(Failure::NextCandidate(reason)) => {
                         cluster.record_failure(index);
                         tried.push(describe(model, &reason));
@@ -378,41 +378,52 @@ async fn send(
     payload: Bytes,
     stream: bool,
     request_id: &HeaderValue,
-) -> Result<(HttpSession, ResponseHeader), String> {
+) -> Result<HttpSession, String> {
     let deployment = &provider.deployments[index];
-    let path = format!("{}{}", deployment.base_path, endpoint.upstream_path());
     let (upstream, _reused) = CONNECTOR
         .get_http_session(peer)
         .await
         .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
-    let mut head =
-        RequestHeader::build("POST", path.as_bytes(), Some(8)).map_err(|e| e.to_string())?;
-    let build = |head: &mut RequestHeader| -> pingora::Result<()> {
-        head.insert_header("host", deployment.host.clone())?;
-        head.insert_header(CONTENT_TYPE, "application/json")?;
-        head.insert_header(CONTENT_LENGTH, payload.len())?;
-        head.insert_header(
-            "accept",
-            if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            },
-        )?;
-        head.insert_header(X_REQUEST_ID.clone(), request_id.clone())?;
-        if let Some(authorization) = &deployment.authorization {
-            head.insert_header(http::header::AUTHORIZATION, authorization.clone())?;
-        }
-        for (name, value) in &provider.headers {
-            head.insert_header(name.clone(), value.clone())?;
-        }
-        Ok(())
+    let length = payload.len().to_string();
+    let accept: &[u8] = if stream {
+        b"text/event-stream"
+    } else {
+        b"application/json"
     };
-    build(&mut head).map_err(|e| e.to_string())?;
-    let mut upstream = write_request(upstream, peer, head, payload, provider.timeouts.first_byte)
-        .await
-        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
-    upstream.set_read_timeout(Some(provider.timeouts.first_byte));
+    // Every header the provider gets: the gateway writes the whole request, nothing of the client's passes.
+    let headers = [
+        (&b"host"[..], deployment.host.as_bytes()),
+        (b"content-type", b"application/json"),
+        (b"content-length", length.as_bytes()),
+        (b"accept", accept),
+        (b"x-request-id", request_id.as_bytes()),
+    ]
+    .into_iter()
+    .chain(
+        deployment
+            .authorization
+            .iter()
+            .map(|value| (&b"authorization"[..], value.as_bytes())),
+    )
+    .chain(
+        provider
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_ref(), value.as_bytes())),
+    );
+    let timeout = provider.timeouts.first_byte;
+    let mut upstream = match upstream {
+        HttpSession::H1(h1) => {
+            let path = [
+                deployment.base_path.as_bytes(),
+                endpoint.upstream_path().as_bytes(),
+            ];
+            write_h1(h1, peer, &path, headers, &payload, timeout).await
+        }
+        other => write_with_pingora(other, endpoint, deployment, headers, payload, timeout).await,
+    }
+    .map_err(|e| format!("send: {}", e.etype().as_str()))?;
+    upstream.set_read_timeout(Some(timeout));
     upstream
         .read_response_header()
         .await
@@ -420,65 +431,83 @@ async fn send(
             pingora::ErrorType::ReadTimedout => "timeout".to_string(),
             other => format!("read: {}", other.as_str()),
         })?;
-    let head = upstream
-        .response_header()
-        .cloned()
-        .ok_or("no response head")?;
-    Ok((upstream, head))
+    Ok(upstream)
 }
 
-/// Send the request head and body. Over HTTP/1 both go out in one write: Pingora's client flushes the head on
-/// its own, which costs a second `sendto` and wakes the provider twice. The session is rebuilt around the
-/// same connection exactly as Pingora's connector builds it, so reading the answer and returning the
-/// connection to the pool work as before (a POST that is not an upgrade and keeps the connection alive).
-async fn write_request(
-    upstream: HttpSession,
+/// Write an HTTP/1.1 request, head and body, in one write. Pingora's client would flush the head on its own,
+/// which costs a second `sendto` and wakes the provider twice, and would build a header map only to
+/// serialise it. The session is rebuilt around the same connection exactly as Pingora's connector builds
+/// it, so reading the answer and returning the connection to the pool work as before (a POST that is not an
+/// upgrade and keeps the connection alive). Path and header values were checked when the config loaded.
+async fn write_h1<'a>(
+    h1: Http1Session,
     peer: &HttpPeer,
-    head: RequestHeader,
+    path: &[&[u8]],
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    payload: &[u8],
+    timeout: Duration,
+) -> pingora::Result<HttpSession> {
+    let mut wire = Vec::with_capacity(512 + payload.len());
+    wire.extend_from_slice(b"POST ");
+    path.iter().for_each(|part| wire.extend_from_slice(part));
+    wire.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        wire.extend_from_slice(name);
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    wire.extend_from_slice(payload);
+    let mut stream = h1.into_inner();
+    let write = async {
+        stream.write_all(&wire).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Ok(HttpSession::H1(Http1Session::new_with_options(
+            stream, peer,
+        ))),
+        Ok(Err(e)) => Err(pingora::Error::because(
+            pingora::ErrorType::WriteError,
+            "writing the request",
+            e,
+        )),
+        Err(_) => Err(pingora::Error::explain(
+            pingora::ErrorType::WriteTimedout,
+            "writing the request",
+        )),
+    }
+}
+
+/// Any other session (HTTP/2, should a provider connection ever negotiate it) goes through Pingora's client.
+async fn write_with_pingora<'a>(
+    mut upstream: HttpSession,
+    endpoint: Endpoint,
+    deployment: &Deployment,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     payload: Bytes,
     timeout: Duration,
 ) -> pingora::Result<HttpSession> {
-    let mut upstream = match upstream {
-        HttpSession::H1(h1) => {
-            let mut wire = http_req_header_to_wire(&head).ok_or_else(|| {
-                pingora::Error::explain(
-                    pingora::ErrorType::InvalidHTTPHeader,
-                    "request head has forbidden bytes",
-                )
-            })?;
-            wire.extend_from_slice(&payload);
-            let mut stream = h1.into_inner();
-            let write = async {
-                stream.write_all(&wire).await?;
-                stream.flush().await
-            };
-            match tokio::time::timeout(timeout, write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(pingora::Error::because(
-                        pingora::ErrorType::WriteError,
-                        "writing the request",
-                        e,
-                    ))
-                }
-                Err(_) => {
-                    return Err(pingora::Error::explain(
-                        pingora::ErrorType::WriteTimedout,
-                        "writing the request",
-                    ))
-                }
-            }
-            return Ok(HttpSession::H1(Http1Session::new_with_options(
-                stream, peer,
-            )));
-        }
-        other => other,
-    };
+    let path = format!("{}{}", deployment.base_path, endpoint.upstream_path());
+    let mut head = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "header name")?;
+        let value = HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "header value")?;
+        head.insert_header(name, value)?;
+    }
     upstream.set_write_timeout(Some(timeout));
     upstream.write_request_header(Box::new(head)).await?;
     upstream.write_request_body(payload, true).await?;
     upstream.finish_request_body().await?;
     Ok(upstream)
+}
+
+/// The provider's response head, which the session keeps once read (no copy is taken).
+fn response_head(upstream: &HttpSession) -> Result<&ResponseHeader, Failure> {
+    upstream
+        .response_header()
+        .ok_or_else(|| Failure::NextCandidate("no response head".to_string()))
 }
 
 fn retry_after(head: &ResponseHeader) -> Option<Duration> {
@@ -566,10 +595,10 @@ async fn pass_error(
     request: &AiRequest<'_>,
     outcome: &mut AiOutcome,
     plan: &Plan,
-    upstream_head: &ResponseHeader,
     text: String,
-    _upstream: HttpSession,
+    upstream: HttpSession,
 ) -> Result<(), Failure> {
+    let upstream_head = response_head(&upstream)?;
     outcome.error = Some("provider_error");
     let body = Bytes::from(text);
     let mut head = client_head(
@@ -611,25 +640,33 @@ async fn stream_back(
     outcome: &mut AiOutcome,
     plan: &Plan,
     mut upstream: HttpSession,
-    upstream_head: ResponseHeader,
     peer: &HttpPeer,
     model: &Model,
 ) -> Result<(), Failure> {
     let provider = &*model.provider;
-    let content_type = upstream_head.headers.get(CONTENT_TYPE);
-    let is_sse = content_type
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut head = client_head(
-        upstream_head.status.as_u16(),
-        request,
-        outcome,
-        Some(plan),
-        content_type,
-    )?;
-    if let Some(cache) = upstream_head.headers.get(http::header::CACHE_CONTROL) {
-        head.insert_header(http::header::CACHE_CONTROL, cache.clone())?;
-    }
+    let (mut head, is_sse, length) = {
+        let upstream_head = response_head(&upstream)?;
+        let content_type = upstream_head.headers.get(CONTENT_TYPE);
+        let is_sse = content_type
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let mut head = client_head(
+            upstream_head.status.as_u16(),
+            request,
+            outcome,
+            Some(plan),
+            content_type,
+        )?;
+        if let Some(cache) = upstream_head.headers.get(http::header::CACHE_CONTROL) {
+            head.insert_header(http::header::CACHE_CONTROL, cache.clone())?;
+        }
+        let length = upstream_head
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        (head, is_sse, length)
+    };
     let deadline = Instant::now() + provider.timeouts.total;
     let read_timeout = || {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -641,11 +678,6 @@ async fn stream_back(
         )
     };
     let secrets = request.catalog.secrets.as_ref();
-    let length = upstream_head
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     // Read whole when masking needs the whole JSON, or when the answer is small enough to cost nothing to
     // hold; a large unmasked answer (embeddings in bulk) streams through with its length.
     if !is_sse && (secrets.is_some() || length.is_some_and(|n| n <= WHOLE_ANSWER_LIMIT)) {
