@@ -900,6 +900,45 @@ async fn a_plain_answer_that_breaks_off_goes_to_the_next_candidate_or_ends_in_a_
 }
 
 #[tokio::test]
+async fn a_plain_answer_that_stops_mid_body_is_not_retried_after_its_timeout() {
+    let slow = MockLlm::start("slow").await.unwrap();
+    let spare = MockLlm::start("spare").await.unwrap();
+    slow.set_behavior(Behavior {
+        cut_plain_at: Some(20),
+        stall_plain: true,
+        ..Behavior::default()
+    });
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: slow, type: openai, base_url: \"{}\", timeouts: {{ first_byte: 300ms }} }}\n    - {{ name: spare, type: openai, base_url: \"{}\" }}",
+        slow.base_url(),
+        spare.base_url()
+    );
+    let models =
+        "    - { name: model-a, provider: slow }\n    - { name: model-b, provider: spare }";
+    let config = ai_config(
+        &dir,
+        &ports,
+        &providers,
+        models,
+        "    default: [model-a, model-b]",
+    );
+    let gateway = Gateway::start(&dir, ports, &config).await;
+    let response = chat(
+        &client(),
+        &gateway,
+        json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]}),
+    )
+    .await;
+    // The answer stalled after its head: the wait is spent, so no second attempt starts it over.
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_stream_error");
+    assert_eq!(spare.calls(), 0);
+    assert_eq!(slow.calls(), 1);
+}
+
+#[tokio::test]
 async fn a_plain_answer_over_1mib_streams_through_whole_with_its_length_and_usage() {
     let llm = MockLlm::start("bulk").await.unwrap();
     let text: String = (0..(1536 * 1024))

@@ -39,6 +39,8 @@ pub struct Behavior {
     pub stall_after: Option<usize>,
     /// For plain answers: announce the whole length but send only this many body bytes, then close.
     pub cut_plain_at: Option<usize>,
+    /// With `cut_plain_at`: after those bytes, keep the connection open and send nothing more.
+    pub stall_plain: bool,
     /// Sent as `Retry-After` (seconds) on error answers.
     pub retry_after: Option<u64>,
     /// Reply text; the default names the server.
@@ -56,6 +58,7 @@ impl Default for Behavior {
             drop_after: None,
             stall_after: None,
             cut_plain_at: None,
+            stall_plain: false,
             retry_after: None,
             text: None,
         }
@@ -269,6 +272,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         let (sender, receiver) = mpsc::channel::<Chunk>(2);
         tokio::spawn(async move {
             let _ = sender.send(Ok(Frame::data(sent))).await;
+            if behavior.stall_plain {
+                // Holding the sender keeps the body open; the client's going away ends the wait.
+                sender.closed().await;
+                return;
+            }
             // Let hyper write the head and the first bytes before the error closes the connection.
             tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = sender.send(Err("mock cuts the body".into())).await;
