@@ -10,4 +10,5 @@ pub mod openai;
 pub mod relay;
 pub mod routing;
 pub mod secrets;
+pub mod sse;
 pub mod usage;

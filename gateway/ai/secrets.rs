@@ -12,6 +12,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::answer::AnswerView;
+use super::sse::{event_data, find_event_end, LINE_ENDS};
 
 /// Patterns and their replacements.
 #[derive(Debug, Clone)]
@@ -309,22 +310,7 @@ impl<'a> StreamMasker<'a> {
     }
 
     fn rewrite_event(&mut self, event: &str, out: &mut Vec<u8>) {
-        // Lines end with `\n`, `\r\n` or `\r`.
-        let mut lines = event
-            .split(['\n', '\r'])
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(str::trim_start);
-        let first = lines.next().unwrap_or_default();
-        let data: Cow<str> = match lines.next() {
-            None => Cow::Borrowed(first),
-            Some(second) => Cow::Owned(
-                [first, second]
-                    .into_iter()
-                    .chain(lines)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            ),
-        };
+        let data = event_data(event);
         let special = data.is_empty() || data == "[DONE]";
         if let Some(chunk) = AnswerView::parse(data.as_bytes()).filter(|_| !special) {
             if self.passes_unchanged(&chunk) {
@@ -365,7 +351,7 @@ impl<'a> StreamMasker<'a> {
             }
         }
         // The event's other fields (`event:`, `id:`, comments) go on as they were, before its data.
-        for line in event.split(['\n', '\r']) {
+        for line in event.split(LINE_ENDS) {
             if !line.is_empty() && !line.starts_with("data:") {
                 out.extend_from_slice(line.as_bytes());
                 out.push(b'\n');
@@ -460,48 +446,6 @@ impl<'a> StreamMasker<'a> {
     }
 }
 
-/// How a line ends at `at`: `\n`, `\r\n` or `\r` (the SSE spec allows all three).
-enum LineEnd {
-    Not,
-    /// The buffer ends before it can tell (nothing, or a `\r` that may be half of `\r\n`).
-    Unknown,
-    Len(usize),
-}
-
-fn line_end(buffer: &[u8], at: usize) -> LineEnd {
-    match buffer.get(at) {
-        Some(b'\n') => LineEnd::Len(1),
-        Some(b'\r') => match buffer.get(at + 1) {
-            Some(b'\n') => LineEnd::Len(2),
-            Some(_) => LineEnd::Len(1),
-            None => LineEnd::Unknown,
-        },
-        Some(_) => LineEnd::Not,
-        None => LineEnd::Unknown,
-    }
-}
-
-/// (end of the event text, length of what ends it) of the first complete event: a line end followed by an
-/// empty line, in one pass over the line ends.
-fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let mut from = 0;
-    while let Some(offset) = buffer[from..]
-        .iter()
-        .position(|&b| b == b'\n' || b == b'\r')
-    {
-        let at = from + offset;
-        let LineEnd::Len(first) = line_end(buffer, at) else {
-            return None;
-        };
-        match line_end(buffer, at + first) {
-            LineEnd::Len(second) => return Some((at, first + second)),
-            LineEnd::Unknown => return None,
-            LineEnd::Not => from = at + first,
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,14 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn event_ends_are_found_for_both_separators() {
-        assert_eq!(find_event_end(b"data: x\n\ndata: y\n\n"), Some((7, 2)));
-        assert_eq!(find_event_end(b"data: x\r\n\r\ndata: y"), Some((7, 4)));
-        assert_eq!(find_event_end(b"a\nb\r\nc\n"), None);
-        assert_eq!(find_event_end(b"a\r\n\n"), Some((1, 3)));
-        assert_eq!(find_event_end(b"data: x\r\rdata: y"), Some((7, 2)));
-        assert_eq!(find_event_end(b"data: x\r"), None);
-        assert_eq!(find_event_end(b"data: x\r\n"), None);
+    fn a_huge_choice_index_costs_nothing() {
         // A huge index does not make the masker allocate for it.
         let masker = SecretMasker::new(vec![]);
         let mut stream = StreamMasker::new(&masker);

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::answer::{usage_in_tail, AnswerView};
+use super::sse::{event_data, find_event_end};
 
 /// Tokens of one answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -87,26 +88,14 @@ impl UsageScanner {
         }
         self.pending.extend_from_slice(chunk);
         let mut start = 0;
-        while let Some(end) = self.pending[start..].windows(2).position(|w| w == b"\n\n") {
+        while let Some((end, separator)) = find_event_end(&self.pending[start..]) {
             let event = &self.pending[start..start + end];
-            start += end + 2;
+            start += end + separator;
             // Only events that mention usage are parsed.
             if !event.windows(7).any(|w| w == b"\"usage\"") {
                 continue;
             }
-            let text = String::from_utf8_lossy(event);
-            let mut data = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(str::trim_start);
-            let first = data.next().unwrap_or_default();
-            let found = match data.next() {
-                None => Usage::from_json(first.as_bytes()),
-                Some(second) => {
-                    let joined: String = [first, second].into_iter().chain(data).collect();
-                    Usage::from_json(joined.as_bytes())
-                }
-            };
+            let found = Usage::from_json(event_data(&String::from_utf8_lossy(event)).as_bytes());
             if found.is_some() {
                 self.usage = found;
             }
@@ -152,6 +141,17 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 7,
                 completion_tokens: 3
+            })
+        );
+
+        // Events framed with CRLF, as some providers send them.
+        let mut crlf = UsageScanner::new(true);
+        crlf.observe(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2}}\r\n\r\ndata: [DONE]\r\n\r\n");
+        assert_eq!(
+            crlf.finish(),
+            Some(Usage {
+                prompt_tokens: 4,
+                completion_tokens: 2
             })
         );
 
