@@ -6,6 +6,7 @@
 //! a failing stream ends with an OpenAI error event. Chunks are relayed as they arrive; a client that goes
 //! away drops the upstream connection.
 
+use std::io::Write as _;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -13,22 +14,21 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method};
 use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::answer::AnswerView;
-use super::catalog::{Catalog, Deployment, Model, Provider, ProviderKind};
+use super::catalog::{Catalog, Model, Provider, ProviderKind};
 use super::guard::apply_system_prompt;
 use super::mock;
 use super::openai::{Endpoint, OpenAiError};
 use super::routing::{decide, AiPolicy, Plan};
-use super::secrets::StreamMasker;
+use super::secrets::{SecretMasker, StreamMasker};
 use super::usage::{Usage, UsageScanner};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
@@ -87,13 +87,6 @@ pub async fn serve(session: &mut Session, request: AiRequest<'_>) -> pingora::Re
             Ok(outcome)
         }
         Err(Failure::Io(e)) => Err(e),
-        Err(Failure::NextCandidate(reason)) => {
-            // Only the candidate loop sees this; should it ever get here, it is still an answer.
-            let error = OpenAiError::new(502, "server_error", "all_candidates_failed", reason);
-            outcome.error = Some(error.code);
-            write_error(session, &request, &outcome, &error).await?;
-            Ok(outcome)
-        }
     }
 }
 
@@ -102,8 +95,14 @@ enum Failure {
     Answer(OpenAiError),
     /// Writing to the client failed.
     Io(Box<pingora::Error>),
-    /// This candidate failed before anything reached the client (why): try the next one.
-    NextCandidate(String),
+}
+
+/// How relaying one candidate's answer ended.
+enum Relayed {
+    /// The client has its answer (or went away).
+    Done,
+    /// The answer broke off before anything reached the client (why): the next candidate may answer.
+    BrokeOff(String),
 }
 
 impl From<OpenAiError> for Failure {
@@ -315,7 +314,7 @@ async fn relay(
         .await
         {
             Ok(upstream) => {
-                let Ok(head) = response_head(&upstream) else {
+                let Some(head) = upstream.response_header() else {
                     tried.push(describe(model, "no response head"));
                     continue;
                 };
@@ -341,12 +340,12 @@ async fn relay(
                     return pass_error(session, request, outcome, plan, text, upstream).await;
                 }
                 cluster.record_success(index);
-                match stream_back(session, request, outcome, plan, upstream, &peer, model).await {
-                    Err(Failure::NextCandidate(reason)) => {
+                match stream_back(session, request, outcome, plan, upstream, &peer, model).await? {
+                    Relayed::Done => return Ok(()),
+                    Relayed::BrokeOff(reason) => {
                         cluster.record_failure(index);
                         tried.push(describe(model, &reason));
                     }
-                    done => return done,
                 }
             }
             Err(reason) => {
@@ -384,17 +383,16 @@ async fn send(
         .get_http_session(peer)
         .await
         .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
-    let length = payload.len().to_string();
     let accept: &[u8] = if stream {
         b"text/event-stream"
     } else {
         b"application/json"
     };
-    // Every header the provider gets: the gateway writes the whole request, nothing of the client's passes.
+    // Every header the provider gets but `content-length`: the gateway writes the whole request, nothing of
+    // the client's passes.
     let headers = [
         (&b"host"[..], deployment.host.as_bytes()),
         (b"content-type", b"application/json"),
-        (b"content-length", length.as_bytes()),
         (b"accept", accept),
         (b"x-request-id", request_id.as_bytes()),
     ]
@@ -412,17 +410,17 @@ async fn send(
             .map(|(name, value)| (name.as_ref(), value.as_bytes())),
     );
     let timeout = provider.timeouts.first_byte;
-    let mut upstream = match upstream {
-        HttpSession::H1(h1) => {
-            let path = [
-                deployment.base_path.as_bytes(),
-                endpoint.upstream_path().as_bytes(),
-            ];
-            write_h1(h1, peer, &path, headers, &payload, timeout).await
-        }
-        other => write_with_pingora(other, endpoint, deployment, headers, payload, timeout).await,
-    }
-    .map_err(|e| format!("send: {}", e.etype().as_str()))?;
+    // Provider peers offer only HTTP/1 (`http_peer` sets no ALPN for h2), so no other session comes back.
+    let HttpSession::H1(h1) = upstream else {
+        return Err("send: the provider connection is not HTTP/1".to_string());
+    };
+    let path = [
+        deployment.base_path.as_bytes(),
+        endpoint.upstream_path().as_bytes(),
+    ];
+    let mut upstream = write_h1(h1, peer, &path, headers, &payload, timeout)
+        .await
+        .map_err(|e| format!("send: {}", e.etype().as_str()))?;
     upstream.set_read_timeout(Some(timeout));
     upstream
         .read_response_header()
@@ -434,7 +432,8 @@ async fn send(
     Ok(upstream)
 }
 
-/// Write an HTTP/1.1 request, head and body, in one write. Pingora's client would flush the head on its own,
+/// Write an HTTP/1.1 request, head (`headers`, then the body's length) and body, in one write. Pingora's
+/// client would flush the head on its own,
 /// which costs a second `sendto` and wakes the provider twice, and would build a header map only to
 /// serialise it. The session is rebuilt around the same connection exactly as Pingora's connector builds
 /// it, so reading the answer and returning the connection to the pool work as before (a POST that is not an
@@ -457,7 +456,8 @@ async fn write_h1<'a>(
         wire.extend_from_slice(value);
         wire.extend_from_slice(b"\r\n");
     }
-    wire.extend_from_slice(b"\r\n");
+    // Written as digits straight into the buffer: no string per request.
+    let _ = write!(wire, "content-length: {}\r\n\r\n", payload.len());
     wire.extend_from_slice(payload);
     let mut stream = h1.into_inner();
     let write = async {
@@ -480,34 +480,17 @@ async fn write_h1<'a>(
     }
 }
 
-/// Any other session (HTTP/2, should a provider connection ever negotiate it) goes through Pingora's client.
-async fn write_with_pingora<'a>(
-    mut upstream: HttpSession,
-    endpoint: Endpoint,
-    deployment: &Deployment,
-    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
-    payload: Bytes,
-    timeout: Duration,
-) -> pingora::Result<HttpSession> {
-    let path = format!("{}{}", deployment.base_path, endpoint.upstream_path());
-    let mut head = RequestHeader::build("POST", path.as_bytes(), Some(8))?;
-    for (name, value) in headers {
-        let name = HeaderName::from_bytes(name).or_err(InvalidHTTPHeader, "header name")?;
-        let value = HeaderValue::from_bytes(value).or_err(InvalidHTTPHeader, "header value")?;
-        head.insert_header(name, value)?;
-    }
-    upstream.set_write_timeout(Some(timeout));
-    upstream.write_request_header(Box::new(head)).await?;
-    upstream.write_request_body(payload, true).await?;
-    upstream.finish_request_body().await?;
-    Ok(upstream)
-}
-
 /// The provider's response head, which the session keeps once read (no copy is taken).
 fn response_head(upstream: &HttpSession) -> Result<&ResponseHeader, Failure> {
-    upstream
-        .response_header()
-        .ok_or_else(|| Failure::NextCandidate("no response head".to_string()))
+    upstream.response_header().ok_or_else(|| {
+        OpenAiError::new(
+            502,
+            "server_error",
+            "upstream_stream_error",
+            "the provider's response head is missing",
+        )
+        .into()
+    })
 }
 
 fn retry_after(head: &ResponseHeader) -> Option<Duration> {
@@ -617,12 +600,16 @@ async fn pass_error(
 /// Plain answers up to this size are read whole and sent in one write.
 const WHOLE_ANSWER_LIMIT: usize = 1 << 20;
 
+/// 204 and 304 answers have no body, so no framing header either.
+fn bodiless(head: &ResponseHeader) -> bool {
+    matches!(head.status.as_u16(), 204 | 304)
+}
+
 /// A body whose length is not known up front goes chunked to HTTP/1.1 clients, so their connection stays
 /// usable; without it Pingora ends the body by closing the connection. HTTP/2 frames bodies itself (Pingora
 /// drops the header there) and HTTP/1.0 has no chunked encoding.
 fn frame_unknown_length(session: &Session, head: &mut ResponseHeader) -> pingora::Result<()> {
-    let bodiless = matches!(head.status.as_u16(), 204 | 304);
-    if session.req_header().version == http::Version::HTTP_11 && !bodiless {
+    if session.req_header().version == http::Version::HTTP_11 && !bodiless(head) {
         head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
     Ok(())
@@ -642,7 +629,7 @@ async fn stream_back(
     mut upstream: HttpSession,
     peer: &HttpPeer,
     model: &Model,
-) -> Result<(), Failure> {
+) -> Result<Relayed, Failure> {
     let provider = &*model.provider;
     let (mut head, is_sse, length) = {
         let upstream_head = response_head(&upstream)?;
@@ -681,64 +668,43 @@ async fn stream_back(
     // Read whole when masking needs the whole JSON, or when the answer is small enough to cost nothing to
     // hold; a large unmasked answer (embeddings in bulk) streams through with its length.
     if !is_sse && (secrets.is_some() || length.is_some_and(|n| n <= WHOLE_ANSWER_LIMIT)) {
-        let mut body = Vec::with_capacity(length.unwrap_or(0).min(WHOLE_ANSWER_LIMIT));
-        loop {
-            upstream.set_read_timeout(read_timeout());
-            match upstream.read_response_body().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(e) => {
-                    log::warn!(
-                        "AI provider {} broke off its answer: {}",
-                        provider.name,
-                        e.etype().as_str()
-                    );
-                    // Out of time: another attempt would start the whole wait again.
-                    if matches!(e.etype(), pingora::ErrorType::ReadTimedout) {
-                        return Err(OpenAiError::new(
-                            502,
-                            "server_error",
-                            "upstream_stream_error",
-                            "the provider did not finish the answer in time",
-                        )
-                        .into());
-                    }
-                    // Nothing reached the client yet: the next candidate may still answer.
-                    return Err(Failure::NextCandidate(format!(
-                        "answer broke off: {}",
-                        e.etype().as_str()
-                    )));
+        let capacity = length.unwrap_or(0).min(WHOLE_ANSWER_LIMIT);
+        let body = match read_whole(&mut upstream, capacity, &read_timeout).await {
+            Ok(body) => body,
+            Err(e) => {
+                log::warn!(
+                    "AI provider {} broke off its answer: {}",
+                    provider.name,
+                    e.etype().as_str()
+                );
+                // Out of time: another attempt would start the whole wait again.
+                if matches!(e.etype(), pingora::ErrorType::ReadTimedout) {
+                    return Err(OpenAiError::new(
+                        502,
+                        "server_error",
+                        "upstream_stream_error",
+                        "the provider did not finish the answer in time",
+                    )
+                    .into());
                 }
+                // Nothing reached the client yet: the next candidate may still answer.
+                let reason = format!("answer broke off: {}", e.etype().as_str());
+                return Ok(Relayed::BrokeOff(reason));
             }
-        }
+        };
         // The provider connection is done with: back to the pool before the client write can fail.
         CONNECTOR
             .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
             .await;
-        // One borrowed parse gives the usage and tells whether masking changes anything; only then is the
-        // body rewritten.
-        let answer = AnswerView::parse(&body);
-        let found = answer
-            .as_ref()
-            .map_or_else(|| Usage::from_json(&body), AnswerView::usage);
-        if let Some(found) = found {
-            outcome.account(model, found);
-        }
-        let masked = match (secrets, &answer) {
-            (Some(secrets), Some(answer)) if !secrets.changes(answer) => None,
-            (Some(secrets), _) => secrets.mask_body(&body),
-            (None, _) => None,
-        };
-        drop(answer);
-        let body = masked.unwrap_or(body);
-        if !matches!(head.status.as_u16(), 204 | 304) {
+        let body = account_and_mask(outcome, model, secrets, body);
+        if !bodiless(&head) {
             head.insert_header(CONTENT_LENGTH, body.len())?;
         }
         session.write_response_header(Box::new(head), false).await?;
         session
             .write_response_body(Some(Bytes::from(body)), true)
             .await?;
-        return Ok(());
+        return Ok(Relayed::Done);
     }
 
     let mut usage = UsageScanner::new(is_sse);
@@ -765,7 +731,7 @@ async fn stream_back(
                 {
                     // The client went away: dropping `upstream` closes the provider connection.
                     outcome.error = Some("client_disconnected");
-                    return Ok(());
+                    return Ok(Relayed::Done);
                 }
             }
             Ok(None) => {
@@ -785,7 +751,7 @@ async fn stream_back(
                 CONNECTOR
                     .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
                     .await;
-                return Ok(());
+                return Ok(Relayed::Done);
             }
             Err(e) => {
                 outcome.error = Some("upstream_stream_error");
@@ -797,7 +763,7 @@ async fn stream_back(
                 if !is_sse {
                     // A plain answer already on its way can only be cut short.
                     session.set_keepalive(None);
-                    return Ok(());
+                    return Ok(Relayed::Done);
                 }
                 let error = OpenAiError::new(
                     502,
@@ -809,10 +775,46 @@ async fn stream_back(
                     .write_response_body(Some(error.sse_event()), false)
                     .await;
                 let _ = session.write_response_body(None, true).await;
-                return Ok(());
+                return Ok(Relayed::Done);
             }
         }
     }
+}
+
+/// Read a plain answer to its end.
+async fn read_whole(
+    upstream: &mut HttpSession,
+    capacity: usize,
+    read_timeout: &impl Fn() -> Option<Duration>,
+) -> pingora::Result<Vec<u8>> {
+    let mut body = Vec::with_capacity(capacity);
+    loop {
+        upstream.set_read_timeout(read_timeout());
+        match upstream.read_response_body().await? {
+            Some(chunk) => body.extend_from_slice(&chunk),
+            None => return Ok(body),
+        }
+    }
+}
+
+/// Account a whole answer's usage and mask its texts: one borrowed parse serves both, and the body is
+/// rewritten only when masking changes a text.
+fn account_and_mask(
+    outcome: &mut AiOutcome,
+    model: &Model,
+    secrets: Option<&SecretMasker>,
+    body: Vec<u8>,
+) -> Vec<u8> {
+    let answer = AnswerView::parse(&body);
+    let found = answer
+        .as_ref()
+        .map_or_else(|| Usage::from_json(&body), AnswerView::usage);
+    if let Some(found) = found {
+        outcome.account(model, found);
+    }
+    let masked = secrets.and_then(|secrets| secrets.mask_read_body(&body, answer.as_ref()));
+    drop(answer);
+    masked.unwrap_or(body)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -134,7 +134,7 @@ impl SecretMasker {
     }
 
     /// Whether masking would change any completion text of a whole answer.
-    pub fn changes(&self, answer: &AnswerView) -> bool {
+    fn changes(&self, answer: &AnswerView) -> bool {
         answer
             .choices
             .iter()
@@ -144,7 +144,13 @@ impl SecretMasker {
 
     /// Mask the completion texts of a whole (non-streamed) response body; `None` when nothing changes.
     pub fn mask_body(&self, body: &[u8]) -> Option<Vec<u8>> {
-        if AnswerView::parse(body).is_some_and(|answer| !self.changes(&answer)) {
+        self.mask_read_body(body, AnswerView::parse(body).as_ref())
+    }
+
+    /// The same, for a body already read through the borrowed view (`None` when it could not be): the view
+    /// says whether anything changes, and only then is the body rewritten.
+    pub fn mask_read_body(&self, body: &[u8], answer: Option<&AnswerView>) -> Option<Vec<u8>> {
+        if answer.is_some_and(|answer| !self.changes(answer)) {
             return None;
         }
         let mut value: Map<String, Value> = serde_json::from_slice(body).ok()?;
@@ -258,26 +264,26 @@ impl<'a> StreamMasker<'a> {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(chunk.len() + 64);
         // Usually a chunk holds whole events and nothing is buffered: read them from the chunk itself.
-        let buffered = !self.buffer.is_empty();
-        let data = if buffered {
-            self.buffer.extend_from_slice(chunk);
-            std::mem::take(&mut self.buffer)
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let bytes = if buffer.is_empty() {
+            chunk
         } else {
-            Vec::new()
+            buffer.extend_from_slice(chunk);
+            &buffer[..]
         };
-        let bytes = if buffered { &data[..] } else { chunk };
         let mut start = 0;
         while let Some((end, separator)) = find_event_end(&bytes[start..]) {
             let event = String::from_utf8_lossy(&bytes[start..start + end]);
             self.rewrite_event(&event, &mut out);
             start += end + separator;
         }
-        if buffered {
-            self.buffer = data;
-            self.buffer.drain(..start);
+        // Keep the incomplete rest for the next chunk.
+        if buffer.is_empty() {
+            buffer.extend_from_slice(&chunk[start..]);
         } else {
-            self.buffer.extend_from_slice(&chunk[start..]);
+            buffer.drain(..start);
         }
+        self.buffer = buffer;
         out
     }
 
@@ -367,36 +373,37 @@ impl<'a> StreamMasker<'a> {
     /// Not possible (false, and nothing changed) when a text had escapes, so its place in the line is not
     /// known, or when held text must be flushed into a choice that has no text field to carry it.
     fn splice(&mut self, event: &str, data: &str, chunk: &AnswerView, out: &mut Vec<u8>) -> bool {
-        let base = data.as_ptr() as usize;
-        // (choice index, where the text starts in `data`, its length, finishing)
-        let mut texts = Vec::with_capacity(chunk.choices.len());
-        for (position, choice) in chunk.choices.iter().enumerate() {
-            let index = choice.index(position);
-            match choice.text_slot() {
-                Some(Cow::Borrowed(text)) => texts.push((
-                    index,
-                    text.as_ptr() as usize - base,
-                    text.len(),
-                    choice.finishing(),
-                )),
-                Some(Cow::Owned(_)) => return false,
-                None if choice.finishing() && self.holds(index) => return false,
-                None => {}
-            }
+        let spliceable =
+            chunk
+                .choices
+                .iter()
+                .enumerate()
+                .all(|(position, choice)| match choice.text_slot() {
+                    Some(text) => matches!(text, Cow::Borrowed(_)),
+                    None => !(choice.finishing() && self.holds(choice.index(position))),
+                });
+        if !spliceable {
+            return false;
         }
+        let base = data.as_ptr() as usize;
         let data_start = base - event.as_ptr() as usize;
         out.extend_from_slice(&event.as_bytes()[..data_start]);
         let mut cursor = 0;
-        for (index, start, len, finishing) in texts {
+        for (position, choice) in chunk.choices.iter().enumerate() {
+            // Borrowed from `data`, as checked above: where the text stands in it.
+            let Some(text) = choice.text() else {
+                continue;
+            };
+            let start = text.as_ptr() as usize - base;
             out.extend_from_slice(&data.as_bytes()[cursor..start]);
-            let released = self.release(index, &data[start..start + len], finishing);
+            let released = self.release(choice.index(position), text, choice.finishing());
             // Escaped as JSON; the quotes around it are the provider's.
             let at = out.len();
             if serde_json::to_writer(&mut *out, &released).is_ok() {
                 out.remove(at);
                 out.pop();
             }
-            cursor = start + len;
+            cursor = start + text.len();
         }
         out.extend_from_slice(&data.as_bytes()[cursor..]);
         out.extend_from_slice(&event.as_bytes()[data_start + data.len()..]);
@@ -421,8 +428,14 @@ impl<'a> StreamMasker<'a> {
         } else {
             holdback_start(held, self.masker.custom)
         };
-        let ready: String = held.drain(..cut).collect();
-        self.masker.mask(&ready).into_owned()
+        // What goes on keeps the held string's allocation; what stays is usually nothing (no allocation).
+        let rest = held[cut..].to_string();
+        let mut ready = std::mem::replace(held, rest);
+        ready.truncate(cut);
+        match self.masker.mask(&ready) {
+            Cow::Owned(masked) => masked,
+            Cow::Borrowed(_) => ready,
+        }
     }
 
     /// Whether text of choice `index` is held back.
