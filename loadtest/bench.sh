@@ -279,7 +279,6 @@ stream_timed_out() {
     awk -F: -v t="$stream_timeout" '$2 >= t - 0.5 { hit = 1 } END { exit !hit }'
 }
 
-portkey_headers=(-H "x-portkey-provider: openai" -H "authorization: Bearer none")
 for round in $(seq "$rounds"); do
   echo "round $round of $rounds..."
   if wants edge-http; then
@@ -332,9 +331,7 @@ for peer in litellm portkey; do
   if [ "$rounds" -gt 1 ] && stream_timed_out "$peer"; then
     notes+=("$peer: its first ai-stream round ran into the ${stream_timeout} s timeout, so its later stream rounds were skipped")
   fi
-done
-# A peer whose requests failed: keep the first error line of its log for the results' notes.
-for peer in litellm portkey; do
+  # A peer whose requests failed: keep the first error line of its log for the results' notes.
   if grep -q "\"scenario\":\"ai-[a-z-]*\",\"contender\":\"$peer\".*\"failed\":[1-9]" "$results" 2>/dev/null; then
     line=$(grep -m1 -E "Error|error|Exception" "$work/$peer.log" 2>/dev/null | cut -c1-200 || true)
     notes+=("$peer: some streamed requests failed${line:+; its log says: $line}")

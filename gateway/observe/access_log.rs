@@ -96,7 +96,7 @@ pub fn log(record: &AccessRecord<'_>) {
 
 /// After each flush the writer lingers this long before it looks again: lines queued meanwhile are taken
 /// without waking it, so under load the request threads pay no wake-up per line (measured: the writer
-/// thread's CPU was 14% of the process at edge-full load when every line woke it).
+/// thread's CPU was 17% of the process at edge-full load when every line woke it).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn write_lines(receiver: Receiver<Vec<u8>>, writer: Box<dyn Write + Send>) {

@@ -342,11 +342,17 @@ async fn pause(duration: Duration) {
     }
 }
 
-/// Split text into `n` pieces of about equal size (on char boundaries).
+/// Split text into `n` pieces of about equal size (on char boundaries); fewer only when the text is shorter.
 fn split_text(text: &str, n: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
-    let size = chars.len().div_ceil(n).max(1);
-    chars.chunks(size).map(|c| c.iter().collect()).collect()
+    let n = n.clamp(1, chars.len().max(1));
+    (0..n)
+        .map(|i| {
+            chars[i * chars.len() / n..(i + 1) * chars.len() / n]
+                .iter()
+                .collect()
+        })
+        .collect()
 }
 
 struct ReceiverStream(mpsc::Receiver<Chunk>);
@@ -355,5 +361,22 @@ impl futures_core::Stream for ReceiverStream {
     type Item = Chunk;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_text;
+
+    #[test]
+    fn text_splits_into_exactly_the_chunks_asked_for() {
+        // 10 characters in 6 pieces: sizes differ by at most one, and none is lost or empty.
+        let pieces = split_text("abcdefghij", 6);
+        assert_eq!(pieces.len(), 6);
+        assert!(pieces.iter().all(|p| !p.is_empty()));
+        assert_eq!(pieces.concat(), "abcdefghij");
+        // Fewer only when the text is shorter than the count.
+        assert_eq!(split_text("ab", 5), ["a", "b"]);
+        assert_eq!(split_text("", 3), [""]);
     }
 }
