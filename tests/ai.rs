@@ -61,6 +61,31 @@ async fn one_provider(
     (dir, gateway)
 }
 
+/// A gateway whose default profile tries `model-a` (upstream `upstream-a`) on the provider `first`, then
+/// `model-b` (`upstream-b`) on `second`; `first_options` is more YAML for the first provider's entry.
+async fn two_providers(
+    first: &MockLlm,
+    second: &MockLlm,
+    first_options: &str,
+) -> (TestDir, Gateway) {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let providers = format!(
+        "    - {{ name: first, type: openai, base_url: \"{}\"{first_options} }}\n    - {{ name: second, type: openai, base_url: \"{}\" }}",
+        first.base_url(),
+        second.base_url()
+    );
+    let models = "    - { name: model-a, provider: first, upstream_model: upstream-a }\n    - { name: model-b, provider: second, upstream_model: upstream-b }";
+    let config = ai_config(
+        &dir,
+        &ports,
+        &providers,
+        models,
+        "    default: [model-a, model-b]",
+    );
+    let gateway = Gateway::start(&dir, ports, &config).await;
+    (dir, gateway)
+}
+
 async fn chat(client: &reqwest::Client, gateway: &Gateway, body: Value) -> reqwest::Response {
     client
         .post(gateway.url("/v1/chat/completions"))
@@ -219,21 +244,7 @@ async fn a_1mib_prompt_reaches_the_second_candidate_intact_when_the_first_answer
         status: 503,
         ..Behavior::default()
     });
-    let (dir, ports) = (TestDir::new(), Ports::new());
-    let providers = format!(
-        "    - {{ name: first, type: openai, base_url: \"{}\" }}\n    - {{ name: second, type: openai, base_url: \"{}\" }}",
-        first.base_url(),
-        second.base_url()
-    );
-    let models = "    - { name: model-a, provider: first, upstream_model: upstream-a }\n    - { name: model-b, provider: second, upstream_model: upstream-b }";
-    let config = ai_config(
-        &dir,
-        &ports,
-        &providers,
-        models,
-        "    default: [model-a, model-b]",
-    );
-    let gateway = Gateway::start(&dir, ports, &config).await;
+    let (_dir, gateway) = two_providers(&first, &second, "").await;
     let prompt: String = (0..(1024 * 1024))
         .map(|i| (b'a' + (i % 26) as u8) as char)
         .collect();
@@ -851,22 +862,7 @@ async fn a_plain_answer_that_breaks_off_goes_to_the_next_candidate_or_ends_in_a_
         ..Behavior::default()
     };
     first.set_behavior(cut.clone());
-    let (dir, ports) = (TestDir::new(), Ports::new());
-    let providers = format!(
-        "    - {{ name: first, type: openai, base_url: \"{}\" }}\n    - {{ name: second, type: openai, base_url: \"{}\" }}",
-        first.base_url(),
-        second.base_url()
-    );
-    let models =
-        "    - { name: model-a, provider: first }\n    - { name: model-b, provider: second }";
-    let config = ai_config(
-        &dir,
-        &ports,
-        &providers,
-        models,
-        "    default: [model-a, model-b]",
-    );
-    let gateway = Gateway::start(&dir, ports, &config).await;
+    let (_dir, gateway) = two_providers(&first, &second, "").await;
     let client = client();
     let request = json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]});
 
@@ -908,22 +904,7 @@ async fn a_plain_answer_that_stops_mid_body_is_not_retried_after_its_timeout() {
         stall_plain: true,
         ..Behavior::default()
     });
-    let (dir, ports) = (TestDir::new(), Ports::new());
-    let providers = format!(
-        "    - {{ name: slow, type: openai, base_url: \"{}\", timeouts: {{ first_byte: 300ms }} }}\n    - {{ name: spare, type: openai, base_url: \"{}\" }}",
-        slow.base_url(),
-        spare.base_url()
-    );
-    let models =
-        "    - { name: model-a, provider: slow }\n    - { name: model-b, provider: spare }";
-    let config = ai_config(
-        &dir,
-        &ports,
-        &providers,
-        models,
-        "    default: [model-a, model-b]",
-    );
-    let gateway = Gateway::start(&dir, ports, &config).await;
+    let (_dir, gateway) = two_providers(&slow, &spare, ", timeouts: { first_byte: 300ms }").await;
     let response = chat(
         &client(),
         &gateway,
