@@ -41,6 +41,8 @@ pub struct Behavior {
     pub cut_plain_at: Option<usize>,
     /// With `cut_plain_at`: after those bytes, keep the connection open and send nothing more.
     pub stall_plain: bool,
+    /// For streams: end SSE lines with a bare `\r`, as the spec allows, instead of `\n`.
+    pub cr_lines: bool,
     /// Sent as `Retry-After` (seconds) on error answers.
     pub retry_after: Option<u64>,
     /// Reply text; the default names the server.
@@ -59,6 +61,7 @@ impl Default for Behavior {
             stall_after: None,
             cut_plain_at: None,
             stall_plain: false,
+            cr_lines: false,
             retry_after: None,
             text: None,
         }
@@ -292,6 +295,8 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
     let (sender, receiver) = mpsc::channel::<Chunk>(4);
     let pieces = split_text(&text, behavior.chunks.max(1));
     let stream_state = state.clone();
+    // An event ends with an empty line.
+    let end = if behavior.cr_lines { "\r\r" } else { "\n\n" };
     tokio::spawn(async move {
         pause(behavior.first_token_delay).await;
         for (i, piece) in pieces.iter().enumerate() {
@@ -306,7 +311,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             let chunk = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
                 "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
             if sender
-                .send(Ok(Frame::data(Bytes::from(format!("data: {chunk}\n\n")))))
+                .send(Ok(Frame::data(Bytes::from(format!("data: {chunk}{end}")))))
                 .await
                 .is_err()
             {
@@ -322,7 +327,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             "usage": {"prompt_tokens": 10, "completion_tokens": pieces.len(), "total_tokens": 10 + pieces.len()}});
         let _ = sender
             .send(Ok(Frame::data(Bytes::from(format!(
-                "data: {last}\n\ndata: [DONE]\n\n"
+                "data: {last}{end}data: [DONE]{end}"
             )))))
             .await;
     });
