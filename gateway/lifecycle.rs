@@ -53,6 +53,7 @@ impl Reloader {
                 ),
             }
         }
+        crate::ai::warm_up(&compiled.runtime.ai);
         self.runtime.store(Arc::new(compiled.runtime));
         self.generation.send_modify(|generation| *generation += 1);
         Ok(())

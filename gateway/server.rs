@@ -119,6 +119,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot open the access log {:?}: {e}", settings.access_log))?;
     watch_readiness(phases);
 
+    crate::ai::warm_up(&compiled.runtime.ai);
     let runtime = Arc::new(ArcSwap::from_pointee(compiled.runtime));
     let limiter = Arc::new(Limiter::default());
     let mut resolvers = HashMap::new();

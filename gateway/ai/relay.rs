@@ -33,6 +33,11 @@ use super::usage::{Usage, UsageScanner};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
+
+/// Build the provider connector ahead of the first request (see `ai::warm_up`).
+pub fn warm_up() {
+    LazyLock::force(&CONNECTOR);
+}
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
 static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");

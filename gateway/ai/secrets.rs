@@ -85,6 +85,12 @@ static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
         .expect("trigger pattern compiles")
 });
 
+/// Compile the stream masker's own patterns ahead of the first stream (see `ai::warm_up`).
+pub fn warm_up() {
+    LazyLock::force(&UNFINISHED);
+    LazyLock::force(&TRIGGER);
+}
+
 impl SecretMasker {
     /// The built-in patterns plus `custom` regexes (replaced by `[REDACTED]`).
     pub fn new(custom: Vec<Regex>) -> Self {
