@@ -725,7 +725,7 @@ async fn stream_back(
             Ok(Some(chunk)) => {
                 usage.observe(&chunk);
                 let chunk = match &mut masker {
-                    Some(masker) => Bytes::from(masker.push(&chunk)),
+                    Some(masker) => masker.push(&chunk),
                     None => chunk,
                 };
                 if !chunk.is_empty()
@@ -870,7 +870,7 @@ async fn answer_mock(
                     tokio::time::sleep(settings.chunk_delay).await;
                 }
                 let bytes = match &mut masker {
-                    Some(masker) => Bytes::from(masker.push(event.as_bytes())),
+                    Some(masker) => masker.push(&Bytes::from(event)),
                     None => Bytes::from(event),
                 };
                 if !bytes.is_empty()

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use regex::Regex;
 use serde_json::{Map, Value};
 
@@ -246,6 +247,14 @@ fn holdback_start(text: &str, custom: bool) -> usize {
     start
 }
 
+/// What became of one event in the stream masker.
+enum Rewrite {
+    /// It goes on exactly as it came; nothing was written.
+    Unchanged,
+    /// Its rewrite was appended to the output.
+    Written,
+}
+
 /// Masks the content deltas of one SSE stream, event by event.
 #[derive(Debug)]
 pub struct StreamMasker<'a> {
@@ -266,31 +275,47 @@ impl<'a> StreamMasker<'a> {
         }
     }
 
-    /// Feed upstream bytes; returns the (possibly rewritten) complete events to send on.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(chunk.len() + 64);
+    /// Feed upstream bytes; returns the (possibly rewritten) complete events to send on. While every event
+    /// goes on as it came (most do), nothing is copied: the result is a slice of `chunk`.
+    pub fn push(&mut self, chunk: &Bytes) -> Bytes {
         // Usually a chunk holds whole events and nothing is buffered: read them from the chunk itself.
         let mut buffer = std::mem::take(&mut self.buffer);
-        let bytes = if buffer.is_empty() {
-            chunk
-        } else {
+        let buffered = !buffer.is_empty();
+        if buffered {
             buffer.extend_from_slice(chunk);
-            &buffer[..]
-        };
+        }
+        let bytes: &[u8] = if buffered { &buffer } else { chunk };
+        // Empty until an event is rewritten; then it holds everything sent on so far.
+        let mut out = Vec::new();
+        let mut copying = false;
         let mut start = 0;
         while let Some((end, separator)) = find_event_end(&bytes[start..]) {
             let event = String::from_utf8_lossy(&bytes[start..start + end]);
-            self.rewrite_event(&event, &mut out);
-            start += end + separator;
+            let next = start + end + separator;
+            match self.rewrite_event(&event, &mut out) {
+                Rewrite::Unchanged if copying => out.extend_from_slice(&bytes[start..next]),
+                Rewrite::Unchanged => {}
+                Rewrite::Written if !copying => {
+                    out.splice(0..0, bytes[..start].iter().copied());
+                    copying = true;
+                }
+                Rewrite::Written => {}
+            }
+            start = next;
         }
+        let output = match (copying, buffered) {
+            (true, _) => Bytes::from(out),
+            (false, true) => Bytes::copy_from_slice(&bytes[..start]),
+            (false, false) => chunk.slice(..start),
+        };
         // Keep the incomplete rest for the next chunk.
-        if buffer.is_empty() {
-            buffer.extend_from_slice(&chunk[start..]);
-        } else {
+        if buffered {
             buffer.drain(..start);
+        } else {
+            buffer.extend_from_slice(&chunk[start..]);
         }
         self.buffer = buffer;
-        out
+        output
     }
 
     /// Whatever is still buffered (an unterminated event), masked, at the end of the stream.
@@ -300,7 +325,11 @@ impl<'a> StreamMasker<'a> {
         let mut out = Vec::new();
         if !rest.is_empty() {
             let text = String::from_utf8_lossy(&rest).into_owned();
-            self.rewrite_event(text.trim_end(), &mut out);
+            let event = text.trim_end();
+            if let Rewrite::Unchanged = self.rewrite_event(event, &mut out) {
+                out.extend_from_slice(event.as_bytes());
+                out.extend_from_slice(b"\n\n");
+            }
         }
         self.flush_pending(&mut out);
         out
@@ -321,18 +350,17 @@ impl<'a> StreamMasker<'a> {
         })
     }
 
-    fn rewrite_event(&mut self, event: &str, out: &mut Vec<u8>) {
+    /// Append the event's rewrite to `out`, or leave `out` alone when the event goes on as it came.
+    fn rewrite_event(&mut self, event: &str, out: &mut Vec<u8>) -> Rewrite {
         let data = event_data(event);
         let special = data.is_empty() || data == "[DONE]";
         if let Some(chunk) = AnswerView::parse(data.as_bytes()).filter(|_| !special) {
             if self.passes_unchanged(&chunk) {
-                out.extend_from_slice(event.as_bytes());
-                out.extend_from_slice(b"\n\n");
-                return;
+                return Rewrite::Unchanged;
             }
             if let Cow::Borrowed(data) = data {
                 if self.splice(event, data, &chunk, out) {
-                    return;
+                    return Rewrite::Written;
                 }
             }
         }
@@ -342,12 +370,17 @@ impl<'a> StreamMasker<'a> {
             serde_json::from_str(&data).ok()
         };
         let Some(mut chunk) = parsed else {
+            // Held text goes out before the end of the stream.
+            let at = out.len();
             if data == "[DONE]" {
                 self.flush_pending(out);
             }
+            if out.len() == at {
+                return Rewrite::Unchanged;
+            }
             out.extend_from_slice(event.as_bytes());
             out.extend_from_slice(b"\n\n");
-            return;
+            return Rewrite::Written;
         };
         if let Some(Value::Array(choices)) = chunk.get_mut("choices") {
             for (position, choice) in choices.iter_mut().enumerate() {
@@ -372,6 +405,7 @@ impl<'a> StreamMasker<'a> {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(&serde_json::to_vec(&chunk).unwrap_or_default());
         out.extend_from_slice(b"\n\n");
+        Rewrite::Written
     }
 
     /// Rewrite the texts of `chunk` where they stand in the event's one `data` line (`data`, a slice of
@@ -469,6 +503,11 @@ impl<'a> StreamMasker<'a> {
 mod tests {
     use super::*;
 
+    /// One chunk through the stream masker, as bytes to compare.
+    fn push(stream: &mut StreamMasker, chunk: &[u8]) -> Vec<u8> {
+        stream.push(&Bytes::copy_from_slice(chunk)).to_vec()
+    }
+
     fn event(content: &str) -> String {
         format!(
             "data: {}\n\n",
@@ -491,43 +530,61 @@ mod tests {
     }
 
     #[test]
+    fn clean_chunks_go_on_without_a_copy() {
+        let masker = SecretMasker::new(vec![]);
+        let mut stream = StreamMasker::new(&masker);
+        let chunk = Bytes::from(format!(
+            "{}{}data: {{\"choi",
+            event(" hello"),
+            event(" world")
+        ));
+        let out = stream.push(&chunk);
+        // The two whole events, as a slice of the chunk itself; the unfinished third waits.
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        assert_eq!(out, format!("{}{}", event(" hello"), event(" world")));
+        let rest = stream.push(&Bytes::from("ces\":[]}\n\n"));
+        assert_eq!(rest, "data: {\"choices\":[]}\n\n");
+    }
+
+    #[test]
     fn clean_events_pass_byte_for_byte_and_dirty_ones_are_rewritten() {
         let masker = SecretMasker::new(vec![]);
         let mut stream = StreamMasker::new(&masker);
-        // Provider formatting (spaces, key order, escapes) survives when nothing is held or masked.
+        // Provider formatting (spaces, key order, escapes, line ends) survives when nothing is held or masked.
         let clean = "data: {\"id\":\"c1\", \"choices\":[{\"delta\":{\"content\":\" \\\"hi\\\"\\n\"},\"index\":0,\"finish_reason\":null}]}\r\n\r\n";
-        let out = stream.push(clean.as_bytes());
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            clean.trim_end().to_string() + "\n\n"
-        );
+        let out = push(&mut stream, clean.as_bytes());
+        assert_eq!(String::from_utf8(out).unwrap(), clean);
         // Two events in one chunk and one split over two chunks: each is found once, in order.
-        let mut out = stream.push(format!("{}{}", event(" world"), event(" PASSWORD")).as_bytes());
+        let mut out = push(
+            &mut stream,
+            format!("{}{}", event(" world"), event(" PASSWORD")).as_bytes(),
+        );
         let tail = event(": hunter2 ok");
         let (x, y) = tail.split_at(9);
-        out.extend(stream.push(x.as_bytes()));
-        out.extend(stream.push(y.as_bytes()));
+        out.extend(push(&mut stream, x.as_bytes()));
+        out.extend(push(&mut stream, y.as_bytes()));
         out.extend(stream.finish());
         assert_eq!(collected(&out), " world PASSWORD: [REDACTED] ok");
         // Held text is rewritten where it stands (the provider's other fields and spacing stay); a text with
         // escapes, or data split over two lines, takes the general rewrite. The secret is caught either way.
         let mut stream = StreamMasker::new(&masker);
-        let mut out = stream.push(
+        let mut out = push(
+            &mut stream,
             b"data: {\"id\":\"c2\", \"choices\":[{\"delta\":{\"content\":\"my API_KEY\"}}]}\n\n",
         );
         assert_eq!(
             String::from_utf8_lossy(&out),
             "data: {\"id\":\"c2\", \"choices\":[{\"delta\":{\"content\":\"my \"}}]}\n\n"
         );
-        out.extend(
-            stream.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"=ab\\u0063d \"}}]}\n\n"),
-        );
-        out.extend(
-            stream.push(
-                b"data: {\"choices\":[{\"delta\":\ndata: {\"content\":\"PASSWORD=x y\"}}]}\n\n",
-            ),
-        );
-        out.extend(stream.push(b"data: [DONE]\n\n"));
+        out.extend(push(
+            &mut stream,
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"=ab\\u0063d \"}}]}\n\n",
+        ));
+        out.extend(push(
+            &mut stream,
+            b"data: {\"choices\":[{\"delta\":\ndata: {\"content\":\"PASSWORD=x y\"}}]}\n\n",
+        ));
+        out.extend(push(&mut stream, b"data: [DONE]\n\n"));
         assert_eq!(
             collected(&out),
             "my API_KEY=[REDACTED] PASSWORD=[REDACTED] y"
@@ -547,7 +604,8 @@ mod tests {
         // A huge index does not make the masker allocate for it.
         let masker = SecretMasker::new(vec![]);
         let mut stream = StreamMasker::new(&masker);
-        let out = stream.push(
+        let out = push(
+            &mut stream,
             b"data: {\"choices\":[{\"index\":1000000000000,\"delta\":{\"content\":\" sk\"}}]}\n\n",
         );
         assert_eq!(stream.pending.len(), 1);
@@ -570,8 +628,8 @@ mod tests {
                 ]})
             )
         };
-        let mut out = stream.push(two("my API_KEY", "hello world").as_bytes());
-        out.extend(stream.push(two("=hunter2 end", " again").as_bytes()));
+        let mut out = push(&mut stream, two("my API_KEY", "hello world").as_bytes());
+        out.extend(push(&mut stream, two("=hunter2 end", " again").as_bytes()));
         out.extend(stream.finish());
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("hunter2"), "{text}");
@@ -579,7 +637,7 @@ mod tests {
 
         // Lines ended by a bare CR, as the SSE spec allows; the event's other fields stay.
         let mut stream = StreamMasker::new(&masker);
-        let mut out = stream.push(b"event: delta\rid: 7\rdata: {\"choices\":[{\"delta\":{\"content\":\"API_KEY=abc\\u0064 x\"}}]}\r\r");
+        let mut out = push(&mut stream, b"event: delta\rid: 7\rdata: {\"choices\":[{\"delta\":{\"content\":\"API_KEY=abc\\u0064 x\"}}]}\r\r");
         out.extend(stream.finish());
         let text = String::from_utf8(out).unwrap();
         assert!(!text.contains("abcd"), "{text}");
@@ -630,13 +688,13 @@ mod tests {
             let mut stream = StreamMasker::new(&masker);
             let text = "here: API_KEY=abc123 done";
             let (a, b) = text.split_at(text.find(split).unwrap() + split.len());
-            let mut out = stream.push(event(a).as_bytes());
+            let mut out = push(&mut stream, event(a).as_bytes());
             // Split the second event's bytes too, mid-JSON.
             let second = event(b);
             let (x, y) = second.split_at(second.len() / 2);
-            out.extend(stream.push(x.as_bytes()));
-            out.extend(stream.push(y.as_bytes()));
-            out.extend(stream.push(b"data: [DONE]\n\n"));
+            out.extend(push(&mut stream, x.as_bytes()));
+            out.extend(push(&mut stream, y.as_bytes()));
+            out.extend(push(&mut stream, b"data: [DONE]\n\n"));
             let seen = collected(&out);
             assert_eq!(
                 seen, "here: API_KEY=[REDACTED] done",
@@ -654,9 +712,9 @@ mod tests {
             );
             let at = text.find(split).unwrap() + split.len();
             let mut stream = StreamMasker::new(&masker);
-            let mut out = stream.push(event(&text[..at]).as_bytes());
-            out.extend(stream.push(event(&text[at..]).as_bytes()));
-            out.extend(stream.push(b"data: [DONE]\n\n"));
+            let mut out = push(&mut stream, event(&text[..at]).as_bytes());
+            out.extend(push(&mut stream, event(&text[at..]).as_bytes()));
+            out.extend(push(&mut stream, b"data: [DONE]\n\n"));
             assert_eq!(
                 collected(&out),
                 "key [REDACTED] and [REDACTED] MY_SECRET=[REDACTED] end",
@@ -665,9 +723,9 @@ mod tests {
         }
         for (a, b) in [("PASSWORD:\n", "hunter2 ok"), ("API_KEY\n", "=abc123 ok")] {
             let mut stream = StreamMasker::new(&masker);
-            let mut out = stream.push(event(a).as_bytes());
-            out.extend(stream.push(event(b).as_bytes()));
-            out.extend(stream.push(b"data: [DONE]\n\n"));
+            let mut out = push(&mut stream, event(a).as_bytes());
+            out.extend(push(&mut stream, event(b).as_bytes()));
+            out.extend(push(&mut stream, b"data: [DONE]\n\n"));
             let seen = collected(&out);
             assert!(seen.contains("[REDACTED]"), "{a:?} + {b:?}: {seen}");
             assert!(
@@ -677,13 +735,13 @@ mod tests {
         }
         // A stream that ends without [DONE] still gets its held-back word.
         let mut stream = StreamMasker::new(&masker);
-        let mut out = stream.push(event("it works").as_bytes());
+        let mut out = push(&mut stream, event("it works").as_bytes());
         out.extend(stream.finish());
         assert_eq!(collected(&out), "it works");
         let mut stream = StreamMasker::new(&masker);
-        let mut out = stream.push(event("PASSWORD: ").as_bytes());
-        out.extend(stream.push(event("hunter2\nok").as_bytes()));
-        out.extend(stream.push(b"data: [DONE]\n\n"));
+        let mut out = push(&mut stream, event("PASSWORD: ").as_bytes());
+        out.extend(push(&mut stream, event("hunter2\nok").as_bytes()));
+        out.extend(push(&mut stream, b"data: [DONE]\n\n"));
         assert_eq!(collected(&out), "PASSWORD: [REDACTED]\nok");
     }
 
@@ -704,18 +762,18 @@ mod tests {
         ];
         for (token, emitted) in expected {
             assert_eq!(
-                collected(&stream.push(event(token).as_bytes())),
+                collected(&push(&mut stream, event(token).as_bytes())),
                 emitted,
                 "after {token:?}"
             );
         }
-        assert_eq!(collected(&stream.push(b"data: [DONE]\n\n")), "works");
+        assert_eq!(collected(&push(&mut stream, b"data: [DONE]\n\n")), "works");
         // ...but with custom patterns any trailing word waits for the next chunk.
         let custom = SecretMasker::new(vec![Regex::new("INTERNAL-[0-9]+").unwrap()]);
         let mut stream = StreamMasker::new(&custom);
-        assert_eq!(collected(&stream.push(event("Hello").as_bytes())), "");
+        assert_eq!(collected(&push(&mut stream, event("Hello").as_bytes())), "");
         assert_eq!(
-            collected(&stream.push(event(" world").as_bytes())),
+            collected(&push(&mut stream, event(" world").as_bytes())),
             "Hello "
         );
     }

@@ -2,6 +2,7 @@
 //! last SSE event that carries one (the gateway asks OpenAI-compatible providers for it with
 //! `stream_options.include_usage`).
 
+use memchr::memmem;
 use serde_json::Value;
 
 use super::answer::{usage_in_tail, AnswerView};
@@ -86,13 +87,18 @@ impl UsageScanner {
             }
             return;
         }
-        self.pending.extend_from_slice(chunk);
+        // Usually nothing is pending and the chunk holds whole events: read them from the chunk itself.
+        let buffered = !self.pending.is_empty();
+        if buffered {
+            self.pending.extend_from_slice(chunk);
+        }
+        let bytes: &[u8] = if buffered { &self.pending } else { chunk };
         let mut start = 0;
-        while let Some((end, separator)) = find_event_end(&self.pending[start..]) {
-            let event = &self.pending[start..start + end];
+        while let Some((end, separator)) = find_event_end(&bytes[start..]) {
+            let event = &bytes[start..start + end];
             start += end + separator;
             // Only events that mention usage are parsed.
-            if !event.windows(7).any(|w| w == b"\"usage\"") {
+            if memmem::find(event, b"\"usage\"").is_none() {
                 continue;
             }
             let found = Usage::from_json(event_data(&String::from_utf8_lossy(event)).as_bytes());
@@ -100,7 +106,11 @@ impl UsageScanner {
                 self.usage = found;
             }
         }
-        self.pending.drain(..start);
+        if buffered {
+            self.pending.drain(..start);
+        } else {
+            self.pending.extend_from_slice(&chunk[start..]);
+        }
     }
 
     /// The usage found, once the answer is complete.
