@@ -100,6 +100,7 @@ events { worker_connections 8192; }
 http {
   access_log off;
   upstream origin { server 127.0.0.1:19000; keepalive 64; }
+  upstream llm_stream { server 127.0.0.1:19102; keepalive 128; }
   ssl_protocols TLSv1.3;
   ssl_certificate $work/cert.pem;
   ssl_certificate_key $work/key.pem;
@@ -117,6 +118,12 @@ http {
     listen 127.0.0.1:19200;
     listen 127.0.0.1:19201 ssl;
     location / { proxy_pass http://origin; }
+  }
+  # ai-stream: a plain streaming pass-through to the mock LLM (no body parsing, no masking, no usage), the
+  # floor any proxy pays on this machine for a stream's first token.
+  server {
+    listen 127.0.0.1:19203;
+    location / { proxy_pass http://llm_stream; proxy_buffering off; }
   }
   server {
     listen 127.0.0.1:19202 ssl;
@@ -314,9 +321,11 @@ for round in $(seq "$rounds"); do
   fi
   if wants ai-stream; then
     stream_run ai-stream direct "$stream_pid" http://127.0.0.1:19102/v1/chat/completions
+    stream_run ai-stream nginx "$nginx_pid" http://127.0.0.1:19203/v1/chat/completions
     stream_run ai-stream gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions
     # The same 512 streams arriving over one second (they still overlap: each lasts 1.3 s).
     stream_run ai-stream-ramp direct "$stream_pid" http://127.0.0.1:19102/v1/chat/completions --ramp-ms 1000
+    stream_run ai-stream-ramp nginx "$nginx_pid" http://127.0.0.1:19203/v1/chat/completions --ramp-ms 1000
     stream_run ai-stream-ramp gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions --ramp-ms 1000
     [ -n "$litellm_pid" ] && ! stream_timed_out litellm && stream_run ai-stream litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions \
       --header "Authorization: Bearer $bench_key"

@@ -25,7 +25,9 @@ DESCRIPTION = OrderedDict([
                   "bare-pingora does only TLS and is the floor"),
     ("ai-overhead", "non-streaming chat completion at concurrency 1, mock LLM with zero latency"),
     ("ai-throughput", "non-streaming chat completion at concurrency 64, mock LLM answering after 20 ms"),
-    ("ai-stream", "512 concurrent streams of 64 chunks 20 ms apart, all sent at once; CPU is per stream"),
+    ("ai-stream", "512 concurrent streams of 64 chunks 20 ms apart, all sent at once; CPU is per stream; "
+                  "`nginx` here is a plain pass-through (`proxy_buffering off`, no body inspection): the floor "
+                  "any proxy pays on this machine"),
     ("ai-stream-ramp", "the same 512 streams arriving evenly over 1 s (each lasts 1.3 s, so they overlap)"),
 ])
 
@@ -97,7 +99,7 @@ def derived_figures(by_key, rows):
             d[f"ai-throughput gateway / {peer} req/s"] = round(gw["requests_per_second"] / e["requests_per_second"], 1)
     for scenario in ("ai-stream", "ai-stream-ramp"):
         direct = by_key.get((scenario, "direct"))
-        for peer in ("gateway", "litellm", "portkey"):
+        for peer in ("gateway", "nginx", "litellm", "portkey"):
             e = by_key.get((scenario, peer))
             if e and direct:
                 d[f"{scenario} {peer} added TTFT p50 us"] = e["ttft_p50_us"] - direct["ttft_p50_us"]
@@ -105,6 +107,10 @@ def derived_figures(by_key, rows):
                 d[f"{scenario} {peer} added mean inter-chunk us"] = e["gap_mean_us"] - direct["gap_mean_us"]
                 d[f"{scenario} {peer} stall-free streams (worst round)"] = \
                     f"{e['stall_free_worst_round']}/{e['streams']}"
+        gw, nginx = by_key.get((scenario, "gateway")), by_key.get((scenario, "nginx"))
+        if gw and nginx and nginx["cpu_us_per_request"]:
+            d[f"{scenario} gateway / nginx pass-through CPU per stream"] = \
+                round(gw["cpu_us_per_request"] / nginx["cpu_us_per_request"], 2)
     full, bare = by_key.get(("edge-full", "gateway")), by_key.get(("edge-full", "bare-pingora"))
     if full and bare:
         d["edge-full gateway / bare Pingora CPU"] = round(full["cpu_us_per_request"] / bare["cpu_us_per_request"], 2)
