@@ -697,18 +697,17 @@ async fn stream_back(
                 return Ok(Relayed::BrokeOff(reason));
             }
         };
-        // The provider connection is done with: back to the pool before the client write can fail.
-        CONNECTOR
-            .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
-            .await;
         let body = account_and_mask(outcome, model, secrets, body);
         if !bodiless(&head) {
             head.insert_header(CONTENT_LENGTH, body.len())?;
         }
-        session.write_response_header(Box::new(head), false).await?;
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
+        let written = write_whole(session, head, body).await;
+        // The provider connection goes back to the pool after the client has its answer (pooling it is
+        // not on the answer's path), whether or not the client was still there to take it.
+        CONNECTOR
+            .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
+            .await;
+        written?;
         return Ok(Relayed::Done);
     }
 
@@ -784,6 +783,18 @@ async fn stream_back(
             }
         }
     }
+}
+
+/// Send a whole answer, head then body.
+async fn write_whole(
+    session: &mut Session,
+    head: ResponseHeader,
+    body: Vec<u8>,
+) -> pingora::Result<()> {
+    session.write_response_header(Box::new(head), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await
 }
 
 /// Read a plain answer to its end.
