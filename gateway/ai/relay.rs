@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method};
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::v1::Connector;
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::protocols::http::v1::client::HttpSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use serde_json::{Map, Value};
@@ -319,7 +318,7 @@ async fn relay(
         .await
         {
             Ok(upstream) => {
-                let Some(head) = upstream.response_header() else {
+                let Some(head) = upstream.resp_header() else {
                     tried.push(describe(model, "no response head"));
                     continue;
                 };
@@ -384,10 +383,17 @@ async fn send(
     request_id: &HeaderValue,
 ) -> Result<HttpSession, String> {
     let deployment = &provider.deployments[index];
-    let (upstream, _reused) = CONNECTOR
-        .get_http_session(peer)
-        .await
-        .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
+    let upstream = match CONNECTOR.reused_http_session(peer).await {
+        Some(pooled) => pooled,
+        // Connecting (TCP, perhaps TLS) is a future of several KiB: boxed, so that it is not part of the state
+        // of every request, which is copied whole when the request's future is boxed.
+        None => {
+            Box::pin(CONNECTOR.get_http_session(peer))
+                .await
+                .map_err(|e| format!("connect: {}", e.etype().as_str()))?
+                .0
+        }
+    };
     let accept: &[u8] = if stream {
         b"text/event-stream"
     } else {
@@ -415,20 +421,16 @@ async fn send(
             .map(|(name, value)| (name.as_ref(), value.as_bytes())),
     );
     let timeout = provider.timeouts.first_byte;
-    // Provider peers offer only HTTP/1 (`http_peer` sets no ALPN for h2), so no other session comes back.
-    let HttpSession::H1(h1) = upstream else {
-        return Err("send: the provider connection is not HTTP/1".to_string());
-    };
     let path = [
         deployment.base_path.as_bytes(),
         endpoint.upstream_path().as_bytes(),
     ];
-    let mut upstream = write_h1(h1, peer, &path, headers, &payload, timeout)
+    let mut upstream = write_h1(upstream, peer, &path, headers, &payload, timeout)
         .await
         .map_err(|e| format!("send: {}", e.etype().as_str()))?;
-    upstream.set_read_timeout(Some(timeout));
+    upstream.read_timeout = Some(timeout);
     upstream
-        .read_response_header()
+        .read_response()
         .await
         .map_err(|e| match e.etype() {
             pingora::ErrorType::ReadTimedout => "timeout".to_string(),
@@ -444,7 +446,7 @@ async fn send(
 /// it, so reading the answer and returning the connection to the pool work as before (a POST that is not an
 /// upgrade and keeps the connection alive). Path and header values were checked when the config loaded.
 async fn write_h1<'a>(
-    h1: Http1Session,
+    h1: HttpSession,
     peer: &HttpPeer,
     path: &[&[u8]],
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
@@ -470,9 +472,7 @@ async fn write_h1<'a>(
         stream.flush().await
     };
     match tokio::time::timeout(timeout, write).await {
-        Ok(Ok(())) => Ok(HttpSession::H1(Http1Session::new_with_options(
-            stream, peer,
-        ))),
+        Ok(Ok(())) => Ok(HttpSession::new_with_options(stream, peer)),
         Ok(Err(e)) => Err(pingora::Error::because(
             pingora::ErrorType::WriteError,
             "writing the request",
@@ -487,7 +487,7 @@ async fn write_h1<'a>(
 
 /// The provider's response head, which the session keeps once read (no copy is taken).
 fn response_head(upstream: &HttpSession) -> Result<&ResponseHeader, Failure> {
-    upstream.response_header().ok_or_else(|| {
+    upstream.resp_header().ok_or_else(|| {
         OpenAiError::new(
             502,
             "server_error",
@@ -511,7 +511,7 @@ fn retry_after(head: &ResponseHeader) -> Option<Duration> {
 /// Read at most 64 KiB of an error body.
 async fn read_small_body(mut upstream: HttpSession) -> (HttpSession, String) {
     let mut text = Vec::new();
-    while let Ok(Some(chunk)) = upstream.read_response_body().await {
+    while let Ok(Some(chunk)) = upstream.read_body_bytes().await {
         text.extend_from_slice(&chunk);
         if text.len() > 64 * 1024 {
             break;
@@ -719,8 +719,8 @@ async fn stream_back(
     session.write_response_header(Box::new(head), false).await?;
     let mut masker = secrets.filter(|_| is_sse).map(StreamMasker::new);
     loop {
-        upstream.set_read_timeout(read_timeout());
-        match upstream.read_response_body().await {
+        upstream.read_timeout = read_timeout();
+        match upstream.read_body_bytes().await {
             Ok(Some(chunk)) => {
                 usage.observe(&chunk);
                 let chunk = match &mut masker {
@@ -805,8 +805,8 @@ async fn read_whole(
 ) -> pingora::Result<Vec<u8>> {
     let mut body = Vec::with_capacity(capacity);
     loop {
-        upstream.set_read_timeout(read_timeout());
-        match upstream.read_response_body().await? {
+        upstream.read_timeout = read_timeout();
+        match upstream.read_body_bytes().await? {
             Some(chunk) => body.extend_from_slice(&chunk),
             None => return Ok(body),
         }
