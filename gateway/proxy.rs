@@ -419,6 +419,9 @@ impl ProxyHttp for EdgeProxy {
         ctx.peer_ip = peer;
         ctx.request_id = request_id(req.headers.get(&X_REQUEST_ID), ctx.peer_trusted);
         ctx.runtime = Some(runtime);
+        session
+            .req_header_mut()
+            .insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -687,8 +690,6 @@ impl ProxyHttp for EdgeProxy {
                 upstream.set_uri(uri);
             }
         }
-        // The request id goes to the upstream only; AI routes set theirs on the provider request themselves.
-        upstream.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
         let original = session.req_header();
         let trusted = ctx.peer_trusted;
         let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
