@@ -32,17 +32,17 @@ use super::usage::{Usage, UsageScanner};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
-
-/// Build the provider connector ahead of the first request (see `ai::warm_up`).
-pub fn warm_up() {
-    LazyLock::force(&CONNECTOR);
-}
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
 static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
 static X_GATEWAY_PROFILE: HeaderName = HeaderName::from_static("x-gateway-profile");
 static X_GATEWAY_DECISION: HeaderName = HeaderName::from_static("x-gateway-decision");
 static X_GATEWAY_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
+
+/// Build the provider connector ahead of the first request (see `ai::warm_up`).
+pub fn warm_up() {
+    LazyLock::force(&CONNECTOR);
+}
 
 /// What happened, for the access log and metrics.
 #[derive(Debug, Default)]
@@ -718,7 +718,8 @@ async fn stream_back(
         }
         let written = write_whole(session, head, body).await;
         // The provider connection goes back to the pool after the client has its answer (pooling it is
-        // not on the answer's path), whether or not the client was still there to take it.
+        // not on the answer's path), whether or not the client was still there to take it. While a slow
+        // client takes a large answer, the connection stays out of the pool.
         CONNECTOR
             .release_http_session(upstream, peer, Some(Duration::from_secs(30)))
             .await;

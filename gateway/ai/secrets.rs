@@ -292,7 +292,16 @@ impl<'a> StreamMasker<'a> {
         while let Some((end, separator)) = find_event_end(&bytes[start..]) {
             let event = String::from_utf8_lossy(&bytes[start..start + end]);
             let next = start + end + separator;
-            match self.rewrite_event(&event, &mut out) {
+            let rewrite = match self.rewrite_event(&event, &mut out) {
+                // Bytes that are not UTF-8 go on as the text that was checked, U+FFFD in their place.
+                Rewrite::Unchanged if matches!(event, Cow::Owned(_)) => {
+                    out.extend_from_slice(event.as_bytes());
+                    out.extend_from_slice(b"\n\n");
+                    Rewrite::Written
+                }
+                rewrite => rewrite,
+            };
+            match rewrite {
                 Rewrite::Unchanged if copying => out.extend_from_slice(&bytes[start..next]),
                 Rewrite::Unchanged => {}
                 Rewrite::Written if !copying => {
@@ -544,6 +553,22 @@ mod tests {
         assert_eq!(out, format!("{}{}", event(" hello"), event(" world")));
         let rest = stream.push(&Bytes::from("ces\":[]}\n\n"));
         assert_eq!(rest, "data: {\"choices\":[]}\n\n");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_go_on_as_replacement_characters() {
+        let masker = SecretMasker::new(vec![]);
+        let mut stream = StreamMasker::new(&masker);
+        let mut chunk = event(" hello").into_bytes();
+        chunk.extend_from_slice(
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w\xffrld\"}}]}\n\n",
+        );
+        let out = push(&mut stream, &chunk);
+        let text = String::from_utf8(out).expect("the output is UTF-8");
+        assert_eq!(
+            text,
+            event(" hello") + "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" w\u{fffd}rld\"}}]}\n\n"
+        );
     }
 
     #[test]
