@@ -103,7 +103,7 @@ impl UsageView {
 pub fn usage_in_tail(tail: &[u8]) -> Option<Usage> {
     const KEY: &[u8] = b"\"usage\"";
     let mut end = tail.len();
-    while let Some(at) = tail[..end].windows(KEY.len()).rposition(|w| w == KEY) {
+    while let Some(at) = memchr::memmem::rfind(&tail[..end], KEY) {
         end = at;
         if at > 0 && tail[at - 1] == b'\\' {
             continue;

@@ -838,10 +838,7 @@ fn account_and_mask(
     body: Vec<u8>,
 ) -> Vec<u8> {
     let answer = AnswerView::parse(&body);
-    let found = answer
-        .as_ref()
-        .map_or_else(|| Usage::from_json(&body), AnswerView::usage);
-    if let Some(found) = found {
+    if let Some(found) = Usage::from_read_json(&body, answer.as_ref()) {
         outcome.account(model, found);
     }
     let masked = secrets.and_then(|secrets| secrets.mask_read_body(&body, answer.as_ref()));

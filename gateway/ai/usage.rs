@@ -32,7 +32,13 @@ impl Usage {
 
     /// The usage of a JSON answer or event, if it carries one.
     pub fn from_json(json: &[u8]) -> Option<Usage> {
-        match AnswerView::parse(json) {
+        Self::from_read_json(json, AnswerView::parse(json).as_ref())
+    }
+
+    /// The same, for JSON already read through the borrowed view (`None` when it could not be): only then
+    /// is it parsed again, the general way.
+    pub fn from_read_json(json: &[u8], view: Option<&AnswerView>) -> Option<Usage> {
+        match view {
             Some(view) => view.usage(),
             None => serde_json::from_slice::<Value>(json)
                 .ok()
