@@ -292,23 +292,22 @@ impl<'a> StreamMasker<'a> {
         while let Some((end, separator)) = find_event_end(&bytes[start..]) {
             let event = String::from_utf8_lossy(&bytes[start..start + end]);
             let next = start + end + separator;
-            let rewrite = match self.rewrite_event(&event, &mut out) {
-                // Bytes that are not UTF-8 go on as the text that was checked, U+FFFD in their place.
-                Rewrite::Unchanged if matches!(event, Cow::Owned(_)) => {
-                    out.extend_from_slice(event.as_bytes());
-                    out.extend_from_slice(b"\n\n");
-                    Rewrite::Written
-                }
-                rewrite => rewrite,
+            // An event goes on as its raw bytes only when they are the text that was checked: bytes that are
+            // not UTF-8 go on as that text, U+FFFD in their place.
+            let raw = matches!(event, Cow::Borrowed(_));
+            let written = if raw {
+                matches!(self.rewrite_event(&event, &mut out), Rewrite::Written)
+            } else {
+                self.write_event(&event, &mut out);
+                true
             };
-            match rewrite {
-                Rewrite::Unchanged if copying => out.extend_from_slice(&bytes[start..next]),
-                Rewrite::Unchanged => {}
-                Rewrite::Written if !copying => {
+            match (written, copying) {
+                (true, false) => {
                     out.splice(0..0, bytes[..start].iter().copied());
                     copying = true;
                 }
-                Rewrite::Written => {}
+                (false, true) => out.extend_from_slice(&bytes[start..next]),
+                _ => {}
             }
             start = next;
         }
@@ -334,11 +333,7 @@ impl<'a> StreamMasker<'a> {
         let mut out = Vec::new();
         if !rest.is_empty() {
             let text = String::from_utf8_lossy(&rest).into_owned();
-            let event = text.trim_end();
-            if let Rewrite::Unchanged = self.rewrite_event(event, &mut out) {
-                out.extend_from_slice(event.as_bytes());
-                out.extend_from_slice(b"\n\n");
-            }
+            self.write_event(text.trim_end(), &mut out);
         }
         self.flush_pending(&mut out);
         out
@@ -357,6 +352,14 @@ impl<'a> StreamMasker<'a> {
             (choice.finishing() || holdback_start(text, self.masker.custom) == text.len())
                 && matches!(self.masker.mask(text), Cow::Borrowed(_))
         })
+    }
+
+    /// Append the event to `out`: its rewrite, or its text as it came.
+    fn write_event(&mut self, event: &str, out: &mut Vec<u8>) {
+        if let Rewrite::Unchanged = self.rewrite_event(event, out) {
+            out.extend_from_slice(event.as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
     }
 
     /// Append the event's rewrite to `out`, or leave `out` alone when the event goes on as it came.
