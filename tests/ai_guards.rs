@@ -261,49 +261,32 @@ async fn secrets_in_completions_are_masked_whole_and_across_stream_chunks() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["choices"][0]["message"]["content"], expected);
 
-    let mut stream = user("tell me");
-    stream["stream"] = json!(true);
-    let raw = ask(&gateway, stream, &[]).await.text().await.unwrap();
-    assert!(
-        !raw.contains("abcdef123456") && !raw.contains("ABCDEFGHIJ") && !raw.contains("777"),
-        "{raw}"
-    );
-    let streamed: String = raw
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(streamed, expected);
-    assert!(raw.trim_end().ends_with("data: [DONE]"));
-
-    // A provider ending its SSE lines with a bare CR (the spec allows it) is masked the same.
-    cloud.set_behavior(loadtest::Behavior {
-        text: Some(text.to_string()),
-        chunks: 9,
-        cr_lines: true,
-        ..Default::default()
-    });
-    let mut stream = user("tell me");
-    stream["stream"] = json!(true);
-    let raw = ask(&gateway, stream, &[]).await.text().await.unwrap();
-    assert!(
-        !raw.contains("abcdef123456") && !raw.contains("ABCDEFGHIJ") && !raw.contains("777"),
-        "{raw:?}"
-    );
-    let streamed: String = raw
-        .split(['\n', '\r'])
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(streamed, expected);
+    // Streamed, with SSE lines ended by `\n` and then by a bare `\r` (the spec allows both).
+    for cr_lines in [false, true] {
+        cloud.set_behavior(loadtest::Behavior {
+            text: Some(text.to_string()),
+            chunks: 9,
+            cr_lines,
+            ..Default::default()
+        });
+        let mut stream = user("tell me");
+        stream["stream"] = json!(true);
+        let raw = ask(&gateway, stream, &[]).await.text().await.unwrap();
+        assert!(
+            !raw.contains("abcdef123456") && !raw.contains("ABCDEFGHIJ") && !raw.contains("777"),
+            "{raw:?}"
+        );
+        let streamed: String = raw
+            .split(['\n', '\r'])
+            .filter_map(|line| line.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(streamed, expected, "cr_lines: {cr_lines}");
+        assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw:?}");
+    }
 }
