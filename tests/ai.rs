@@ -972,3 +972,36 @@ routes:
         5.0
     );
 }
+
+#[tokio::test]
+async fn the_provider_connection_is_pooled_across_plain_and_streamed_answers() {
+    let llm = MockLlm::start("pooled").await.unwrap();
+    let (_dir, gateway) = one_provider(
+        "pooled",
+        &llm,
+        "    - { name: m, provider: pooled }",
+        "    default: [m]",
+    )
+    .await;
+    let client = client();
+    for stream in [false, true, false, true, false, true] {
+        let response = chat(
+            &client,
+            &gateway,
+            json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "q"}]}),
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let end = if stream {
+            "data: [DONE]"
+        } else {
+            "Hello from pooled"
+        };
+        assert!(text.contains(end), "{text}");
+    }
+    // The relay writes each request itself and rebuilds Pingora's session around the pooled connection:
+    // every answer, plain or streamed, leaves it usable for the next request.
+    assert_eq!(llm.calls(), 6);
+    assert_eq!(llm.connections(), 1);
+}

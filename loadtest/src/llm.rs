@@ -103,6 +103,7 @@ pub struct MockLlm {
     pub addr: SocketAddr,
     state: Arc<State>,
     stop: watch::Sender<bool>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl MockLlm {
@@ -120,9 +121,17 @@ impl MockLlm {
             cancelled: AtomicUsize::new(0),
         });
         let served = state.clone();
-        let (addr, stop) =
-            crate::server::serve(addr, move |req| handle(req, served.clone())).await?;
-        Ok(MockLlm { addr, state, stop })
+        let crate::server::Served {
+            addr,
+            stop,
+            connections,
+        } = crate::server::serve(addr, move |req| handle(req, served.clone())).await?;
+        Ok(MockLlm {
+            addr,
+            state,
+            stop,
+            connections,
+        })
     }
 
     /// `http://ip:port/v1`, the base URL a provider config points at.
@@ -137,6 +146,11 @@ impl MockLlm {
     /// Calls to the API paths (health checks excluded).
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections accepted: fewer than `calls` when the client (the gateway) reuses them.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Streams the client abandoned before the end.

@@ -76,7 +76,7 @@ impl MockOrigin {
             statics: Mutex::new(std::collections::HashMap::new()),
         });
         let served = state.clone();
-        let (addr, stop) =
+        let crate::server::Served { addr, stop, .. } =
             crate::server::serve(addr, move |req| handle(req, served.clone())).await?;
         Ok(MockOrigin { addr, state, stop })
     }

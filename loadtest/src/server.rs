@@ -3,6 +3,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
@@ -13,11 +15,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// Bind `addr` and serve it with `handle` in the background: the bound address, and the switch that stops it.
-pub(crate) async fn serve<F, Fut, B>(
-    addr: SocketAddr,
-    handle: F,
-) -> std::io::Result<(SocketAddr, watch::Sender<bool>)>
+/// A server started by `serve`.
+pub(crate) struct Served {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The switch that stops it.
+    pub stop: watch::Sender<bool>,
+    /// TCP connections accepted so far (a client's connection pooling shows here).
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// Bind `addr` and serve it with `handle` in the background.
+pub(crate) async fn serve<F, Fut, B>(addr: SocketAddr, handle: F) -> std::io::Result<Served>
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
@@ -28,14 +37,20 @@ where
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(accept_loop(listener, stopped, handle));
-    Ok((addr, stop))
+    let connections = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(accept_loop(listener, stopped, connections.clone(), handle));
+    Ok(Served {
+        addr,
+        stop,
+        connections,
+    })
 }
 
 /// Serve HTTP/1.1 and h2c connections with `handle` until `stopped` changes; stopping drops every connection.
 async fn accept_loop<F, Fut, B>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
+    accepted_count: Arc<AtomicUsize>,
     handle: F,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
@@ -50,6 +65,7 @@ async fn accept_loop<F, Fut, B>(
             _ = stopped.changed() => return,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                accepted_count.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let handle = handle.clone();
                 connections.spawn(async move {
