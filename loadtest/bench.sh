@@ -100,6 +100,8 @@ events { worker_connections 8192; }
 http {
   access_log off;
   upstream origin { server 127.0.0.1:19000; keepalive 64; }
+  upstream llm { server 127.0.0.1:19100; keepalive 64; }
+  upstream llm20 { server 127.0.0.1:19101; keepalive 128; }
   upstream llm_stream { server 127.0.0.1:19102; keepalive 128; }
   ssl_protocols TLSv1.3;
   ssl_certificate $work/cert.pem;
@@ -118,6 +120,16 @@ http {
     listen 127.0.0.1:19200;
     listen 127.0.0.1:19201 ssl;
     location / { proxy_pass http://origin; }
+  }
+  # ai-overhead and ai-throughput: a plain pass-through to the mock LLM (no body parsing, no routing, no usage),
+  # the floor any proxy adds to a chat completion on this machine.
+  server {
+    listen 127.0.0.1:19204;
+    location / { proxy_pass http://llm; }
+  }
+  server {
+    listen 127.0.0.1:19205;
+    location / { proxy_pass http://llm20; }
   }
   # ai-stream: a plain streaming pass-through to the mock LLM (no body parsing, no masking, no usage), the
   # floor any proxy pays on this machine for a stream's first token.
@@ -309,11 +321,13 @@ for round in $(seq "$rounds"); do
   fi
   if wants ai-overhead; then
     wrk_run ai-overhead direct "$llm_pid" http://127.0.0.1:19100/v1/chat/completions 1 -s "$work/chat.lua"
+    wrk_run ai-overhead nginx "$nginx_pid" http://127.0.0.1:19204/v1/chat/completions 1 -s "$work/chat.lua"
     wrk_run ai-overhead gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions 1 -s "$work/chat.lua"
     [ -n "$litellm_pid" ] && wrk_run ai-overhead litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions 1 -s "$work/chat.lua"
     [ -n "$portkey_pid" ] && wrk_run ai-overhead portkey "$portkey_pid" http://127.0.0.1:19600/v1/chat/completions 1 \
       -s "$work/chat.lua" -H "x-portkey-custom-host: http://127.0.0.1:19100/v1"
     wrk_run ai-throughput direct "$llm20_pid" http://127.0.0.1:19101/v1/chat/completions 64 -s "$work/chat20.lua"
+    wrk_run ai-throughput nginx "$nginx_pid" http://127.0.0.1:19205/v1/chat/completions 64 -s "$work/chat20.lua"
     wrk_run ai-throughput gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions 64 -s "$work/chat20.lua"
     [ -n "$litellm_pid" ] && wrk_run ai-throughput litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions 64 -s "$work/chat20.lua"
     [ -n "$portkey_pid" ] && wrk_run ai-throughput portkey "$portkey_pid" http://127.0.0.1:19600/v1/chat/completions 64 \
