@@ -544,7 +544,9 @@ impl ProxyHttp for EdgeProxy {
                     policy,
                     request_id: &ctx.request_id,
                 };
-                let outcome = serve_ai(session, request).await?;
+                // Boxed: the AI path's state (body, plan, provider session) is several KiB, and inline it
+                // would be allocated and copied for every request this filter sees, edge requests included.
+                let outcome = Box::pin(serve_ai(session, request)).await?;
                 ctx.ai = Some(outcome);
                 Ok(true)
             }

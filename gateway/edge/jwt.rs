@@ -275,7 +275,9 @@ impl JwtIssuer {
         }
         *last = Some(Instant::now());
         match &self.jwks {
-            Some(source) => match source.load().await {
+            // Boxed: a JWKS fetch (connect, TLS, HTTP) is a large future, and inline it would be part of
+            // every authenticated request's state, API keys included.
+            Some(source) => match Box::pin(source.load()).await {
                 Ok(keys) => {
                     self.fetched.store(Arc::new(keys));
                     true
