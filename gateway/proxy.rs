@@ -38,9 +38,15 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
-static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+// The same names as `&'static str` for Pingora's `insert_header`: given a `HeaderName`, it first copies
+// the name into a new buffer for its spelling map; a static string is used as it is (same bytes on the wire).
+const X_REQUEST_ID_NAME: &str = "x-request-id";
+const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST_NAME: &str = "x-forwarded-host";
+const RATELIMIT_LIMIT: &str = "ratelimit-limit";
+const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
+const RATELIMIT_RESET: &str = "ratelimit-reset";
 
 /// The proxy of one listener.
 pub struct EdgeProxy {
@@ -151,7 +157,7 @@ impl EdgeProxy {
             header.insert_header((*name).clone(), (*value).clone())?;
         }
         header.insert_header(CONTENT_LENGTH, body.len())?;
-        header.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+        header.insert_header(X_REQUEST_ID_NAME, ctx.request_id.clone())?;
         if let Some(decision) = &ctx.limit_decision {
             insert_rate_limit_headers(&mut header, decision)?;
         }
@@ -333,15 +339,9 @@ fn limit_key(policy: &LimitPolicy, ctx: &RequestCtx, route: &Route, req: &Reques
 }
 
 fn insert_rate_limit_headers(header: &mut ResponseHeader, decision: &Decision) -> Result<()> {
-    header.insert_header(RATELIMIT_LIMIT.clone(), HeaderValue::from(decision.limit))?;
-    header.insert_header(
-        RATELIMIT_REMAINING.clone(),
-        HeaderValue::from(decision.remaining),
-    )?;
-    header.insert_header(
-        RATELIMIT_RESET.clone(),
-        HeaderValue::from(decision.reset_secs),
-    )
+    header.insert_header(RATELIMIT_LIMIT, HeaderValue::from(decision.limit))?;
+    header.insert_header(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining))?;
+    header.insert_header(RATELIMIT_RESET, HeaderValue::from(decision.reset_secs))
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -421,7 +421,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.runtime = Some(runtime);
         session
             .req_header_mut()
-            .insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())?;
+            .insert_header(X_REQUEST_ID_NAME, ctx.request_id.clone())?;
         Ok(())
     }
 
@@ -703,19 +703,19 @@ impl ProxyHttp for EdgeProxy {
             Some(existing) if trusted => format!("{existing}, {peer}"),
             _ => peer,
         };
-        upstream.insert_header(X_FORWARDED_FOR.clone(), forwarded_for)?;
+        upstream.insert_header(X_FORWARDED_FOR_NAME, forwarded_for)?;
         if !(trusted && original.headers.contains_key(&X_FORWARDED_PROTO)) {
             let scheme = if self.listener.tls.is_some() {
                 "https"
             } else {
                 "http"
             };
-            upstream.insert_header(X_FORWARDED_PROTO.clone(), scheme)?;
+            upstream.insert_header(X_FORWARDED_PROTO_NAME, scheme)?;
         }
         if !(trusted && original.headers.contains_key(&X_FORWARDED_HOST)) {
             let host = request_host(original).to_string();
             if !host.is_empty() {
-                upstream.insert_header(X_FORWARDED_HOST.clone(), host)?;
+                upstream.insert_header(X_FORWARDED_HOST_NAME, host)?;
             }
         }
         if let Some(runtime) = &ctx.runtime {
@@ -799,7 +799,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(decision) = &ctx.limit_decision {
             insert_rate_limit_headers(upstream_response, decision)?;
         }
-        upstream_response.insert_header(X_REQUEST_ID.clone(), ctx.request_id.clone())
+        upstream_response.insert_header(X_REQUEST_ID_NAME, ctx.request_id.clone())
     }
 
     fn upstream_response_body_filter(
@@ -906,9 +906,6 @@ impl ProxyHttp for EdgeProxy {
             return;
         }
         let req = session.req_header();
-        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let client = ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let upstream = ctx.upstream.map(|a| a.to_string());
         let key_param = ctx
             .runtime
             .as_ref()
@@ -920,10 +917,10 @@ impl ProxyHttp for EdgeProxy {
             "HTTP/1.1"
         };
         access_log::log(&AccessRecord {
-            time: &time,
+            time: SystemTime::now(),
             request_id: ctx.request_id.to_str().unwrap_or(""),
             listener: &self.listener.name,
-            client: &client,
+            client: ctx.client_ip,
             method: req.method.as_str(),
             host: request_host(req),
             path: &path,
@@ -933,7 +930,7 @@ impl ProxyHttp for EdgeProxy {
             bytes_out: session.as_downstream().body_bytes_sent(),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             route: ctx.route.as_deref().map(|r| &*r.name),
-            upstream: upstream.as_deref(),
+            upstream: ctx.upstream,
             consumer: ctx.consumer.as_ref().map(|c| &*c.consumer),
             error: ctx
                 .refusal
