@@ -1,6 +1,6 @@
 //! The benchmark's floor: a bare Pingora 0.9 proxy with nothing of the gateway in it.
 //!
-//! `bare-pingora --listen ADDR --upstream ADDR [--threads N] [--tls CERT KEY]` forwards every request
+//! `bare-pingora --listen ADDR --upstream ADDR [--threads N] [--no-work-stealing] [--tls CERT KEY]` forwards every request
 //! to one plain-HTTP upstream over a keep-alive pool, exactly what Pingora's own example proxy does.
 //! Built as an example of the gateway package (it shares its Pingora build); `loadtest/bench.sh`
 //! measures it beside the gateway so the cost of the gateway's features is a ratio to this floor.

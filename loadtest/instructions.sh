@@ -1,40 +1,110 @@
 #!/usr/bin/env bash
-# User-space instructions per plain AI request of a gateway binary, counted by callgrind: unlike CPU time on
-# these shared machines, the count repeats within about 1.5%, so two binaries can be compared run against run.
+# User-space instructions per request, counted by callgrind: unlike CPU time on these shared machines, the
+# count repeats within about 1.5%, so two binaries (or the gateway and its floor) can be compared run against run.
 #
-#   loadtest/instructions.sh [GATEWAY_BINARY] [REQUESTS]
+#   loadtest/instructions.sh [GATEWAY_BINARY] [REQUESTS]              plain AI chat completion
+#   loadtest/instructions.sh --edge-full [GATEWAY_BINARY] [REQUESTS]  edge-full: the gateway and bare Pingora
 #
-# Defaults: target/release/gateway, 2,000 requests. The gateway runs under valgrind with the benchmark's AI
-# config (one thread, access log off) in front of the mock LLM; 300 warm-up requests, then the counters are
-# zeroed and REQUESTS chat completions go one at a time over one kept-alive connection. Loopback only; every
-# process started here is stopped at the end. Installs valgrind with apt-get when it is missing.
+# Defaults: target/release/gateway, 2,000 requests.
+# - AI: the gateway runs under valgrind with the benchmark's AI config (one thread, access log off) in front
+#   of the mock LLM; REQUESTS chat completions go one at a time over one kept-alive connection.
+# - edge-full: the benchmark's edge-full gateway (TLS 1.3, API key, rate limit, JSON access log to a file) and
+#   then the bare Pingora proxy (TLS only, the gateway's runtime setting), each in front of the mock origin;
+#   REQUESTS GETs one at a time over one kept-alive TLS connection. Prints both counts and their ratio.
+# Each process first gets 300 warm-up requests, then its counters are zeroed. Loopback only; every process
+# started here is stopped at the end. Installs valgrind (and openssl) with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=ai
+if [ "${1:-}" = --edge-full ]; then
+  mode=edge-full
+  shift
+fi
 binary=${1:-target/release/gateway}
 requests=${2:-2000}
-command -v valgrind >/dev/null 2>&1 || {
+missing=()
+command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
-}
-[ -x target/release/mock-llm ] || cargo build --release -q -p loadtest
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+[ -x target/release/mock-llm ] && [ -x target/release/mock-origin ] || cargo build --release -q -p loadtest
 [ "$binary" != target/release/gateway ] || [ -x "$binary" ] || cargo build --release -q -p gateway
+[ "$mode" = ai ] || [ -x target/release/examples/bare-pingora ] ||
+  cargo build --release -q --example bare-pingora
 [ -x "$binary" ] || { echo "no gateway binary at $binary" >&2; exit 1; }
 
 work=$(mktemp -d)
 pids=()
+stop() {
+  # INT first: valgrind then removes its vgdb pipes from /tmp.
+  kill -INT "$1" 2>/dev/null || true
+  for _ in $(seq 20); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 cleanup() {
-  for pid in "${pids[@]}"; do
-    # INT first: valgrind then removes its vgdb pipes from /tmp.
-    kill -INT "$pid" 2>/dev/null || true
-    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
+  for pid in "${pids[@]}"; do stop "$pid"; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-cat > "$work/gateway.yaml" <<YAML
+# send KIND PORT N: N requests, one at a time over one kept-alive connection; any answer but 200 fails.
+send() {
+  python3 - "$@" <<'PY'
+import http.client, json, ssl, sys
+kind, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if kind == "ai":
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello to the benchmark, please."}]})
+    request = ("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+else:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+    request = ("GET", "/", None, {"x-api-key": sys.argv[4]})
+for _ in range(n):
+    connection.request(*request)
+    response = connection.getresponse()
+    response.read()
+    if response.status != 200:
+        sys.exit(f"{kind}: the proxy answered {response.status}")
+PY
+}
+
+# count NAME KIND PORT [KEY] -- COMMAND...: run COMMAND under callgrind, print its instructions per request.
+count() {
+  local name=$1 kind=$2 port=$3 key=${4:-}
+  shift 4
+  local out="$work/$name.callgrind" ready=0 pid dump total
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$work/$name.log" &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 120); do
+    curl -sk -o /dev/null "http$([ "$kind" = ai ] || echo s)://127.0.0.1:$port/" && { ready=1; break; }
+    sleep 0.5
+  done
+  if [ "$ready" = 0 ]; then
+    echo "$name did not start under valgrind within 60 s; its log:" >&2
+    tail -20 "$work/$name.log" >&2
+    exit 1
+  fi
+  send "$kind" "$port" 300 "$key"
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  send "$kind" "$port" "$requests" "$key"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 1
+  stop "$pid"
+  dump=$(ls -t "$out".* 2>/dev/null | head -1 || true)
+  [ -n "$dump" ] || { echo "callgrind wrote no dump for $name; see $work/$name.log" >&2; exit 1; }
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+  echo $((total / requests))
+}
+
+if [ "$mode" = ai ]; then
+  cat > "$work/gateway.yaml" <<YAML
 server:
   threads: 1
   pid_file: $work/gateway.pid
@@ -54,41 +124,46 @@ routes:
     match: { path: { prefix: /v1 } }
     ai: {}
 YAML
-
-target/release/mock-llm --listen 127.0.0.1:19701 --name llm >/dev/null 2>&1 & pids+=($!)
-RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
-  "$binary" run -c "$work/gateway.yaml" >/dev/null 2>"$work/valgrind.log" & pids+=($!)
-gateway_pid=$!
-ready=0
-for _ in $(seq 120); do
-  curl -s -o /dev/null http://127.0.0.1:19700/v1/models && { ready=1; break; }
-  sleep 0.5
-done
-if [ "$ready" = 0 ]; then
-  echo "the gateway did not start under valgrind within 60 s; its log:" >&2
-  tail -20 "$work/valgrind.log" >&2
-  exit 1
+  target/release/mock-llm --listen 127.0.0.1:19701 --name llm >/dev/null 2>&1 &
+  pids+=($!)
+  per=$(count gateway ai 19700 "" -- "$binary" run -c "$work/gateway.yaml")
+  echo "$binary: $per user-space instructions per plain AI request ($requests requests)"
+  exit 0
 fi
 
-send() {
-  python3 - "$1" <<'PY'
-import http.client, json, sys
-body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello to the benchmark, please."}]})
-connection = http.client.HTTPConnection("127.0.0.1", 19700)
-for _ in range(int(sys.argv[1])):
-    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    response.read()
-    if response.status != 200:
-        sys.exit(f"the gateway answered {response.status}")
-PY
-}
-send 300
-callgrind_control -z "$gateway_pid" >/dev/null 2>&1
-send "$requests"
-callgrind_control -d "$gateway_pid" >/dev/null 2>&1
-sleep 1
-dump=$(ls -t "$work"/callgrind.out.* 2>/dev/null | head -1 || true)
-[ -n "$dump" ] || { echo "callgrind wrote no dump; see $work/valgrind.log" >&2; exit 1; }
-total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
-echo "$binary: $((total / requests)) user-space instructions per plain AI request ($requests requests)"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
+  -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+key="bench-$(openssl rand -hex 16)"
+cat > "$work/gateway.yaml" <<YAML
+server:
+  threads: 1
+  pid_file: $work/gateway.pid
+  upgrade_sock: $work/gateway.sock
+  access_log: { target: "$work/access.log" }
+listeners:
+  - name: full
+    address: "127.0.0.1:19702"
+    tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem", default: true }] }
+consumers:
+  - name: bench
+    api_keys: [{ env: BENCH_API_KEY }]
+limits:
+  - { name: high, rate: 1000000/second, burst: 100000, key: consumer }
+clusters:
+  - name: origin
+    backends: [{ address: "127.0.0.1:19703" }]
+routes:
+  - name: full
+    auth: { methods: [api_key] }
+    limits: [high]
+    proxy: { cluster: origin }
+YAML
+target/release/mock-origin --listen 127.0.0.1:19703 >/dev/null 2>&1 &
+pids+=($!)
+gateway=$(BENCH_API_KEY=$key count gateway edge 19702 "$key" -- "$binary" run -c "$work/gateway.yaml")
+bare=$(count bare edge 19702 "$key" -- target/release/examples/bare-pingora --listen 127.0.0.1:19702 \
+  --upstream 127.0.0.1:19703 --no-work-stealing --tls "$work/cert.pem" "$work/key.pem")
+echo "edge-full, user-space instructions per request ($requests requests over one TLS connection):"
+echo "  gateway ($binary): $gateway"
+echo "  bare Pingora: $bare"
+awk -v g="$gateway" -v b="$bare" 'BEGIN { printf "  gateway / bare Pingora: %.2fx\n", g / b }'

@@ -22,7 +22,7 @@ DESCRIPTION = OrderedDict([
     ("edge-tls", "the same over TLS 1.3 (ECDSA P-256, one certificate for all), keep-alive"),
     ("edge-tls-handshake", "TLS 1.3 with a new connection (full handshake) per request (`Connection: close`)"),
     ("edge-full", "TLS + API key check + rate limit (never triggered) + JSON access log to a file; "
-                  "bare-pingora does only TLS and is the floor"),
+                  "bare-pingora does only TLS and is the floor (work stealing off, as the gateway)"),
     ("ai-overhead", "non-streaming chat completion at concurrency 1, mock LLM with zero latency; `nginx` here is a "
                     "plain pass-through (no body parsing, no routing, no usage): the floor any proxy adds"),
     ("ai-throughput", "non-streaming chat completion at concurrency 64, mock LLM answering after 20 ms; `nginx` "
