@@ -936,8 +936,16 @@ impl ProxyHttp for EdgeProxy {
                 .refusal
                 .or(ctx.error.map(ErrorKind::code))
                 .or(ctx.ai.as_ref().and_then(|a| a.error)),
-            model: ctx.ai.as_ref().and_then(|a| a.model.as_deref()),
-            provider: ctx.ai.as_ref().and_then(|a| a.provider.as_deref()),
+            model: ctx
+                .ai
+                .as_ref()
+                .and_then(|a| a.model.as_deref())
+                .map(|m| &*m.name),
+            provider: ctx
+                .ai
+                .as_ref()
+                .and_then(|a| a.model.as_deref())
+                .map(|m| &*m.provider.name),
             decision: ctx.ai.as_ref().and_then(|a| a.decision.as_deref()),
             attempts: ctx.ai.as_ref().map(|a| a.attempts),
             prompt_tokens: ctx

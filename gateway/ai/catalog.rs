@@ -50,6 +50,8 @@ pub struct MockSettings {
 #[derive(Debug)]
 pub struct Provider {
     pub name: Arc<str>,
+    /// The name as the `x-gateway-provider` response header value, built once.
+    pub name_header: HeaderValue,
     pub kind: ProviderKind,
     /// Disabled providers (no key) are skipped in every plan.
     pub enabled: bool,
@@ -67,6 +69,8 @@ pub struct Provider {
 #[derive(Debug)]
 pub struct Model {
     pub name: Arc<str>,
+    /// The name as the `x-gateway-model` response header value, built once.
+    pub name_header: HeaderValue,
     pub provider: Arc<Provider>,
     pub upstream_model: Arc<str>,
     pub context_window: Option<u64>,

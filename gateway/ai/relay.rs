@@ -6,6 +6,7 @@
 //! a failing stream ends with an OpenAI error event. Chunks are relayed as they arrive; a client that goes
 //! away drops the upstream connection.
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -47,9 +48,9 @@ pub fn warm_up() {
 /// What happened, for the access log and metrics.
 #[derive(Debug, Default)]
 pub struct AiOutcome {
-    pub model: Option<Arc<str>>,
-    pub provider: Option<Arc<str>>,
-    pub decision: Option<String>,
+    /// The model (and so the provider) that answered, or was tried last.
+    pub model: Option<Arc<Model>>,
+    pub decision: Option<Cow<'static, str>>,
     pub attempts: u32,
     pub error: Option<&'static str>,
     /// Tokens the provider reported, and their cost from the catalog's prices.
@@ -162,9 +163,13 @@ async fn prepare_and_relay(
     let json_content = match req.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         None => true,
         Some(value) => {
-            let value = value.trim_start().to_ascii_lowercase();
-            value.starts_with("application/json")
-                || value.starts_with("application/x-www-form-urlencoded")
+            let value = value.trim_start().as_bytes();
+            let starts = |prefix: &str| {
+                value
+                    .get(..prefix.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+            };
+            starts("application/json") || starts("application/x-www-form-urlencoded")
         }
     };
     if !json_content {
@@ -275,8 +280,7 @@ async fn relay(
             tried.push(describe(model, "provider disabled"));
             continue;
         }
-        outcome.model = Some(model.name.clone());
-        outcome.provider = Some(provider.name.clone());
+        outcome.model = Some(model.clone());
         if provider.kind == ProviderKind::Mock {
             outcome.attempts += 1;
             return answer_mock(
@@ -544,9 +548,14 @@ fn client_head(
             .unwrap_or(HeaderValue::from_static("application/json")),
     );
     headers.insert(X_REQUEST_ID.clone(), request.request_id.clone());
+    if let Some(model) = &outcome.model {
+        headers.insert(X_GATEWAY_MODEL.clone(), model.name_header.clone());
+        headers.insert(
+            X_GATEWAY_PROVIDER.clone(),
+            model.provider.name_header.clone(),
+        );
+    }
     let names = [
-        (&X_GATEWAY_MODEL, outcome.model.as_deref()),
-        (&X_GATEWAY_PROVIDER, outcome.provider.as_deref()),
         (&X_GATEWAY_PROFILE, plan.and_then(|p| p.profile.as_deref())),
         (&X_GATEWAY_DECISION, outcome.decision.as_deref()),
     ];

@@ -3,6 +3,7 @@
 //! `x-gateway-profile` header or `metadata.profile`, else the auto profile. Route policy may restrict models
 //! and profiles. The result is a plan: the ordered candidates (the fallback chain) and why.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -62,7 +63,7 @@ pub struct Plan {
     pub candidates: Vec<Arc<Model>>,
     pub profile: Option<String>,
     /// Short reason for `x-gateway-decision`, e.g. `explicit`, `command`, `profile:header`.
-    pub decision: String,
+    pub decision: Cow<'static, str>,
 }
 
 /// Pull a `/model X` first line out of the first user message; returns X and rewrites the message.
@@ -121,7 +122,7 @@ pub fn decide(
                 "the request contains data that may only go to local models, and none is available for it",
             ));
         }
-        plan.decision.push_str("+local-only");
+        plan.decision.to_mut().push_str("+local-only");
     }
     Ok(plan)
 }
@@ -145,7 +146,7 @@ fn decide_unfiltered(
         return single(model, policy, "command");
     }
     let requested = match body.get("model") {
-        Some(Value::String(name)) => name.clone(),
+        Some(Value::String(name)) => name.as_str(),
         Some(_) => {
             return Err(OpenAiError::new(
                 400,
@@ -155,12 +156,12 @@ fn decide_unfiltered(
             )
             .with_param("model"))
         }
-        None => "auto".to_string(),
+        None => "auto",
     };
     if requested != "auto" {
         let model = catalog
-            .model(&requested)
-            .ok_or_else(|| OpenAiError::model_not_found(&requested))?;
+            .model(requested)
+            .ok_or_else(|| OpenAiError::model_not_found(requested))?;
         let decision = if *model.name == *requested {
             "explicit"
         } else {
@@ -173,11 +174,17 @@ fn decide_unfiltered(
         .and_then(|m| m.get("profile"))
         .and_then(Value::as_str);
     let (profile, decision) = match (header_profile, metadata_profile) {
-        (Some(p), _) => (p.to_string(), "profile:header".to_string()),
-        (None, Some(p)) => (p.to_string(), "profile:metadata".to_string()),
+        (Some(p), _) => (p.to_string(), Cow::Borrowed("profile:header")),
+        (None, Some(p)) => (p.to_string(), Cow::Borrowed("profile:metadata")),
         (None, None) => match choose(&catalog.rules, body, headers, !report.detected.is_empty()) {
-            Some(rule) => (rule.profile.clone(), format!("heuristic:{}", rule.name)),
-            None => (catalog.auto_profile.clone(), "profile:default".to_string()),
+            Some(rule) => (
+                rule.profile.clone(),
+                Cow::Owned(format!("heuristic:{}", rule.name)),
+            ),
+            None => (
+                catalog.auto_profile.clone(),
+                Cow::Borrowed("profile:default"),
+            ),
         },
     };
     let Some(chain) = catalog.profiles.get(&profile) else {
@@ -212,11 +219,15 @@ fn decide_unfiltered(
     Ok(Plan {
         candidates,
         profile: Some(profile),
-        decision: decision.to_string(),
+        decision,
     })
 }
 
-fn single(model: &Arc<Model>, policy: &AiPolicy, decision: &str) -> Result<Plan, OpenAiError> {
+fn single(
+    model: &Arc<Model>,
+    policy: &AiPolicy,
+    decision: &'static str,
+) -> Result<Plan, OpenAiError> {
     if !allowed(&policy.allowed_models, &model.name) {
         return Err(OpenAiError::new(
             403,
@@ -229,7 +240,7 @@ fn single(model: &Arc<Model>, policy: &AiPolicy, decision: &str) -> Result<Plan,
     Ok(Plan {
         candidates: vec![model.clone()],
         profile: None,
-        decision: decision.to_string(),
+        decision: Cow::Borrowed(decision),
     })
 }
 

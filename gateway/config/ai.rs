@@ -76,6 +76,7 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
         }
         models.push(Arc::new(Model {
             name: Arc::from(section.name.as_str()),
+            name_header: name_header(c, &path, &section.name),
             provider: provider.clone(),
             upstream_model: Arc::from(section.upstream_model.as_deref().unwrap_or(&section.name)),
             context_window: section.context_window,
@@ -163,6 +164,17 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
     catalog.secrets = compile_secrets(c, &ai.guards.response_secrets);
     catalog.profile_prompts = profile_prompts;
     catalog
+}
+
+/// A provider's or model's name as a response header value (`x-gateway-provider`, `x-gateway-model`).
+fn name_header(c: &mut Compiler, path: &str, name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or_else(|_| {
+        c.error(
+            format!("{path}.name"),
+            "the name is sent in a response header: use no control characters",
+        );
+        HeaderValue::from_static("")
+    })
 }
 
 fn compile_secrets(c: &mut Compiler, section: &ResponseSecretsSection) -> Option<SecretMasker> {
@@ -357,6 +369,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
     if section.kind == ProviderKindSection::Mock {
         return (c.errors.len() == errors_before).then(|| Provider {
             name: Arc::from(section.name.as_str()),
+            name_header: name_header(c, path, &section.name),
             kind: ProviderKind::Mock,
             enabled: true,
             cluster: None,
@@ -529,6 +542,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
     }
     Some(Provider {
         name: Arc::from(section.name.as_str()),
+        name_header: name_header(c, path, &section.name),
         kind: ProviderKind::OpenAi,
         enabled,
         cluster: Some(Arc::new(cluster)),

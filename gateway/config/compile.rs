@@ -1051,4 +1051,34 @@ routes:
         // Other headers are the operator's to set.
         assert!(!errors.iter().any(|e| e.contains("x-team")), "{errors:?}");
     }
+
+    #[test]
+    fn provider_and_model_names_must_fit_a_response_header() {
+        let errors = errors_of(
+            "
+listeners:
+  - { name: http, address: \"127.0.0.1:8080\" }
+ai:
+  providers:
+    - { name: \"p\\x01\", type: mock }
+    - { name: ok, type: mock }
+  models:
+    - { name: \"m\\nx\", provider: ok }
+    - { name: m, provider: ok }
+  profiles: { default: [m] }
+routes:
+  - name: ai
+    ai: {}
+",
+        );
+        for path in ["ai.providers[0].name", "ai.models[0].name"] {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with(path) && e.contains("response header")),
+                "{errors:?}"
+            );
+        }
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
 }
