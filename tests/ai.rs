@@ -1,7 +1,7 @@
 //! The AI path over real sockets with mock LLM servers as providers: the OpenAI endpoints, model choice and
 //! its explanation headers, fallback (connect refused, 503 with a 1 MiB prompt, 429 with cooldown, timeout),
 //! the circuit breaker, streaming (pass-through, mid-stream drop, client disconnect), plain answers that break
-//! off or exceed 1 MiB, and OpenAI-shaped errors.
+//! off or exceed 1 MiB, provider connection reuse (also after the client left), and OpenAI-shaped errors.
 
 mod common;
 
@@ -1003,5 +1003,56 @@ async fn the_provider_connection_is_pooled_across_plain_and_streamed_answers() {
     // The relay writes each request itself and rebuilds Pingora's session around the pooled connection:
     // every answer, plain or streamed, leaves it usable for the next request.
     assert_eq!(llm.calls(), 6);
+    assert_eq!(llm.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_plain_answer_gives_its_provider_connection_back_even_when_the_client_left() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let llm = MockLlm::start("leaver").await.unwrap();
+    // 4 MiB: far more than the loopback socket buffers hold, so writing it to a client that has gone fails.
+    llm.set_behavior(Behavior {
+        text: Some("word ".repeat(800 * 1024)),
+        ..Behavior::default()
+    });
+    let (dir, gateway) = one_provider(
+        "leaver",
+        &llm,
+        "    - { name: m, provider: leaver }",
+        "    default: [m]",
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", gateway.ports.http))
+        .await
+        .unwrap();
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "q"}]}).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut start = [0u8; 12];
+    stream.read_exact(&mut start).await.unwrap();
+    assert_eq!(&start, b"HTTP/1.1 200");
+    drop(stream);
+    // The gateway logs a request after its provider connection went back to the pool.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            dir.access_log().contains("/v1/chat/completions")
+        })
+        .await,
+        "{}",
+        dir.access_log()
+    );
+    llm.set_behavior(Behavior::default());
+    let response = chat(
+        &client(),
+        &gateway,
+        json!({"model": "m", "messages": [{"role": "user", "content": "again"}]}),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("Hello from leaver"));
+    assert_eq!(llm.calls(), 2);
     assert_eq!(llm.connections(), 1);
 }
