@@ -69,7 +69,7 @@ fn main() {
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
-            eprintln!("bare-pingora: {e}\nusage: bare-pingora --listen ADDR --upstream ADDR [--threads N] [--tls CERT KEY]");
+            eprintln!("bare-pingora: {e}\nusage: bare-pingora --listen ADDR --upstream ADDR [--threads N] [--no-work-stealing] [--tls CERT KEY]");
             std::process::exit(2);
         }
     };

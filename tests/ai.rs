@@ -1010,9 +1010,11 @@ async fn the_provider_connection_is_pooled_across_plain_and_streamed_answers() {
 async fn a_plain_answer_gives_its_provider_connection_back_even_when_the_client_left() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let llm = MockLlm::start("leaver").await.unwrap();
-    // 4 MiB: far more than the loopback socket buffers hold, so writing it to a client that has gone fails.
+    // 12 MiB: more than the loopback socket buffers hold, so writing it to a client that has gone fails
+    // (checked below with the bytes the access log says went out). Read whole: the default masking is on.
+    let size = 12 << 20;
     llm.set_behavior(Behavior {
-        text: Some("word ".repeat(800 * 1024)),
+        text: Some("word ".repeat(size / 5)),
         ..Behavior::default()
     });
     let (dir, gateway) = one_provider(
@@ -1044,6 +1046,9 @@ async fn a_plain_answer_gives_its_provider_connection_back_even_when_the_client_
         "{}",
         dir.access_log()
     );
+    let log = dir.access_log();
+    let record: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!(record["bytes_out"].as_u64().unwrap() < size as u64, "{log}");
     llm.set_behavior(Behavior::default());
     let response = chat(
         &client(),

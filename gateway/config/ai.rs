@@ -366,10 +366,11 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         }
     }
     let cooldown = section.circuit_breaker.cooldown.or_secs(30);
+    let header = name_header(c, path, &section.name);
     if section.kind == ProviderKindSection::Mock {
         return (c.errors.len() == errors_before).then(|| Provider {
             name: Arc::from(section.name.as_str()),
-            name_header: name_header(c, path, &section.name),
+            name_header: header,
             kind: ProviderKind::Mock,
             enabled: true,
             cluster: None,
@@ -542,7 +543,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
     }
     Some(Provider {
         name: Arc::from(section.name.as_str()),
-        name_header: name_header(c, path, &section.name),
+        name_header: header,
         kind: ProviderKind::OpenAi,
         enabled,
         cluster: Some(Arc::new(cluster)),
