@@ -1,7 +1,8 @@
 //! The AI path over real sockets with mock LLM servers as providers: the OpenAI endpoints, model choice and
 //! its explanation headers, fallback (connect refused, 503 with a 1 MiB prompt, 429 with cooldown, timeout),
 //! the circuit breaker, streaming (pass-through, mid-stream drop, client disconnect), plain answers that break
-//! off or exceed 1 MiB, provider connection reuse (also after the client left), and OpenAI-shaped errors.
+//! off, exceed 1 MiB or exceed `ai.max_answer_size`, provider connection reuse (also after the client left), and
+//! OpenAI-shaped errors.
 
 mod common;
 
@@ -1060,4 +1061,78 @@ async fn a_plain_answer_gives_its_provider_connection_back_even_when_the_client_
     assert!(response.text().await.unwrap().contains("Hello from leaver"));
     assert_eq!(llm.calls(), 2);
     assert_eq!(llm.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_plain_answer_over_max_answer_size_is_refused_with_a_502_whether_or_not_its_length_is_known(
+) {
+    let llm = MockLlm::start("wordy").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    // Masking is on (the default), so plain answers are held whole: at most 1 MiB here.
+    let body = format!(
+        r#"
+ai:
+  max_answer_size: 1MiB
+  providers:
+    - {{ name: wordy, type: openai, base_url: "{}" }}
+  models:
+    - {{ name: m, provider: wordy }}
+  profiles: {{ default: [m] }}
+routes:
+  - name: ai
+    match: {{ path: {{ prefix: /v1 }} }}
+    ai: {{}}
+"#,
+        llm.base_url()
+    );
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let client = client();
+    let request = json!({"model": "m", "messages": [{"role": "user", "content": "q"}]});
+    for chunked in [false, true] {
+        llm.set_behavior(Behavior {
+            text: Some("x".repeat(1536 * 1024)),
+            chunked_plain: chunked,
+            ..Behavior::default()
+        });
+        let response = chat(&client, &gateway, request.clone()).await;
+        assert_eq!(response.status(), 502, "chunked: {chunked}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(
+            error["error"]["code"], "upstream_answer_too_large",
+            "{error}"
+        );
+        assert!(error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ai.max_answer_size"));
+        // Under the limit, both framings answer.
+        llm.set_behavior(Behavior {
+            text: Some("y".repeat(512 * 1024)),
+            chunked_plain: chunked,
+            ..Behavior::default()
+        });
+        let response = chat(&client, &gateway, request.clone()).await;
+        assert_eq!(response.status(), 200, "chunked: {chunked}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(
+            answer["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .len(),
+            512 * 1024
+        );
+    }
+    assert!(
+        dir.gateway_log().contains("ai.max_answer_size"),
+        "{}",
+        dir.gateway_log()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            dir.access_log().matches("\"status\":502").count() == 2
+        })
+        .await,
+        "{}",
+        dir.access_log()
+    );
 }

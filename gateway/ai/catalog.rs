@@ -92,6 +92,8 @@ pub struct Catalog {
     pub auto_profile: String,
     pub attempts: u32,
     pub max_body_size: u64,
+    /// Largest plain answer held whole (to mask secrets); a larger one is refused with 502.
+    pub max_answer_size: u64,
     /// Heuristic rules for `model: "auto"`.
     pub rules: Vec<Rule>,
     /// Request guards.
@@ -130,6 +132,7 @@ impl Catalog {
             auto_profile,
             attempts,
             max_body_size,
+            max_answer_size: u64::MAX,
             rules: Vec::new(),
             guards: Guards::default(),
             secrets: None,

@@ -697,9 +697,29 @@ async fn stream_back(
     // Read whole when masking needs the whole JSON, or when the answer is small enough to cost nothing to
     // hold; a large unmasked answer (embeddings in bulk) streams through with its length.
     if !is_sse && (secrets.is_some() || length.is_some_and(|n| n <= WHOLE_ANSWER_LIMIT)) {
+        let limit = usize::try_from(request.catalog.max_answer_size).unwrap_or(usize::MAX);
+        let too_large = || {
+            log::warn!(
+                "AI provider {} answered more than ai.max_answer_size ({limit} bytes); refused",
+                provider.name
+            );
+            Failure::from(OpenAiError::new(
+                502,
+                "server_error",
+                "upstream_answer_too_large",
+                format!(
+                    "the provider's answer is larger than this gateway holds to inspect it \
+                     (ai.max_answer_size, {limit} bytes)"
+                ),
+            ))
+        };
+        if length.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
         let capacity = length.unwrap_or(0).min(WHOLE_ANSWER_LIMIT);
-        let body = match read_whole(&mut upstream, capacity, &read_timeout).await {
-            Ok(body) => body,
+        let body = match read_whole(&mut upstream, capacity, limit, &read_timeout).await {
+            Ok(Some(body)) => body,
+            Ok(None) => return Err(too_large()),
             Err(e) => {
                 log::warn!(
                     "AI provider {} broke off its answer: {}",
@@ -822,18 +842,21 @@ async fn write_whole(
         .await
 }
 
-/// Read a plain answer to its end.
+/// Read a plain answer to its end; `None` when it grows past `limit` bytes (the rest is left unread, so the
+/// connection is not reused).
 async fn read_whole(
     upstream: &mut HttpSession,
     capacity: usize,
+    limit: usize,
     read_timeout: &impl Fn() -> Option<Duration>,
-) -> pingora::Result<Vec<u8>> {
+) -> pingora::Result<Option<Vec<u8>>> {
     let mut body = Vec::with_capacity(capacity);
     loop {
         upstream.read_timeout = read_timeout();
         match upstream.read_body_bytes().await? {
+            Some(chunk) if body.len() + chunk.len() > limit => return Ok(None),
             Some(chunk) => body.extend_from_slice(&chunk),
-            None => return Ok(body),
+            None => return Ok(Some(body)),
         }
     }
 }

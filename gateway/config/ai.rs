@@ -29,6 +29,7 @@ use crate::upstream::cluster::{
 use crate::upstream::url::HttpUrl;
 
 const DEFAULT_AI_MAX_BODY: u64 = 10 * 1024 * 1024;
+const DEFAULT_AI_MAX_ANSWER: u64 = 64 * 1024 * 1024;
 
 pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
     let mut providers: HashMap<String, Arc<Provider>> = HashMap::new();
@@ -159,6 +160,7 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
         attempts,
         max_body,
     );
+    catalog.max_answer_size = ai.max_answer_size.map_or(DEFAULT_AI_MAX_ANSWER, |s| s.0);
     catalog.rules = rules;
     catalog.guards = guards;
     catalog.secrets = compile_secrets(c, &ai.guards.response_secrets);

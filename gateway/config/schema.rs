@@ -743,6 +743,8 @@ impl TryFrom<LimitKeyRaw> for LimitKeySection {
 pub struct AiSection {
     /// Largest request body on AI routes (default `10MiB`).
     pub max_body_size: Option<ByteSize>,
+    /// Largest plain answer the gateway holds whole to mask secrets (default `64MiB`); larger gets 502.
+    pub max_answer_size: Option<ByteSize>,
     /// Most candidates tried for one request (default 3).
     pub attempts: Option<u32>,
     #[serde(default)]

@@ -41,6 +41,8 @@ pub struct Behavior {
     pub cut_plain_at: Option<usize>,
     /// With `cut_plain_at`: after those bytes, keep the connection open and send nothing more.
     pub stall_plain: bool,
+    /// For plain answers: no `Content-Length`; the body goes chunked, in two halves.
+    pub chunked_plain: bool,
     /// For streams: end SSE lines with a bare `\r`, as the spec allows, instead of `\n`.
     pub cr_lines: bool,
     /// Sent as `Retry-After` (seconds) on error answers.
@@ -61,6 +63,7 @@ impl Default for Behavior {
             stall_after: None,
             cut_plain_at: None,
             stall_plain: false,
+            chunked_plain: false,
             cr_lines: false,
             retry_after: None,
             text: None,
@@ -279,6 +282,19 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         });
         let reply = Bytes::from(reply.to_string());
+        if behavior.chunked_plain {
+            let (sender, receiver) = mpsc::channel::<Chunk>(2);
+            let half = reply.len() / 2;
+            tokio::spawn(async move {
+                let _ = sender.send(Ok(Frame::data(reply.slice(..half)))).await;
+                let _ = sender.send(Ok(Frame::data(reply.slice(half..)))).await;
+            });
+            return Ok(Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(BodyExt::boxed(StreamBody::new(ReceiverStream(receiver))))
+                .unwrap_or_else(|_| Response::new(empty())));
+        }
         let Some(cut) = behavior.cut_plain_at else {
             return Ok(full(200, "application/json", reply));
         };
