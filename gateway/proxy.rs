@@ -32,14 +32,9 @@ use crate::runtime::{ListenerSpec, Runtime};
 use crate::upstream::cluster::{Cluster, HashOn};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-
-// The same names as `&'static str` for Pingora's `insert_header`: given a `HeaderName`, it first copies
-// the name into a new buffer for its spelling map; a static string is used as it is (same bytes on the wire).
+// Names as `&'static str` for Pingora's `insert_header`: given a `HeaderName`, it first copies the name into a
+// new buffer for its spelling map; a static string is used as it is. The `HeaderName`s, for lookups, are
+// built from the same strings.
 const X_REQUEST_ID_NAME: &str = "x-request-id";
 const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
@@ -47,6 +42,11 @@ const X_FORWARDED_HOST_NAME: &str = "x-forwarded-host";
 const RATELIMIT_LIMIT: &str = "ratelimit-limit";
 const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
 const RATELIMIT_RESET: &str = "ratelimit-reset";
+static X_REQUEST_ID: HeaderName = HeaderName::from_static(X_REQUEST_ID_NAME);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED_FOR_NAME);
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO_NAME);
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED_HOST_NAME);
+static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The proxy of one listener.
 pub struct EdgeProxy {
@@ -916,6 +916,9 @@ impl ProxyHttp for EdgeProxy {
         } else {
             "HTTP/1.1"
         };
+        let ai = ctx.ai.as_ref();
+        let model = ai.and_then(|a| a.model.as_deref());
+        let usage = ai.and_then(|a| a.usage);
         access_log::log(&AccessRecord {
             time: SystemTime::now(),
             request_id: ctx.request_id.to_str().unwrap_or(""),
@@ -935,30 +938,14 @@ impl ProxyHttp for EdgeProxy {
             error: ctx
                 .refusal
                 .or(ctx.error.map(ErrorKind::code))
-                .or(ctx.ai.as_ref().and_then(|a| a.error)),
-            model: ctx
-                .ai
-                .as_ref()
-                .and_then(|a| a.model.as_deref())
-                .map(|m| &*m.name),
-            provider: ctx
-                .ai
-                .as_ref()
-                .and_then(|a| a.model.as_deref())
-                .map(|m| &*m.provider.name),
-            decision: ctx.ai.as_ref().and_then(|a| a.decision.as_deref()),
-            attempts: ctx.ai.as_ref().map(|a| a.attempts),
-            prompt_tokens: ctx
-                .ai
-                .as_ref()
-                .and_then(|a| a.usage)
-                .map(|u| u.prompt_tokens),
-            completion_tokens: ctx
-                .ai
-                .as_ref()
-                .and_then(|a| a.usage)
-                .map(|u| u.completion_tokens),
-            cost_usd: ctx.ai.as_ref().and_then(|a| a.cost),
+                .or(ai.and_then(|a| a.error)),
+            model: model.map(|m| &*m.name),
+            provider: model.map(|m| &*m.provider.name),
+            decision: ai.and_then(|a| a.decision.as_deref()),
+            attempts: ai.map(|a| a.attempts),
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: usage.map(|u| u.completion_tokens),
+            cost_usd: ai.and_then(|a| a.cost),
         });
     }
 }

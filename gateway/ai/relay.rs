@@ -322,10 +322,7 @@ async fn relay(
         .await
         {
             Ok(upstream) => {
-                let Some(head) = upstream.resp_header() else {
-                    tried.push(describe(model, "no response head"));
-                    continue;
-                };
+                let head = response_head(&upstream)?;
                 let status = head.status.as_u16();
                 if status == 429 {
                     let wait = retry_after(head).unwrap_or(provider.cooldown);
@@ -489,7 +486,8 @@ async fn write_h1<'a>(
     }
 }
 
-/// The provider's response head, which the session keeps once read (no copy is taken).
+/// The provider's response head, which the session keeps once read (no copy is taken). `send` returns a
+/// session only once its head is read, so the error is a guard, the one place that handles its absence.
 fn response_head(upstream: &HttpSession) -> Result<&ResponseHeader, Failure> {
     upstream.resp_header().ok_or_else(|| {
         OpenAiError::new(
