@@ -13,7 +13,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::answer::AnswerView;
-use super::sse::{event_data, find_event_end, LINE_ENDS};
+use super::sse::{event_data, EventBuffer, LINE_ENDS};
 
 /// Patterns and their replacements.
 #[derive(Debug, Clone)]
@@ -259,8 +259,8 @@ enum Rewrite {
 #[derive(Debug)]
 pub struct StreamMasker<'a> {
     masker: &'a SecretMasker,
-    /// Incomplete event bytes.
-    buffer: Vec<u8>,
+    /// The unfinished event.
+    buffer: EventBuffer,
     /// Held-back text by choice index (a list, not a vector indexed by it: a provider's index of 10^18 must
     /// not make the gateway allocate that much).
     pending: Vec<(usize, String)>,
@@ -270,7 +270,7 @@ impl<'a> StreamMasker<'a> {
     pub fn new(masker: &'a SecretMasker) -> Self {
         StreamMasker {
             masker,
-            buffer: Vec::new(),
+            buffer: EventBuffer::default(),
             pending: Vec::new(),
         }
     }
@@ -278,50 +278,40 @@ impl<'a> StreamMasker<'a> {
     /// Feed upstream bytes; returns the (possibly rewritten) complete events to send on. While every event
     /// goes on as it came (most do), nothing is copied: the result is a slice of `chunk`.
     pub fn push(&mut self, chunk: &Bytes) -> Bytes {
-        // Usually a chunk holds whole events and nothing is buffered: read them from the chunk itself.
         let mut buffer = std::mem::take(&mut self.buffer);
-        let buffered = !buffer.is_empty();
-        if buffered {
-            buffer.extend_from_slice(chunk);
-        }
-        let bytes: &[u8] = if buffered { &buffer } else { chunk };
-        // Empty until an event is rewritten; then it holds everything sent on so far.
-        let mut out = Vec::new();
-        let mut copying = false;
-        let mut start = 0;
-        while let Some((end, separator)) = find_event_end(&bytes[start..]) {
-            let event = String::from_utf8_lossy(&bytes[start..start + end]);
-            let next = start + end + separator;
-            // An event goes on as its raw bytes only when they are the text that was checked: bytes that are
-            // not UTF-8 go on as that text, U+FFFD in their place.
-            let raw = matches!(event, Cow::Borrowed(_));
-            let written = if raw {
-                matches!(self.rewrite_event(&event, &mut out), Rewrite::Written)
-            } else {
-                self.write_event(&event, &mut out);
-                true
-            };
-            match (written, copying) {
-                (true, false) => {
-                    out.splice(0..0, bytes[..start].iter().copied());
-                    copying = true;
+        let output = buffer.read(chunk, |events| {
+            let bytes = events.bytes();
+            // Empty until an event is rewritten; then it holds everything sent on so far.
+            let mut out = Vec::new();
+            let mut copying = false;
+            for (range, next) in &mut *events {
+                let start = range.start;
+                let event = String::from_utf8_lossy(&bytes[range]);
+                // An event goes on as its raw bytes only when they are the text that was checked: bytes that
+                // are not UTF-8 go on as that text, U+FFFD in their place.
+                let raw = matches!(event, Cow::Borrowed(_));
+                let written = if raw {
+                    matches!(self.rewrite_event(&event, &mut out), Rewrite::Written)
+                } else {
+                    self.write_event(&event, &mut out);
+                    true
+                };
+                match (written, copying) {
+                    (true, false) => {
+                        out.splice(0..0, bytes[..start].iter().copied());
+                        copying = true;
+                    }
+                    (false, true) => out.extend_from_slice(&bytes[start..next]),
+                    _ => {}
                 }
-                (false, true) => out.extend_from_slice(&bytes[start..next]),
-                _ => {}
             }
-            start = next;
-        }
-        let output = match (copying, buffered) {
-            (true, _) => Bytes::from(out),
-            (false, true) => Bytes::copy_from_slice(&bytes[..start]),
-            (false, false) => chunk.slice(..start),
-        };
-        // Keep the incomplete rest for the next chunk.
-        if buffered {
-            buffer.drain(..start);
-        } else {
-            buffer.extend_from_slice(&chunk[start..]);
-        }
+            let consumed = events.consumed();
+            match (copying, events.from_chunk()) {
+                (true, _) => Bytes::from(out),
+                (false, false) => Bytes::copy_from_slice(&bytes[..consumed]),
+                (false, true) => chunk.slice(..consumed),
+            }
+        });
         self.buffer = buffer;
         output
     }
@@ -329,7 +319,7 @@ impl<'a> StreamMasker<'a> {
     /// Whatever is still buffered (an unterminated event), masked, at the end of the stream.
     /// Then held-back text, for a stream that ended without `[DONE]` or a finishing chunk.
     pub fn finish(&mut self) -> Vec<u8> {
-        let rest = std::mem::take(&mut self.buffer);
+        let rest = self.buffer.take();
         let mut out = Vec::new();
         if !rest.is_empty() {
             let text = String::from_utf8_lossy(&rest).into_owned();

@@ -2,6 +2,7 @@
 //! `\n`, `\r\n` or `\r`, as the SSE spec allows, and an empty line ends an event.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 /// The characters that end a line (`\r\n` splits into a line and an empty piece, which no field matches).
 pub const LINE_ENDS: [char; 2] = ['\n', '\r'];
@@ -29,7 +30,7 @@ fn line_end(buffer: &[u8], at: usize) -> LineEnd {
 
 /// (end of the event text, length of what ends it) of the first complete event: a line end followed by an
 /// empty line, in one pass over the line ends.
-pub fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
+fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
     let mut from = 0;
     while let Some(offset) = buffer[from..]
         .iter()
@@ -67,6 +68,81 @@ pub fn event_data(event: &str) -> Cow<'_, str> {
     }
 }
 
+/// The unfinished event a reader of a stream keeps from one chunk to the next.
+#[derive(Debug, Default)]
+pub struct EventBuffer {
+    rest: Vec<u8>,
+}
+
+/// The complete events of one chunk (after what was kept before it): an iterator of (the event's text, where
+/// what follows it starts) over [`Events::bytes`].
+pub struct Events<'a> {
+    bytes: &'a [u8],
+    consumed: usize,
+    from_chunk: bool,
+}
+
+impl<'a> Events<'a> {
+    /// What the events are read from: the chunk itself, or what was kept followed by the chunk.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Whether [`Events::bytes`] is the chunk itself (nothing was kept before it).
+    pub fn from_chunk(&self) -> bool {
+        self.from_chunk
+    }
+
+    /// How much of [`Events::bytes`] the events read so far cover.
+    pub fn consumed(&self) -> usize {
+        self.consumed
+    }
+}
+
+impl Iterator for Events<'_> {
+    type Item = (Range<usize>, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (end, separator) = find_event_end(&self.bytes[self.consumed..])?;
+        let event = self.consumed..self.consumed + end;
+        self.consumed += end + separator;
+        Some((event, self.consumed))
+    }
+}
+
+impl EventBuffer {
+    /// Read the complete events of `chunk` with `read`, and keep what follows the last one read for the next
+    /// chunk. Usually nothing is kept and a chunk holds whole events: they are read from the chunk itself.
+    pub fn read<R>(&mut self, chunk: &[u8], read: impl FnOnce(&mut Events<'_>) -> R) -> R {
+        let mut kept = std::mem::take(&mut self.rest);
+        let from_chunk = kept.is_empty();
+        if !from_chunk {
+            kept.extend_from_slice(chunk);
+        }
+        let (result, consumed) = {
+            let bytes: &[u8] = if from_chunk { chunk } else { &kept };
+            let mut events = Events {
+                bytes,
+                consumed: 0,
+                from_chunk,
+            };
+            (read(&mut events), events.consumed)
+        };
+        if from_chunk {
+            kept.extend_from_slice(&chunk[consumed..]);
+        } else {
+            kept.drain(..consumed);
+        }
+        self.rest = kept;
+        result
+    }
+
+    /// What is kept at the end of the stream: an event without its ending.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.rest)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +156,32 @@ mod tests {
         assert_eq!(find_event_end(b"data: x\r\rdata: y"), Some((7, 2)));
         assert_eq!(find_event_end(b"data: x\r"), None);
         assert_eq!(find_event_end(b"data: x\r\n"), None);
+    }
+
+    #[test]
+    fn events_split_over_chunks_are_read_once_and_whole() {
+        let mut buffer = EventBuffer::default();
+        let mut read = |chunk: &[u8]| {
+            buffer.read(chunk, |events| {
+                let bytes = events.bytes();
+                let texts: Vec<String> = events
+                    .by_ref()
+                    .map(|(event, _)| String::from_utf8_lossy(&bytes[event]).into_owned())
+                    .collect();
+                (texts, events.from_chunk())
+            })
+        };
+        assert_eq!(
+            read(b"data: a\n\ndata: b\r\n\r\ndata: "),
+            (vec!["data: a".into(), "data: b".into()], true)
+        );
+        assert_eq!(read(b"c\r"), (vec![], false));
+        assert_eq!(
+            read(b"\rdata: d\n\n"),
+            (vec!["data: c".into(), "data: d".into()], false)
+        );
+        assert_eq!(read(b"data: e"), (vec![], true));
+        assert_eq!(buffer.take(), b"data: e");
     }
 
     #[test]

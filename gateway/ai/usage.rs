@@ -6,7 +6,7 @@ use memchr::memmem;
 use serde_json::Value;
 
 use super::answer::{usage_in_tail, AnswerView};
-use super::sse::{event_data, find_event_end};
+use super::sse::{event_data, EventBuffer};
 
 /// Tokens of one answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -69,8 +69,10 @@ const TAIL: usize = 16 * 1024;
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     sse: bool,
-    /// A plain body (up to `MAX_BODY`, then its tail), or the incomplete SSE event.
+    /// A plain body (up to `MAX_BODY`, then its tail).
     pending: Vec<u8>,
+    /// The unfinished SSE event.
+    events: EventBuffer,
     /// The plain body outgrew `MAX_BODY`: `pending` holds its tail.
     tail_only: bool,
     pub usage: Option<Usage>,
@@ -93,30 +95,20 @@ impl UsageScanner {
             }
             return;
         }
-        // Usually nothing is pending and the chunk holds whole events: read them from the chunk itself.
-        let buffered = !self.pending.is_empty();
-        if buffered {
-            self.pending.extend_from_slice(chunk);
-        }
-        let bytes: &[u8] = if buffered { &self.pending } else { chunk };
-        let mut start = 0;
-        while let Some((end, separator)) = find_event_end(&bytes[start..]) {
-            let event = &bytes[start..start + end];
-            start += end + separator;
-            // Only events that mention usage are parsed.
-            if memmem::find(event, b"\"usage\"").is_none() {
-                continue;
+        self.events.read(chunk, |events| {
+            let bytes = events.bytes();
+            for (event, _) in events {
+                let event = &bytes[event];
+                // Only events that mention usage are parsed.
+                if memmem::find(event, b"\"usage\"").is_none() {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(event);
+                if let Some(found) = Usage::from_json(event_data(&text).as_bytes()) {
+                    self.usage = Some(found);
+                }
             }
-            let found = Usage::from_json(event_data(&String::from_utf8_lossy(event)).as_bytes());
-            if found.is_some() {
-                self.usage = found;
-            }
-        }
-        if buffered {
-            self.pending.drain(..start);
-        } else {
-            self.pending.extend_from_slice(&chunk[start..]);
-        }
+        });
     }
 
     /// The usage found, once the answer is complete.
