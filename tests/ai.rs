@@ -19,10 +19,23 @@ fn ai_config(
     models: &str,
     profiles: &str,
 ) -> String {
+    ai_config_with(dir, ports, "", providers, models, profiles)
+}
+
+/// The same, with `options`: more YAML lines of the `ai` section (indented by two spaces).
+fn ai_config_with(
+    dir: &TestDir,
+    ports: &Ports,
+    options: &str,
+    providers: &str,
+    models: &str,
+    profiles: &str,
+) -> String {
     let body = format!(
         r#"
 ai:
   attempts: 3
+{options}
   providers:
     - {{ name: local-mock, type: mock, mock: {{ chunks: 3 }} }}
 {providers}
@@ -48,6 +61,17 @@ async fn one_provider(
     models: &str,
     profiles: &str,
 ) -> (TestDir, Gateway) {
+    one_provider_with(name, llm, "", models, profiles).await
+}
+
+/// The same, with more lines of the `ai` section (`options`).
+async fn one_provider_with(
+    name: &str,
+    llm: &MockLlm,
+    options: &str,
+    models: &str,
+    profiles: &str,
+) -> (TestDir, Gateway) {
     let (dir, ports) = (TestDir::new(), Ports::new());
     let providers = format!(
         "    - {{ name: {name}, type: openai, base_url: \"{}\" }}",
@@ -56,7 +80,7 @@ async fn one_provider(
     let gateway = Gateway::start(
         &dir,
         ports,
-        &ai_config(&dir, &ports, &providers, models, profiles),
+        &ai_config_with(&dir, &ports, options, &providers, models, profiles),
     )
     .await;
     (dir, gateway)
@@ -930,25 +954,15 @@ async fn a_plain_answer_over_1mib_streams_through_whole_with_its_length_and_usag
         text: Some(text.clone()),
         ..Behavior::default()
     });
-    let (dir, ports) = (TestDir::new(), Ports::new());
     // Unmasked, so the gateway need not hold the answer: it streams through with the provider's length.
-    let body = format!(
-        r#"
-ai:
-  guards: {{ response_secrets: {{ enabled: false }} }}
-  providers:
-    - {{ name: bulk, type: openai, base_url: "{}" }}
-  models:
-    - {{ name: big, provider: bulk }}
-  profiles: {{ default: [big] }}
-routes:
-  - name: ai
-    match: {{ path: {{ prefix: /v1 }} }}
-    ai: {{}}
-"#,
-        llm.base_url()
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let (_dir, gateway) = one_provider_with(
+        "bulk",
+        &llm,
+        "  guards: { response_secrets: { enabled: false } }",
+        "    - { name: big, provider: bulk }",
+        "    default: [big]",
+    )
+    .await;
     let client = client();
     let response = chat(
         &client,
@@ -1067,25 +1081,15 @@ async fn a_plain_answer_gives_its_provider_connection_back_even_when_the_client_
 async fn a_plain_answer_over_max_answer_size_is_refused_with_a_502_whether_or_not_its_length_is_known(
 ) {
     let llm = MockLlm::start("wordy").await.unwrap();
-    let (dir, ports) = (TestDir::new(), Ports::new());
     // Masking is on (the default), so plain answers are held whole: at most 1 MiB here.
-    let body = format!(
-        r#"
-ai:
-  max_answer_size: 1MiB
-  providers:
-    - {{ name: wordy, type: openai, base_url: "{}" }}
-  models:
-    - {{ name: m, provider: wordy }}
-  profiles: {{ default: [m] }}
-routes:
-  - name: ai
-    match: {{ path: {{ prefix: /v1 }} }}
-    ai: {{}}
-"#,
-        llm.base_url()
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let (dir, gateway) = one_provider_with(
+        "wordy",
+        &llm,
+        "  max_answer_size: 1MiB",
+        "    - { name: m, provider: wordy }",
+        "    default: [m]",
+    )
+    .await;
     let client = client();
     let request = json!({"model": "m", "messages": [{"role": "user", "content": "q"}]});
     for chunked in [false, true] {
