@@ -9,6 +9,7 @@
 # loadtest/results/<date>.md, .json and .svg (<date>-<scenarios> and -quick for partial and quick runs). Headline figure: CPU microseconds per request of the proxy process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/configs.sh
 
 rounds=3 duration=5 soak=600 stream_timeout=30 peers=1 scenarios=()
 all=(edge-http edge-tls edge-full ai-overhead ai-stream memory)
@@ -155,62 +156,9 @@ nginx -c "$work/nginx.conf"
 
 # The gateway: one thread like nginx's one worker. Process A serves edge-http, edge-tls and the AI scenarios
 # with the access log off (as nginx above); process B is edge-full: API key, rate limit and a JSON access log.
-cat > "$work/gateway.yaml" <<YAML
-server:
-  threads: 1
-  pid_file: $work/gateway.pid
-  upgrade_sock: $work/gateway.sock
-  access_log: { target: "off" }
-listeners:
-  - { name: edge, address: "127.0.0.1:19300" }
-  - name: tls
-    address: "127.0.0.1:19301"
-    tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem", default: true }] }
-clusters:
-  - name: origin
-    backends: [{ address: "127.0.0.1:19000" }]
-ai:
-  providers:
-    - { name: llm, type: openai, base_url: "http://127.0.0.1:19100/v1" }
-    - { name: llm20, type: openai, base_url: "http://127.0.0.1:19101/v1" }
-    - { name: stream, type: openai, base_url: "http://127.0.0.1:19102/v1" }
-  models:
-    - { name: bench, provider: llm }
-    - { name: bench20, provider: llm20 }
-    - { name: bench-stream, provider: stream }
-  profiles:
-    default: [bench]
-routes:
-  - name: ai
-    match: { path: { prefix: /v1 } }
-    ai: {}
-  - name: edge
-    proxy: { cluster: origin }
-YAML
-cat > "$work/gateway-full.yaml" <<YAML
-server:
-  threads: 1
-  pid_file: $work/gateway-full.pid
-  upgrade_sock: $work/gateway-full.sock
-  access_log: { target: "$work/gateway-access.log" }
-listeners:
-  - name: full
-    address: "127.0.0.1:19302"
-    tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem", default: true }] }
-consumers:
-  - name: bench
-    api_keys: [{ env: BENCH_API_KEY }]
-limits:
-  - { name: high, rate: 1000000/second, burst: 100000, key: consumer }
-clusters:
-  - name: origin
-    backends: [{ address: "127.0.0.1:19000" }]
-routes:
-  - name: full
-    auth: { methods: [api_key] }
-    limits: [high]
-    proxy: { cluster: origin }
-YAML
+gateway_yaml gateway "$work" 127.0.0.1:19300 127.0.0.1:19301 127.0.0.1:19000 127.0.0.1:19100 127.0.0.1:19101 \
+  127.0.0.1:19102 > "$work/gateway.yaml"
+edge_full_yaml gateway-full "$work" 127.0.0.1:19302 127.0.0.1:19000 > "$work/gateway-full.yaml"
 RUST_LOG=warn "$bin/gateway" run -c "$work/gateway.yaml" >/dev/null 2>"$work/gateway.log" & pids+=($!); gateway_pid=$!
 BENCH_API_KEY=$bench_key RUST_LOG=warn "$bin/gateway" run -c "$work/gateway-full.yaml" >/dev/null 2>"$work/gateway-full.log" &
 pids+=($!); gateway_full_pid=$!
@@ -367,7 +315,8 @@ done
 if wants memory; then
   now_rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
   # A fresh gateway, so idle means idle.
-  sed "s#$work/gateway\\.#$work/mem.#; s/19300/19310/; s/19301/19311/" "$work/gateway.yaml" > "$work/mem.yaml"
+  gateway_yaml mem "$work" 127.0.0.1:19310 127.0.0.1:19311 127.0.0.1:19000 127.0.0.1:19100 127.0.0.1:19101 \
+    127.0.0.1:19102 > "$work/mem.yaml"
   RUST_LOG=warn "$bin/gateway" run -c "$work/mem.yaml" >/dev/null 2>"$work/mem.log" & pids+=($!); mem_pid=$!
   wait_for http://127.0.0.1:19310/
   sleep 1

@@ -6,8 +6,8 @@
 #   loadtest/instructions.sh --edge-full [GATEWAY_BINARY] [REQUESTS]  edge-full: the gateway and bare Pingora
 #
 # Defaults: target/release/gateway, 2,000 requests.
-# - AI: the gateway runs under valgrind with the benchmark's AI config (one thread, access log off) in front
-#   of the mock LLM; REQUESTS chat completions go one at a time over one kept-alive connection.
+# - AI: the gateway runs under valgrind with the benchmark's config (loadtest/configs.sh: one thread, access
+#   log off) in front of the mock LLM; REQUESTS chat completions go one at a time over one kept-alive connection.
 # - edge-full: the benchmark's edge-full gateway (TLS 1.3, API key, rate limit, JSON access log to a file) and
 #   then the bare Pingora proxy (TLS only, the gateway's runtime setting), each in front of the mock origin;
 #   REQUESTS GETs one at a time over one kept-alive TLS connection. Prints both counts and their ratio.
@@ -15,6 +15,7 @@
 # started here is stopped at the end. Installs valgrind (and openssl) with apt-get when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. loadtest/configs.sh
 mode=ai
 if [ "${1:-}" = --edge-full ]; then
   mode=edge-full
@@ -111,27 +112,13 @@ count() {
   echo "$((total / requests)) $(((total - copies) / requests))"
 }
 
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
+  -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+
 if [ "$mode" = ai ]; then
-  cat > "$work/gateway.yaml" <<YAML
-server:
-  threads: 1
-  pid_file: $work/gateway.pid
-  upgrade_sock: $work/gateway.sock
-  access_log: { target: "off" }
-listeners:
-  - { name: edge, address: "127.0.0.1:19700" }
-ai:
-  providers:
-    - { name: llm, type: openai, base_url: "http://127.0.0.1:19701/v1" }
-  models:
-    - { name: bench, provider: llm }
-  profiles:
-    default: [bench]
-routes:
-  - name: ai
-    match: { path: { prefix: /v1 } }
-    ai: {}
-YAML
+  # The benchmark's process A; only the mock LLM behind `bench` runs.
+  gateway_yaml gateway "$work" 127.0.0.1:19700 127.0.0.1:19704 127.0.0.1:19703 127.0.0.1:19701 \
+    127.0.0.1:19705 127.0.0.1:19706 > "$work/gateway.yaml"
   target/release/mock-llm --listen 127.0.0.1:19701 --name llm >/dev/null 2>&1 &
   pids+=($!)
   read -r per rest < <(count gateway ai 19700 "" -- "$binary" run -c "$work/gateway.yaml")
@@ -139,33 +126,8 @@ YAML
   exit 0
 fi
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
 key="bench-$(openssl rand -hex 16)"
-cat > "$work/gateway.yaml" <<YAML
-server:
-  threads: 1
-  pid_file: $work/gateway.pid
-  upgrade_sock: $work/gateway.sock
-  access_log: { target: "$work/access.log" }
-listeners:
-  - name: full
-    address: "127.0.0.1:19702"
-    tls: { certificates: [{ cert: "$work/cert.pem", key: "$work/key.pem", default: true }] }
-consumers:
-  - name: bench
-    api_keys: [{ env: BENCH_API_KEY }]
-limits:
-  - { name: high, rate: 1000000/second, burst: 100000, key: consumer }
-clusters:
-  - name: origin
-    backends: [{ address: "127.0.0.1:19703" }]
-routes:
-  - name: full
-    auth: { methods: [api_key] }
-    limits: [high]
-    proxy: { cluster: origin }
-YAML
+edge_full_yaml gateway "$work" 127.0.0.1:19702 127.0.0.1:19703 > "$work/gateway.yaml"
 target/release/mock-origin --listen 127.0.0.1:19703 >/dev/null 2>&1 &
 pids+=($!)
 read -r gateway gateway_rest < <(BENCH_API_KEY=$key count gateway edge 19702 "$key" -- \

@@ -1,0 +1,75 @@
+# Gateway configs of the benchmark, sourced by bench.sh and instructions.sh: the callgrind counts measure the
+# very configurations the benchmark runs. Each function prints one YAML file; addresses are host:port.
+
+# server_yaml NAME WORK ACCESS_LOG: one thread (like nginx's one worker), the pid file and upgrade socket
+# WORK/NAME.pid and WORK/NAME.sock, the access log ("off" or a file).
+server_yaml() {
+  cat <<YAML
+server:
+  threads: 1
+  pid_file: $2/$1.pid
+  upgrade_sock: $2/$1.sock
+  access_log: { target: "$3" }
+YAML
+}
+
+# gateway_yaml NAME WORK HTTP TLS ORIGIN LLM LLM20 STREAM: the process that serves edge-http, edge-tls and the
+# AI scenarios, access log off (as nginx's): plain HTTP on HTTP, TLS on TLS (WORK/cert.pem, WORK/key.pem),
+# everything but /v1 proxied to ORIGIN; models bench, bench20 and bench-stream on the mock LLMs at LLM,
+# LLM20 and STREAM.
+gateway_yaml() {
+  server_yaml "$1" "$2" off
+  cat <<YAML
+listeners:
+  - { name: edge, address: "$3" }
+  - name: tls
+    address: "$4"
+    tls: { certificates: [{ cert: "$2/cert.pem", key: "$2/key.pem", default: true }] }
+clusters:
+  - name: origin
+    backends: [{ address: "$5" }]
+ai:
+  providers:
+    - { name: llm, type: openai, base_url: "http://$6/v1" }
+    - { name: llm20, type: openai, base_url: "http://$7/v1" }
+    - { name: stream, type: openai, base_url: "http://$8/v1" }
+  models:
+    - { name: bench, provider: llm }
+    - { name: bench20, provider: llm20 }
+    - { name: bench-stream, provider: stream }
+  profiles:
+    default: [bench]
+routes:
+  - name: ai
+    match: { path: { prefix: /v1 } }
+    ai: {}
+  - name: edge
+    proxy: { cluster: origin }
+YAML
+}
+
+# edge_full_yaml NAME WORK LISTEN ORIGIN: edge-full: TLS on LISTEN (WORK/cert.pem, WORK/key.pem), an API key
+# (the consumer's key is $BENCH_API_KEY), a rate limit never reached, and a JSON access log to
+# WORK/NAME-access.log; every request proxied to ORIGIN.
+edge_full_yaml() {
+  server_yaml "$1" "$2" "$2/$1-access.log"
+  cat <<YAML
+listeners:
+  - name: full
+    address: "$3"
+    tls: { certificates: [{ cert: "$2/cert.pem", key: "$2/key.pem", default: true }] }
+consumers:
+  - name: bench
+    api_keys: [{ env: BENCH_API_KEY }]
+limits:
+  - { name: high, rate: 1000000/second, burst: 100000, key: consumer }
+clusters:
+  - name: origin
+    backends: [{ address: "$4" }]
+routes:
+  - name: full
+    auth: { methods: [api_key] }
+    limits: [high]
+    proxy: { cluster: origin }
+YAML
+}
