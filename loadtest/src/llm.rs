@@ -289,11 +289,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
                 let _ = sender.send(Ok(Frame::data(reply.slice(..half)))).await;
                 let _ = sender.send(Ok(Frame::data(reply.slice(half..)))).await;
             });
-            return Ok(Response::builder()
-                .status(200)
-                .header("content-type", "application/json")
-                .body(BodyExt::boxed(StreamBody::new(ReceiverStream(receiver))))
-                .unwrap_or_else(|_| Response::new(empty())));
+            return Ok(streamed_json(None, receiver));
         }
         let Some(cut) = behavior.cut_plain_at else {
             return Ok(full(200, "application/json", reply));
@@ -314,13 +310,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = sender.send(Err("mock cuts the body".into())).await;
         });
-        let body = StreamBody::new(ReceiverStream(receiver));
-        return Ok(Response::builder()
-            .status(200)
-            .header("content-type", "application/json")
-            .header("content-length", length)
-            .body(BodyExt::boxed(body))
-            .unwrap_or_else(|_| Response::new(empty())));
+        return Ok(streamed_json(Some(length), receiver));
     }
     let (sender, receiver) = mpsc::channel::<Chunk>(4);
     let pieces = split_text(&text, behavior.chunks.max(1));
@@ -375,6 +365,20 @@ async fn pause(duration: Duration) {
     if !duration.is_zero() {
         tokio::time::sleep(duration).await;
     }
+}
+
+/// A 200 JSON answer whose body comes from `receiver`: with `Content-Length` when `length` is given, else
+/// chunked.
+fn streamed_json(length: Option<usize>, receiver: mpsc::Receiver<Chunk>) -> Response<Body> {
+    let mut response = Response::builder()
+        .status(200)
+        .header("content-type", "application/json");
+    if let Some(length) = length {
+        response = response.header("content-length", length);
+    }
+    response
+        .body(BodyExt::boxed(StreamBody::new(ReceiverStream(receiver))))
+        .unwrap_or_else(|_| Response::new(empty()))
 }
 
 /// Split text into `n` pieces of about equal size (on char boundaries); fewer only when the text is shorter.
