@@ -553,17 +553,27 @@ fn client_head(
             model.provider.name_header.clone(),
         );
     }
-    let names = [
-        (&X_GATEWAY_PROFILE, plan.and_then(|p| p.profile.as_deref())),
-        (&X_GATEWAY_DECISION, outcome.decision.as_deref()),
-    ];
-    for (name, text) in names {
-        if let Some(text) = text {
-            let value = HeaderValue::from_str(text).map_err(|e| {
-                pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "header value", e)
-            })?;
-            headers.insert(name.clone(), value);
+    // Profile and rule names were checked as header values when the config compiled; the fixed decisions
+    // are static values, no copy.
+    let text_value = |text: &str| {
+        HeaderValue::from_str(text).map_err(|e| {
+            pingora::Error::because(pingora::ErrorType::InvalidHTTPHeader, "header value", e)
+        })
+    };
+    if let Some(profile) = plan.and_then(|p| p.profile.as_deref()) {
+        headers.insert(X_GATEWAY_PROFILE.clone(), text_value(profile)?);
+    }
+    match &outcome.decision {
+        Some(Cow::Borrowed(decision)) => {
+            headers.insert(
+                X_GATEWAY_DECISION.clone(),
+                HeaderValue::from_static(decision),
+            );
         }
+        Some(Cow::Owned(decision)) => {
+            headers.insert(X_GATEWAY_DECISION.clone(), text_value(decision)?);
+        }
+        None => {}
     }
     headers.insert(
         X_GATEWAY_ATTEMPTS.clone(),

@@ -77,7 +77,7 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
         }
         models.push(Arc::new(Model {
             name: Arc::from(section.name.as_str()),
-            name_header: name_header(c, &path, &section.name),
+            name_header: name_header(c, format!("{path}.name"), &section.name),
             provider: provider.clone(),
             upstream_model: Arc::from(section.upstream_model.as_deref().unwrap_or(&section.name)),
             context_window: section.context_window,
@@ -108,6 +108,7 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
     let mut profiles = HashMap::new();
     let mut profile_prompts = HashMap::new();
     for (name, section) in &ai.profiles {
+        name_header(c, format!("ai.profiles.{name}"), name);
         let list = section.models();
         if let Some(prompt) = section.system_prompt() {
             profile_prompts.insert(name.clone(), system_prompt(prompt));
@@ -168,11 +169,12 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
     catalog
 }
 
-/// A provider's or model's name as a response header value (`x-gateway-provider`, `x-gateway-model`).
-fn name_header(c: &mut Compiler, path: &str, name: &str) -> HeaderValue {
+/// A name the AI answers carry in a response header (`x-gateway-provider`, `-model`, `-profile`, and a rule's
+/// in `-decision`) as a header value; `at` is its YAML path, named in the error.
+fn name_header(c: &mut Compiler, at: String, name: &str) -> HeaderValue {
     HeaderValue::from_str(name).unwrap_or_else(|_| {
         c.error(
-            format!("{path}.name"),
+            at,
             "the name is sent in a response header: use no control characters",
         );
         HeaderValue::from_static("")
@@ -207,6 +209,7 @@ fn compile_rules(
     let mut out = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
         let path = format!("ai.rules[{i}]");
+        name_header(c, format!("{path}.name"), &rule.name);
         if !profiles.contains_key(&rule.profile) {
             c.error(
                 format!("{path}.profile"),
@@ -368,7 +371,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         }
     }
     let cooldown = section.circuit_breaker.cooldown.or_secs(30);
-    let header = name_header(c, path, &section.name);
+    let header = name_header(c, format!("{path}.name"), &section.name);
     if section.kind == ProviderKindSection::Mock {
         return (c.errors.len() == errors_before).then(|| Provider {
             name: Arc::from(section.name.as_str()),

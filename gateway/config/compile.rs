@@ -1081,4 +1081,34 @@ routes:
         }
         assert_eq!(errors.len(), 2, "{errors:?}");
     }
+
+    #[test]
+    fn profile_and_rule_names_must_fit_a_response_header() {
+        let errors = errors_of(
+            "
+listeners:
+  - { name: http, address: \"127.0.0.1:8080\" }
+ai:
+  providers:
+    - { name: ok, type: mock }
+  models:
+    - { name: m, provider: ok }
+  profiles: { default: [m], \"b\\x7fad\": [m] }
+  rules:
+    - { name: \"long\\rprompt\", profile: default, prompt_tokens_over: 100 }
+routes:
+  - name: ai
+    ai: {}
+",
+        );
+        for path in ["ai.profiles.b\u{7f}ad", "ai.rules[0].name"] {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with(path) && e.contains("response header")),
+                "{errors:?}"
+            );
+        }
+        assert_eq!(errors.len(), 2, "{errors:?}");
+    }
 }
