@@ -24,7 +24,8 @@ use crate::edge::limits::{
     counter_key, now_ns, Decision, InFlight, InFlightGuard, LimitKey, LimitPolicy, Limiter,
 };
 use crate::edge::mtls::ClientIdentity;
-use crate::edge::routes::{normalize_host, HeaderRewrite, Route, RouteAction};
+use crate::edge::normalize::{normalize_request, Malformed};
+use crate::edge::routes::{normalize_host, HeaderRewrite, PathRewrite, Route, RouteAction};
 use crate::error::{error_body, json_error, ErrorKind};
 use crate::observe::access_log::{self, AccessRecord};
 use crate::observe::metrics::METRICS;
@@ -58,6 +59,7 @@ pub struct EdgeProxy {
 /// Why the gateway refused a request before proxying it.
 #[derive(Debug, Clone)]
 enum Refusal {
+    Malformed(Malformed),
     IpDenied,
     Auth(AuthFailure),
     Rate {
@@ -72,6 +74,7 @@ enum Refusal {
 impl Refusal {
     fn status(&self) -> u16 {
         match self {
+            Refusal::Malformed(_) => 400,
             Refusal::IpDenied => 403,
             Refusal::Auth(failure) => failure.status(),
             Refusal::Rate { .. } | Refusal::Concurrency { .. } => 429,
@@ -80,6 +83,7 @@ impl Refusal {
 
     fn code(&self) -> &'static str {
         match self {
+            Refusal::Malformed(malformed) => malformed.code(),
             Refusal::IpDenied => "ip_denied",
             Refusal::Auth(failure) => failure.code(),
             Refusal::Rate { .. } => "rate_limited",
@@ -89,6 +93,7 @@ impl Refusal {
 
     fn message(&self) -> &'static str {
         match self {
+            Refusal::Malformed(malformed) => malformed.message(),
             Refusal::IpDenied => "requests from this address are not allowed here",
             Refusal::Auth(failure) => failure.message(),
             Refusal::Rate { .. } => "rate limit exceeded; retry after the time in Retry-After",
@@ -106,6 +111,8 @@ pub struct RequestCtx {
     peer_trusted: bool,
     client_ip: Option<IpAddr>,
     route: Option<Arc<Route>>,
+    /// The client's target when the normaliser changed it (what `forward_raw_path` routes send).
+    raw_target: Option<http::Uri>,
     backend: Option<usize>,
     upstream: Option<SocketAddr>,
     tried: u64,
@@ -183,6 +190,10 @@ impl EdgeProxy {
     ) -> Result<()> {
         let route = ctx.route.as_deref().map_or("_unmatched", |r| &*r.name);
         match &refusal {
+            Refusal::Malformed(malformed) => METRICS
+                .malformed
+                .with_label_values(&[malformed.code()])
+                .inc(),
             Refusal::Rate { policy, .. } | Refusal::Concurrency { policy } => {
                 METRICS.limited.with_label_values(&[route, policy]).inc()
             }
@@ -381,6 +392,7 @@ impl ProxyHttp for EdgeProxy {
             peer_trusted: false,
             client_ip: None,
             route: None,
+            raw_target: None,
             backend: None,
             upstream: None,
             tried: 0,
@@ -431,6 +443,16 @@ impl ProxyHttp for EdgeProxy {
                 .await?;
             return Ok(true);
         };
+        match normalize_request(session.req_header_mut(), &runtime.normalize) {
+            Ok(raw_target) => ctx.raw_target = raw_target,
+            Err(malformed) => {
+                // What follows the head cannot be trusted to be framed the way we read it.
+                session.set_keepalive(None);
+                self.refuse(session, ctx, Refusal::Malformed(malformed))
+                    .await?;
+                return Ok(true);
+            }
+        }
         if let Some(redirect) = self.listener.redirect_https {
             let req = session.req_header();
             let host = normalize_host(request_host(req));
@@ -678,7 +700,9 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         if let RouteAction::Proxy { rewrite, .. } = &route.action {
-            if let Some(mut path) = rewrite.apply(upstream.uri.path()) {
+            if let (PathRewrite::Raw, Some(raw)) = (rewrite, &ctx.raw_target) {
+                upstream.set_uri(raw.clone());
+            } else if let Some(mut path) = rewrite.apply(upstream.uri.path()) {
                 if let Some(query) = upstream.uri.query() {
                     path.push('?');
                     path.push_str(query);
@@ -690,6 +714,15 @@ impl ProxyHttp for EdgeProxy {
                     )
                 })?;
                 upstream.set_uri(uri);
+            }
+        }
+        if !upstream.headers.contains_key(HOST) {
+            // An HTTP/1.0 client may send no Host; the backend speaks HTTP/1.1 and needs one. As
+            // NGINX does, it gets the backend's own address.
+            if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
+                let address = HeaderValue::from_str(&cluster.backends[index].address)
+                    .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "backend address"))?;
+                upstream.insert_header(HOST, address)?;
             }
         }
         let original = session.req_header();

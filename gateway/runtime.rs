@@ -11,6 +11,7 @@ use crate::ai::catalog::Catalog;
 use crate::edge::auth::AuthRuntime;
 use crate::edge::client::TrustedProxies;
 use crate::edge::ip_rules::IpRules;
+use crate::edge::normalize::NormalizeSettings;
 use crate::edge::routes::RouteTable;
 use crate::edge::tls::CertStore;
 use crate::observe::metrics::RouteMetrics;
@@ -70,6 +71,8 @@ pub struct RedirectHttps {
 /// What requests are served with; swapped whole on reload.
 #[derive(Debug)]
 pub struct Runtime {
+    /// How requests are made canonical before routing.
+    pub normalize: NormalizeSettings,
     pub trusted_proxies: TrustedProxies,
     /// Providers, models and profiles of the AI routes.
     pub ai: Catalog,

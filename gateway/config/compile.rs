@@ -18,6 +18,7 @@ use crate::edge::auth::AuthRuntime;
 use crate::edge::client::TrustedProxies;
 use crate::edge::ip_rules::IpRules;
 use crate::edge::limits::LimitPolicy;
+use crate::edge::normalize::{EscapedSlashes, NormalizeSettings, Underscores};
 use crate::edge::routes::{
     HeaderCondition, HeaderMatcher, HeaderRewrite, PathMatcher, PathRewrite, Route, RouteAction,
     RouteTable, RouteTimeouts,
@@ -174,6 +175,7 @@ pub fn compile(
     );
     let runtime = Runtime {
         ai,
+        normalize: compile_normalize(&server.normalize),
         trusted_proxies,
         auth,
         listener_ip_rules,
@@ -186,6 +188,24 @@ pub fn compile(
         runtime,
         cert_stores,
     })
+}
+
+fn compile_normalize(section: &NormalizeSection) -> NormalizeSettings {
+    let defaults = NormalizeSettings::default();
+    NormalizeSettings {
+        merge_slashes: section.merge_slashes.unwrap_or(defaults.merge_slashes),
+        escaped_slashes: match section.escaped_slashes {
+            None => defaults.escaped_slashes,
+            Some(EscapedSlashesSection::Reject) => EscapedSlashes::Reject,
+            Some(EscapedSlashesSection::Keep) => EscapedSlashes::Keep,
+        },
+        underscores_in_headers: match section.underscores_in_headers {
+            None => defaults.underscores_in_headers,
+            Some(UnderscoresSection::Drop) => Underscores::Drop,
+            Some(UnderscoresSection::Reject) => Underscores::Reject,
+            Some(UnderscoresSection::Allow) => Underscores::Allow,
+        },
+    }
 }
 
 type CompiledListeners = (
@@ -802,7 +822,15 @@ fn compile_action(
             );
             return None;
         };
+        if proxy.forward_raw_path && (proxy.strip_prefix || proxy.rewrite.is_some()) {
+            c.error(
+                format!("{path}.proxy.forward_raw_path"),
+                "the raw path cannot be rewritten: drop `strip_prefix`/`rewrite` or this option",
+            );
+            return None;
+        }
         let rewrite = match (path_matcher, proxy.strip_prefix, &proxy.rewrite) {
+            _ if proxy.forward_raw_path => PathRewrite::Raw,
             (_, true, Some(_)) => {
                 c.error(
                     format!("{path}.proxy"),

@@ -34,6 +34,39 @@ pub struct ServerSection {
     /// Where access log lines go.
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// How request targets and headers are made canonical before routing.
+    #[serde(default)]
+    pub normalize: NormalizeSection,
+}
+
+/// `server.normalize:` the request normaliser's policies (NGINX's `merge_slashes` and
+/// `underscores_in_headers`, Envoy's `path_with_escaped_slashes_action`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizeSection {
+    /// Merge repeated slashes (`//a` is `/a`) before routing and forwarding (default `true`).
+    pub merge_slashes: Option<bool>,
+    /// `%2F`, `%5C` and `\` in a path: `reject` with 400 (default) or `keep` them encoded.
+    pub escaped_slashes: Option<EscapedSlashesSection>,
+    /// Header names with `_`: `drop` (default, as NGINX), `reject` with 400, or `allow`.
+    pub underscores_in_headers: Option<UnderscoresSection>,
+}
+
+/// `server.normalize.escaped_slashes`.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashesSection {
+    Reject,
+    Keep,
+}
+
+/// `server.normalize.underscores_in_headers`.
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoresSection {
+    Drop,
+    Reject,
+    Allow,
 }
 
 /// `server.access_log:` one JSON line per request.
@@ -479,6 +512,11 @@ pub struct ProxySection {
     /// New path: replaces the matched prefix (prefix routes), the whole path (exact routes), or is a
     /// replacement with `$1` captures (regex routes).
     pub rewrite: Option<String>,
+    /// Send the client's target as it came instead of the normalised one (unsafe: the backend may
+    /// resolve `..` or `%2e%2e` to a path the route did not match). Routing still uses the normalised
+    /// path. Not with `strip_prefix` or `rewrite`.
+    #[serde(default)]
+    pub forward_raw_path: bool,
 }
 
 /// `routes[].redirect`.

@@ -9,5 +9,6 @@ pub mod jwks;
 pub mod jwt;
 pub mod limits;
 pub mod mtls;
+pub mod normalize;
 pub mod routes;
 pub mod tls;

@@ -89,7 +89,10 @@ impl HeaderMatcher {
 /// How the path is changed before forwarding.
 #[derive(Debug, Clone)]
 pub enum PathRewrite {
+    /// Forward the normalised path.
     Keep,
+    /// Forward the client's target as it came (`proxy.forward_raw_path`).
+    Raw,
     /// Replace the matched prefix with this (empty for strip_prefix).
     ReplacePrefix {
         prefix: String,
@@ -106,7 +109,7 @@ impl PathRewrite {
     /// The new path for `path`, or None to keep it.
     pub fn apply(&self, path: &str) -> Option<String> {
         match self {
-            PathRewrite::Keep => None,
+            PathRewrite::Keep | PathRewrite::Raw => None,
             PathRewrite::ReplacePrefix { prefix, with } => {
                 let rest = path.strip_prefix(prefix.as_str())?;
                 let mut out = String::with_capacity(with.len() + rest.len() + 1);

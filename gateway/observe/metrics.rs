@@ -20,6 +20,7 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     pub auth_failures: IntCounterVec,
     pub limited: IntCounterVec,
+    pub malformed: IntCounterVec,
     pub ai_tokens: IntCounterVec,
     pub ai_cost: prometheus::CounterVec,
 }
@@ -98,6 +99,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["route", "policy"],
     )
     .expect("valid metric");
+    let malformed = IntCounterVec::new(
+        Opts::new(
+            "gateway_malformed_requests_total",
+            "Requests refused with 400 by the request normaliser, by reason",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
     let ai_tokens = IntCounterVec::new(
         Opts::new(
             "gateway_ai_tokens_total",
@@ -124,6 +133,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(access_log_dropped.clone()),
         Box::new(auth_failures.clone()),
         Box::new(limited.clone()),
+        Box::new(malformed.clone()),
         Box::new(ai_tokens.clone()),
         Box::new(ai_cost.clone()),
     ] {
@@ -142,6 +152,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         access_log_dropped,
         auth_failures,
         limited,
+        malformed,
         ai_tokens,
         ai_cost,
     }

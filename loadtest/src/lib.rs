@@ -2,8 +2,10 @@
 
 pub mod llm;
 pub mod origin;
+pub mod raw_origin;
 mod server;
 
 pub use llm::{Behavior, MockLlm, RecordedCall};
 pub use origin::{MockOrigin, RecordedRequest};
+pub use raw_origin::{RawOrigin, RawRequest};
 pub use server::listen_args;
