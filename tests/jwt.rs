@@ -370,3 +370,84 @@ routes:
     let recent = token(&|c| c["exp"] = json!(now() - 2));
     assert_eq!(call(&client, &gateway, &recent).await.0, 200);
 }
+
+/// An HS256 token with a hand-written header (jsonwebtoken's `Header` has no `crit`).
+fn sign_raw_header(header: &Value, claims: &Value) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let key = EncodingKey::from_secret(HS_SECRET.as_bytes());
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn absent_issuer_or_audience_and_critical_headers_are_refused() {
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let body = format!(
+        r#"
+auth:
+  jwt_issuers:
+    - {{ name: hs, issuer: hs.test, audiences: [api], algorithms: [HS256], secret: "{HS_SECRET}" }}
+clusters:
+  - name: origin
+    backends: [{{ address: "{origin}" }}]
+routes:
+  - name: api
+    auth: {{ methods: [jwt] }}
+    proxy: {{ cluster: origin }}
+"#,
+        origin = origin.addr,
+    );
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let client = client();
+    let hs = EncodingKey::from_secret(HS_SECRET.as_bytes());
+    let full = claims("hs.test", "user");
+    let token = sign(Algorithm::HS256, &hs, None, &full);
+    assert_eq!(call(&client, &gateway, &token).await.0, 200);
+
+    for missing in ["aud", "iss", "exp"] {
+        let mut partial = full.clone();
+        partial.as_object_mut().unwrap().remove(missing);
+        let token = sign(Algorithm::HS256, &hs, None, &partial);
+        assert_eq!(
+            call(&client, &gateway, &token).await,
+            (401, "jwt_missing_claim".into()),
+            "a token without `{missing}`"
+        );
+    }
+    let header = json!({ "alg": "HS256", "typ": "JWT" });
+    assert_eq!(
+        call(&client, &gateway, &sign_raw_header(&header, &full))
+            .await
+            .0,
+        200
+    );
+    for crit in [json!(["x-unknown-extension"]), json!([]), json!(["exp"])] {
+        let header =
+            json!({ "alg": "HS256", "typ": "JWT", "crit": crit, "x-unknown-extension": 1 });
+        assert_eq!(
+            call(&client, &gateway, &sign_raw_header(&header, &full)).await,
+            (401, "jwt_unsupported_critical_header".into()),
+            "crit {crit}"
+        );
+    }
+    assert_eq!(origin.requests().len(), 2);
+
+    // A token in the query is not a credential here, and it never reaches the access log.
+    let url = gateway.url(&format!(
+        "/api?state=1&access_token={token}&id_token={token}"
+    ));
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    let logged = eventually(Duration::from_secs(5), || async {
+        dir.access_log()
+            .contains("access_token=REDACTED&id_token=REDACTED")
+    })
+    .await;
+    let log = dir.access_log();
+    assert!(logged, "{log}");
+    assert!(!log.contains(&token), "{log}");
+}

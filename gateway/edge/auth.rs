@@ -125,26 +125,103 @@ pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// The path and query with the value of the API key parameter replaced, for logs; borrows when absent.
+/// Query parameters that carry credentials in common APIs (OAuth, JWT, signed URLs, API keys); their
+/// values never reach a log line. Compared without regard to case.
+const CREDENTIAL_PARAMS: &[&str] = &[
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "token",
+    "jwt",
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "client_secret",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "auth",
+    "authorization",
+    "code",
+    "signature",
+    "sig",
+    "session",
+    "sessionid",
+    "x-amz-signature",
+    "x-amz-credential",
+    "x-amz-security-token",
+    "x-goog-signature",
+    "x-goog-credential",
+];
+
+/// Whether a query parameter name (percent-encoded as it came) names a credential.
+fn is_credential_param(raw_key: &str, configured: Option<&str>) -> bool {
+    let decoded;
+    let key = if raw_key.contains('%') || raw_key.contains('+') {
+        decoded = percent_decode(raw_key);
+        decoded.as_str()
+    } else {
+        raw_key
+    };
+    configured.is_some_and(|param| key == param)
+        || CREDENTIAL_PARAMS
+            .iter()
+            .any(|name| key.eq_ignore_ascii_case(name))
+}
+
+/// `%XX` and `+` decoded; invalid escapes kept as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The path and query with the values of credential parameters (the configured API key parameter and
+/// `CREDENTIAL_PARAMS`) replaced, for logs; borrows when there are none.
 pub fn redacted_path<'a>(req: &'a RequestHeader, param: Option<&str>) -> std::borrow::Cow<'a, str> {
     let full = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let (Some(param), Some(query)) = (param, req.uri.query()) else {
+    let Some(query) = req.uri.query() else {
         return std::borrow::Cow::Borrowed(full);
     };
+    let key_of = |pair: &'a str| pair.split('=').next().unwrap_or("");
     if !query
         .split('&')
-        .any(|pair| pair.split('=').next() == Some(param))
+        .any(|pair| is_credential_param(key_of(pair), param))
     {
         return std::borrow::Cow::Borrowed(full);
     }
-    let redacted: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key == param => format!("{key}=REDACTED"),
-            _ => pair.to_string(),
-        })
-        .collect();
-    std::borrow::Cow::Owned(format!("{}?{}", req.uri.path(), redacted.join("&")))
+    let mut out = String::with_capacity(full.len());
+    out.push_str(req.uri.path());
+    for (i, pair) in query.split('&').enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        match pair.split_once('=') {
+            Some((key, _)) if is_credential_param(key, param) => {
+                out.push_str(key);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl AuthRuntime {
@@ -278,17 +355,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn api_key_parameters_are_redacted_for_logs() {
+    fn credential_parameters_are_redacted_for_logs() {
         let req = RequestHeader::build("GET", b"/p?a=1&api_key=secret&b=2", None).unwrap();
+        let expected = "/p?a=1&api_key=REDACTED&b=2";
+        assert_eq!(redacted_path(&req, Some("api_key")), expected);
+        assert_eq!(redacted_path(&req, None), expected);
+        let req = RequestHeader::build("GET", b"/p?a=1&my_key=secret", None).unwrap();
         assert_eq!(
-            redacted_path(&req, Some("api_key")),
-            "/p?a=1&api_key=REDACTED&b=2"
+            redacted_path(&req, Some("my_key")),
+            "/p?a=1&my_key=REDACTED"
         );
-        assert_eq!(redacted_path(&req, None), "/p?a=1&api_key=secret&b=2");
+        assert_eq!(redacted_path(&req, None), "/p?a=1&my_key=secret");
+        let req = RequestHeader::build(
+            "GET",
+            b"/cb?Access_Token=eyJ.x.y&state=s&access%5Ftoken=t2&X-Amz-Signature=ab",
+            None,
+        )
+        .unwrap();
         assert_eq!(
-            redacted_path(&req, Some("other")),
-            "/p?a=1&api_key=secret&b=2"
+            redacted_path(&req, None),
+            "/cb?Access_Token=REDACTED&state=s&access%5Ftoken=REDACTED&X-Amz-Signature=REDACTED"
         );
+        let plain = RequestHeader::build("GET", b"/p?a=1&keyboard=2", None).unwrap();
+        assert!(matches!(
+            redacted_path(&plain, None),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

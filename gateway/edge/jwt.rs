@@ -60,6 +60,7 @@ pub enum JwtError {
     WrongAudience,
     MissingClaim,
     UnknownIssuer,
+    CriticalHeader,
 }
 
 impl JwtError {
@@ -75,6 +76,7 @@ impl JwtError {
             JwtError::WrongAudience => "jwt_wrong_audience",
             JwtError::MissingClaim => "jwt_missing_claim",
             JwtError::UnknownIssuer => "jwt_unknown_issuer",
+            JwtError::CriticalHeader => "jwt_unsupported_critical_header",
         }
     }
 }
@@ -167,6 +169,16 @@ impl JwtIssuer {
             .iter()
             .map(|&alg| {
                 let mut validation = Validation::new(alg);
+                // A configured issuer or audience is a claim the token must carry, not only one that must
+                // be right when present.
+                let mut required = vec!["exp"];
+                if spec.issuer.is_some() {
+                    required.push("iss");
+                }
+                if !spec.audiences.is_empty() {
+                    required.push("aud");
+                }
+                validation.set_required_spec_claims(&required);
                 validation.leeway = spec.leeway.as_secs();
                 validation.validate_nbf = true;
                 match &spec.issuer {
@@ -307,6 +319,9 @@ impl JwtVerifier {
         // A header that does not parse (including `alg: none`, which has no algorithm here) is malformed
         // whichever issuer the token claims.
         jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
+        if names_critical_extensions(token) {
+            return Err(JwtError::CriticalHeader);
+        }
         let issuer = match self.issuers.as_slice() {
             [] => return Err(JwtError::UnknownIssuer),
             [only] => only,
@@ -323,6 +338,21 @@ impl JwtVerifier {
             .await
             .map(|consumer| (consumer, issuer.name.clone()))
     }
+}
+
+/// Whether the token's header has a `crit` member. RFC 7515 4.1.11: a token whose `crit` names an
+/// extension the recipient does not understand is invalid, and this gateway understands none (an
+/// empty `crit` is itself invalid).
+fn names_critical_extensions(token: &str) -> bool {
+    use base64::Engine;
+    let encoded = token.split('.').next().unwrap_or("");
+    let Ok(header) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded) else {
+        return true;
+    };
+    // Parsed only when the name occurs at all, which no ordinary token does.
+    memchr::memmem::find(&header, b"\"crit\"").is_some()
+        && serde_json::from_slice::<Map<String, Value>>(&header)
+            .map_or(true, |members| members.contains_key("crit"))
 }
 
 /// The `iss` claim read without verification, only to choose which issuer verifies the token.
