@@ -290,3 +290,88 @@ async fn secrets_in_completions_are_masked_whole_and_across_stream_chunks() {
         assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw:?}");
     }
 }
+
+/// The text of every `delta.content` in a raw SSE body.
+fn streamed_text(raw: &str) -> String {
+    raw.split(['\n', '\r'])
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_private_key_block_is_masked_however_the_stream_splits_it() {
+    let (cloud, _local, _dir, gateway) = setup("    {}", "    []").await;
+    let body_lines = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj";
+    let block =
+        format!("-----BEGIN RSA PRIVATE KEY-----\n{body_lines}\n-----END RSA PRIVATE KEY-----");
+    let text = format!("Here it is:\n{block}\nKeep it safe.");
+    let end_line = text.find("-----END").unwrap();
+    let block_end = end_line + "-----END RSA PRIVATE KEY-----".len();
+    let token_by_token: Vec<String> = text
+        .chars()
+        .collect::<Vec<_>>()
+        .chunks(3)
+        .map(|c| c.iter().collect())
+        .collect();
+    let splits: Vec<(&str, Vec<String>)> = vec![
+        ("the whole block in one chunk", vec![text.clone()]),
+        (
+            "the END line ending the first chunk",
+            vec![text[..block_end].to_string(), text[block_end..].to_string()],
+        ),
+        (
+            "three chunks, the END line split before its last word",
+            vec![
+                text[..end_line + 20].to_string(),
+                text[end_line + 20..block_end].to_string(),
+                text[block_end..].to_string(),
+            ],
+        ),
+        ("token by token", token_by_token),
+    ];
+    for (how, pieces) in splits {
+        cloud.set_behavior(loadtest::Behavior {
+            pieces,
+            ..Default::default()
+        });
+        let mut stream = user("show me the key");
+        stream["stream"] = json!(true);
+        let raw = ask(&gateway, stream, &[]).await.text().await.unwrap();
+        assert!(
+            !raw.contains("MIIEvQIBADANBgkq") && !raw.contains("BKcwggSjAgEA"),
+            "{how}: {raw:?}"
+        );
+        assert_eq!(
+            streamed_text(&raw),
+            "Here it is:\n[REDACTED PRIVATE KEY]\nKeep it safe.",
+            "{how}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_glued_to_hangul_is_masked() {
+    let (cloud, _local, _dir, gateway) = setup("    {}", "    []").await;
+    let text = concat!("키는", "sk-", "proj-ABCDEFGHIJKLMNOPQRSTUVWX 입니다");
+    for stream in [false, true] {
+        cloud.set_behavior(loadtest::Behavior {
+            text: Some(text.to_string()),
+            chunks: 5,
+            ..Default::default()
+        });
+        let mut body = user("key?");
+        body["stream"] = json!(stream);
+        let raw = ask(&gateway, body, &[]).await.text().await.unwrap();
+        assert!(!raw.contains("ABCDEFGHIJ"), "stream {stream}: {raw}");
+        assert!(
+            raw.contains("키는[REDACTED] 입니다"),
+            "stream {stream}: {raw}"
+        );
+    }
+}

@@ -93,7 +93,9 @@ pub fn warm_up() {
 }
 
 impl SecretMasker {
-    /// The built-in patterns plus `custom` regexes (replaced by `[REDACTED]`).
+    /// The built-in patterns plus `custom` regexes (replaced by `[REDACTED]`). Key and keyword patterns
+    /// start at an ASCII word boundary, so a key glued to text in another script (`키는sk-proj-...`)
+    /// is found: to Unicode, `는s` is inside one word.
     pub fn new(custom: Vec<Regex>) -> Self {
         let builtin = [
             (
@@ -101,11 +103,11 @@ impl SecretMasker {
                 "[REDACTED PRIVATE KEY]",
             ),
             (
-                r#"(?i)\b([A-Z0-9_]*(?:API[_-]?KEY|SECRET|PASSWORD|PASSWD|TOKEN)[A-Z0-9_]*)(\s*[=:]\s*)["']?[^\s"',;]+["']?"#,
+                r#"(?i)(?-u:\b)([A-Z0-9_]*(?:API[_-]?KEY|SECRET|PASSWORD|PASSWD|TOKEN)[A-Z0-9_]*)(\s*[=:]\s*)["']?[^\s"',;]+["']?"#,
                 "${1}${2}[REDACTED]",
             ),
             (
-                r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})",
+                r"(?-u:\b)(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})",
                 "[REDACTED]",
             ),
         ];
@@ -138,6 +140,26 @@ impl SecretMasker {
             }
         }
         current
+    }
+
+    /// `cut`, moved back to the start of any match that spans it. The hold-back rules each look at one
+    /// shape; a cut they choose can fall inside a secret that is already whole (a key block whose END
+    /// line ends in `-----`, which could also begin `-----BEGIN`), and each side of such a cut, masked
+    /// alone, matches no pattern. The whole match waits instead, to be masked when it goes on.
+    fn cut_outside_matches(&self, text: &str, mut cut: usize) -> usize {
+        loop {
+            let straddling = self
+                .patterns
+                .iter()
+                .flat_map(|(regex, _)| regex.find_iter(text))
+                .filter(|found| found.start() < cut && cut < found.end())
+                .map(|found| found.start())
+                .min();
+            match straddling {
+                Some(start) => cut = start,
+                None => return cut,
+            }
+        }
     }
 
     /// Whether masking would change any completion text of a whole answer.
@@ -468,7 +490,8 @@ impl<'a> StreamMasker<'a> {
         let cut = if finishing {
             held.len()
         } else {
-            holdback_start(held, self.masker.custom)
+            self.masker
+                .cut_outside_matches(held, holdback_start(held, self.masker.custom))
         };
         // What goes on keeps the held string's allocation; what stays is usually nothing (no allocation).
         let rest = held[cut..].to_string();
@@ -761,6 +784,123 @@ mod tests {
         out.extend(push(&mut stream, event("hunter2\nok").as_bytes()));
         out.extend(push(&mut stream, b"data: [DONE]\n\n"));
         assert_eq!(collected(&out), "PASSWORD: [REDACTED]\nok");
+    }
+
+    /// Secrets of every built-in kind, and the part of each that must never reach the client.
+    fn sample_secrets() -> Vec<(String, &'static str)> {
+        let body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj";
+        let mut samples: Vec<(String, &'static str)> = [
+            "RSA PRIVATE KEY",
+            "PRIVATE KEY",
+            "EC PRIVATE KEY",
+            "OPENSSH PRIVATE KEY",
+            "ENCRYPTED PRIVATE KEY",
+        ]
+        .into_iter()
+        .map(|kind| {
+            (
+                format!("-----BEGIN {kind}-----\n{body}\n-----END {kind}-----"),
+                "MIIEvQIBADANBgkq",
+            )
+        })
+        .collect();
+        samples.extend([
+            ("API_KEY=abc123def456".to_string(), "abc123def456"),
+            ("PASSWORD: hunter2hunter2".to_string(), "hunter2hunter2"),
+            (
+                concat!("sk-", "proj-abcdefghijklmnopqrstuvwx0123").to_string(),
+                "abcdefghijklmnopqrstuvwx",
+            ),
+            (
+                concat!("AKIA", "ABCDEFGHIJKLMNOP").to_string(),
+                "ABCDEFGHIJKLMNOP",
+            ),
+            (
+                concat!("ghp_", "abcdefghijklmnopqrstuvwxyz0123456789AB").to_string(),
+                "abcdefghijklmnopqrstuvwxyz0123",
+            ),
+            (
+                concat!("xoxb-", "1234567890-abcdefghij").to_string(),
+                "1234567890-abcdefghij",
+            ),
+            (
+                concat!("AIza", "SyA1234567890abcdefghijklmnopqrstuv").to_string(),
+                "SyA1234567890abcdefghijklmnopqrstuv",
+            ),
+        ]);
+        samples
+    }
+
+    /// Stream `pieces` as one event each, then end the stream with `[DONE]` or without it.
+    fn stream_pieces(masker: &SecretMasker, pieces: &[&str], done: bool) -> String {
+        let mut stream = StreamMasker::new(masker);
+        let mut out = Vec::new();
+        for piece in pieces {
+            out.extend(push(&mut stream, event(piece).as_bytes()));
+        }
+        if done {
+            out.extend(push(&mut stream, b"data: [DONE]\n\n"));
+        } else {
+            out.extend(stream.finish());
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn char_boundaries(text: &str) -> Vec<usize> {
+        (1..text.len())
+            .filter(|&i| text.is_char_boundary(i))
+            .collect()
+    }
+
+    #[test]
+    fn no_built_in_secret_escapes_the_stream_however_it_is_split() {
+        let masker = SecretMasker::new(vec![]);
+        for (secret, core) in sample_secrets() {
+            for (before, after) in [
+                ("Here it is:\n", "\nThat is all."),
+                ("키는", " 입니다"),
+                ("", ""),
+            ] {
+                let text = format!("{before}{secret}{after}");
+                let check = |output: &str, how: &str| {
+                    assert!(
+                        !output.contains(core),
+                        "{core:?} escaped when {how}: {}",
+                        collected(output.as_bytes())
+                    );
+                };
+                let cuts = char_boundaries(&text);
+                for &i in &cuts {
+                    for done in [true, false] {
+                        let output = stream_pieces(&masker, &[&text[..i], &text[i..]], done);
+                        check(&output, &format!("split at {i} of {text:?}"));
+                    }
+                    for width in [1, 2, 5, 9] {
+                        if let Some(&j) = cuts.iter().find(|&&j| j >= i + width) {
+                            let pieces = [&text[..i], &text[i..j], &text[j..]];
+                            check(
+                                &stream_pieces(&masker, &pieces, true),
+                                &format!("split at {i} and {j} of {text:?}"),
+                            );
+                        }
+                    }
+                }
+                // Token by token, as models stream: pieces of one to four characters.
+                for size in 1..=4 {
+                    let mut pieces = Vec::new();
+                    let mut rest = text.as_str();
+                    while !rest.is_empty() {
+                        let end = rest.char_indices().nth(size).map_or(rest.len(), |(i, _)| i);
+                        pieces.push(&rest[..end]);
+                        rest = &rest[end..];
+                    }
+                    check(
+                        &stream_pieces(&masker, &pieces, true),
+                        &format!("streamed {size} characters at a time: {text:?}"),
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Behavior {
     pub retry_after: Option<u64>,
     /// Reply text; the default names the server.
     pub text: Option<String>,
+    /// For streams: send exactly these content pieces, one event each (instead of `text` in `chunks`).
+    pub pieces: Vec<String>,
 }
 
 impl Default for Behavior {
@@ -67,6 +69,7 @@ impl Default for Behavior {
             cr_lines: false,
             retry_after: None,
             text: None,
+            pieces: Vec::new(),
         }
     }
 }
@@ -313,7 +316,11 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         return Ok(streamed_json(Some(length), receiver));
     }
     let (sender, receiver) = mpsc::channel::<Chunk>(4);
-    let pieces = split_text(&text, behavior.chunks.max(1));
+    let pieces = if behavior.pieces.is_empty() {
+        split_text(&text, behavior.chunks.max(1))
+    } else {
+        behavior.pieces.clone()
+    };
     let stream_state = state.clone();
     // An event ends with an empty line.
     let end = if behavior.cr_lines { "\r\r" } else { "\n\n" };
