@@ -52,7 +52,9 @@ pub fn builtin(name: &str) -> Option<(Regex, Option<Validator>)> {
             ("kr_rrn", r"\b\d{6}-[1-8]\d{6}\b"),
             ("us_ssn", r"\b\d{3}-\d{2}-\d{4}\b"),
             ("credit_card", r"\b\d(?:[ -]?\d){12,18}\b"),
-            ("ip_address", r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b"),
+            // A dotted quad with its context: a version word before it or more dotted numbers around it are
+            // part of the match, so `ip_in_context` can tell `version 1.2.3.4` and `1.2.3.4.5` from an address.
+            ("ip_address", r"(?i:\b(?:version|ver|release|build|rev|v)[\s:=]+)?\b(?:\d+\.)*(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b(?:\.\d+)*"),
             // Separators are `-` or `.` (spaces only after a country code or area code in parentheses), so runs of
             // space-separated digit groups such as card numbers are not taken for phone numbers.
             ("phone", r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[.-])\d{3,4}[.-]\d{4}\b"),
@@ -62,9 +64,18 @@ pub fn builtin(name: &str) -> Option<(Regex, Option<Validator>)> {
         .collect()
     });
     let regex = PATTERNS.iter().find(|(n, _)| *n == name)?.1.clone();
-    let validate: Option<Validator> =
-        (name == "credit_card").then_some(luhn_valid as fn(&str) -> bool);
+    let validate: Option<Validator> = match name {
+        "credit_card" => Some(luhn_valid),
+        "ip_address" => Some(ip_in_context),
+        _ => None,
+    };
     Some((regex, validate))
+}
+
+/// An IPv4 address is exactly four dotted numbers with no version word before them: `version 1.2.3.4`,
+/// `release: 10.0.0.1` and `1.2.3.4.5` are version strings, not addresses.
+pub fn ip_in_context(matched: &str) -> bool {
+    matched.as_bytes().first().is_some_and(u8::is_ascii_digit) && matched.split('.').count() == 4
 }
 
 /// The Luhn checksum of the digits in `text`.
@@ -332,6 +343,16 @@ mod tests {
                 "card 4111 1111 1111 1112 not luhn",
             ),
             ("host 192.168.10.254 down", "host [IP_ADDRESS] down"),
+            ("ip: 10.0.0.1.", "ip: [IP_ADDRESS]."),
+            (
+                "upgrade to version 1.2.3.4 now",
+                "upgrade to version 1.2.3.4 now",
+            ),
+            ("Release: 10.0.0.1 is out", "Release: 10.0.0.1 is out"),
+            (
+                "build v 4.3.2.1 and 1.2.3.4.5",
+                "build v 4.3.2.1 and 1.2.3.4.5",
+            ),
             // Fixtures that look like keys are assembled so the source never holds one whole.
             (
                 concat!("key sk-", "abcdefghijklmnopqrstuvwxyz123456"),
