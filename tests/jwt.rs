@@ -309,15 +309,16 @@ routes:
     assert_eq!(call(&client, &gateway, &token).await.0, 200);
 }
 
-#[tokio::test]
-async fn time_issuer_and_audience_claims_are_enforced() {
+/// A gateway with one JWT issuer (`SECRET` in `issuer` stands for the HMAC secret) on a route to an origin.
+async fn one_issuer(issuer: &str) -> (MockOrigin, TestDir, Gateway) {
     let origin = MockOrigin::start("origin").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
+    let issuer = issuer.replace("SECRET", &format!("\"{HS_SECRET}\""));
     let body = format!(
         r#"
 auth:
   jwt_issuers:
-    - {{ name: only, issuer: good.test, audiences: [api], algorithms: [HS256], secret: "{HS_SECRET}", leeway: 5s }}
+    - {issuer}
 clusters:
   - name: origin
     backends: [{{ address: "{}" }}]
@@ -329,6 +330,15 @@ routes:
         origin.addr
     );
     let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    (origin, dir, gateway)
+}
+
+#[tokio::test]
+async fn time_issuer_and_audience_claims_are_enforced() {
+    let (_origin, _dir, gateway) = one_issuer(
+        "{ name: only, issuer: good.test, audiences: [api], algorithms: [HS256], secret: SECRET, leeway: 5s }",
+    )
+    .await;
     let client = client();
     let key = EncodingKey::from_secret(HS_SECRET.as_bytes());
     let token = |edit: &dyn Fn(&mut Value)| {
@@ -385,24 +395,10 @@ fn sign_raw_header(header: &Value, claims: &Value) -> String {
 
 #[tokio::test]
 async fn absent_issuer_or_audience_and_critical_headers_are_refused() {
-    let origin = MockOrigin::start("origin").await.unwrap();
-    let (dir, ports) = (TestDir::new(), Ports::new());
-    let body = format!(
-        r#"
-auth:
-  jwt_issuers:
-    - {{ name: hs, issuer: hs.test, audiences: [api], algorithms: [HS256], secret: "{HS_SECRET}" }}
-clusters:
-  - name: origin
-    backends: [{{ address: "{origin}" }}]
-routes:
-  - name: api
-    auth: {{ methods: [jwt] }}
-    proxy: {{ cluster: origin }}
-"#,
-        origin = origin.addr,
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let (origin, dir, gateway) = one_issuer(
+        "{ name: hs, issuer: hs.test, audiences: [api], algorithms: [HS256], secret: SECRET }",
+    )
+    .await;
     let client = client();
     let hs = EncodingKey::from_secret(HS_SECRET.as_bytes());
     let full = claims("hs.test", "user");
