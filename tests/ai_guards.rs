@@ -369,3 +369,84 @@ async fn a_key_glued_to_hangul_is_masked() {
         );
     }
 }
+
+#[tokio::test]
+async fn secrets_in_reasoning_and_tool_call_arguments_are_masked() {
+    let (cloud, _local, _dir, gateway) = setup("    {}", "    []").await;
+    let key = concat!("sk-", "proj-ABCDEFGHIJKLMNOPQRSTUVWX");
+    let arguments = format!("{{\"token\": \"hunter2hunter2\", \"key\": \"{key}\"}}");
+
+    // A plain answer with reasoning and a tool call.
+    cloud.set_behavior(loadtest::Behavior {
+        message: Some(json!({
+            "role": "assistant", "content": null,
+            "reasoning_content": format!("I will use API_KEY=abc123def456 and {key}"),
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": arguments}}]
+        })),
+        ..Default::default()
+    });
+    let body: Value = ask(&gateway, user("look it up"), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let message = &body["choices"][0]["message"];
+    let raw = message.to_string();
+    assert!(
+        !raw.contains("abc123def456") && !raw.contains("ABCDEFGHIJ") && !raw.contains("hunter2"),
+        "{raw}"
+    );
+    assert_eq!(
+        message["reasoning_content"],
+        "I will use API_KEY=[REDACTED] and [REDACTED]"
+    );
+    let called: Value = serde_json::from_str(
+        message["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(called, json!({"token": "[REDACTED]", "key": "[REDACTED]"}));
+
+    // The same streamed as DeepSeek and OpenAI send it: reasoning in pieces, then the call's arguments in
+    // pieces that split both secrets.
+    let mut deltas = vec![
+        json!({"role": "assistant", "reasoning_content": "I will use API_K"}),
+        json!({"reasoning_content": "EY=abc123"}),
+        json!({"reasoning_content": "def456 and sk-pr"}),
+        json!({"reasoning_content": &key[5..]}),
+        json!({"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": ""}}]}),
+    ];
+    let cut = [0, 12, 22, 40, arguments.len()];
+    for pair in cut.windows(2) {
+        deltas.push(json!({"tool_calls": [{"index": 0, "function": {"arguments": &arguments[pair[0]..pair[1]]}}]}));
+    }
+    cloud.set_behavior(loadtest::Behavior {
+        deltas,
+        ..Default::default()
+    });
+    let mut stream = user("look it up");
+    stream["stream"] = json!(true);
+    let raw = ask(&gateway, stream, &[]).await.text().await.unwrap();
+    assert!(
+        !raw.contains("abc123") && !raw.contains("ABCDEFGHIJ") && !raw.contains("hunter2"),
+        "{raw}"
+    );
+    let events: Vec<Value> = raw
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let reasoning: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(reasoning, "I will use API_KEY=[REDACTED] and [REDACTED]");
+    let streamed_arguments: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    let called: Value = serde_json::from_str(&streamed_arguments).unwrap();
+    assert_eq!(called, json!({"token": "[REDACTED]", "key": "[REDACTED]"}));
+    assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
+}

@@ -38,6 +38,116 @@ pub struct ChoiceView<'a> {
 struct ContentView<'a> {
     #[serde(default, borrow, deserialize_with = "borrowed")]
     content: Option<Cow<'a, str>>,
+    /// DeepSeek's (and vLLM's) reasoning text.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    reasoning_content: Option<Cow<'a, str>>,
+    /// OpenRouter's reasoning text.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<Object<ToolCallView<'a>>>>,
+    /// The legacy single function call.
+    #[serde(default, borrow)]
+    function_call: Option<Object<FunctionView<'a>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ToolCallView<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, borrow)]
+    function: Option<Object<FunctionView<'a>>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionView<'a> {
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// Which text of a choice: each is its own stream of pieces, held back and masked on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// `content` (or a legacy completion's `text`).
+    Content,
+    ReasoningContent,
+    Reasoning,
+    /// `tool_calls[].function.arguments`, by the call's index (its position when it has none).
+    ToolArguments(usize),
+    /// `function_call.arguments`.
+    FunctionArguments,
+}
+
+impl Slot {
+    /// Every text other than `content` in a `message` or `delta` object, with its slot.
+    pub fn others_in(object: &serde_json::Map<String, serde_json::Value>) -> Vec<Slot> {
+        let mut slots = Vec::new();
+        for (key, slot) in [
+            ("reasoning_content", Slot::ReasoningContent),
+            ("reasoning", Slot::Reasoning),
+        ] {
+            if object.get(key).is_some_and(serde_json::Value::is_string) {
+                slots.push(slot);
+            }
+        }
+        if let Some(serde_json::Value::Array(calls)) = object.get("tool_calls") {
+            for (position, call) in calls.iter().enumerate() {
+                if call["function"]["arguments"].is_string() {
+                    slots.push(Slot::ToolArguments(tool_index(call, position)));
+                }
+            }
+        }
+        if object
+            .get("function_call")
+            .is_some_and(|call| call["arguments"].is_string())
+        {
+            slots.push(Slot::FunctionArguments);
+        }
+        slots
+    }
+
+    /// The text of this slot in a `message` or `delta` object, if it has one.
+    pub fn text_in(
+        self,
+        object: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Option<&mut String> {
+        let value = match self {
+            Slot::Content => object.get_mut("content")?,
+            Slot::ReasoningContent => object.get_mut("reasoning_content")?,
+            Slot::Reasoning => object.get_mut("reasoning")?,
+            Slot::FunctionArguments => object.get_mut("function_call")?.get_mut("arguments")?,
+            Slot::ToolArguments(index) => {
+                let calls = object.get_mut("tool_calls")?.as_array_mut()?;
+                let position = (0..calls.len()).find(|&p| tool_index(&calls[p], p) == index)?;
+                calls[position].get_mut("function")?.get_mut("arguments")?
+            }
+        };
+        match value {
+            serde_json::Value::String(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// A `delta` that carries `text` in this slot, for text flushed on its own.
+    pub fn delta_with(self, text: String) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Slot::Content => json!({ "content": text }),
+            Slot::ReasoningContent => json!({ "reasoning_content": text }),
+            Slot::Reasoning => json!({ "reasoning": text }),
+            Slot::ToolArguments(index) => {
+                json!({ "tool_calls": [{ "index": index, "function": { "arguments": text } }] })
+            }
+            Slot::FunctionArguments => json!({ "function_call": { "arguments": text } }),
+        }
+    }
+}
+
+/// A tool call's `index`, or its position when it has none.
+fn tool_index(call: &serde_json::Value, position: usize) -> usize {
+    call.get("index")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(position, |i| usize::try_from(i).unwrap_or(usize::MAX))
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,11 +257,68 @@ impl<'a> ChoiceView<'a> {
         }
     }
 
-    /// Every completion text of a whole answer: `message.content`, `delta.content` and `text`.
+    /// The texts other than the completion text a stream chunk carries (reasoning, tool and function call
+    /// arguments), with their slots, from `delta` (or `message`). Nothing is allocated.
+    pub fn other_texts(&self) -> impl Iterator<Item = (Slot, &str)> {
+        let object = self.delta.as_ref().or(self.message.as_ref()).map(|o| &o.0);
+        let reasoning = object.into_iter().flat_map(|object| {
+            [
+                (Slot::ReasoningContent, object.reasoning_content.as_deref()),
+                (Slot::Reasoning, object.reasoning.as_deref()),
+                (
+                    Slot::FunctionArguments,
+                    object
+                        .function_call
+                        .as_ref()
+                        .and_then(|f| f.0.arguments.as_deref()),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(slot, text)| Some((slot, text?)))
+        });
+        let calls = object
+            .and_then(|object| object.tool_calls.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(position, call)| {
+                let index = call
+                    .0
+                    .index
+                    .map_or(position, |i| usize::try_from(i).unwrap_or(usize::MAX));
+                let text = call.0.function.as_ref()?.0.arguments.as_deref()?;
+                Some((Slot::ToolArguments(index), text))
+            });
+        reasoning.chain(calls)
+    }
+
+    /// Every text of a whole answer the client receives: `message`/`delta` content, reasoning and call
+    /// arguments, and `text`.
     pub fn texts(&self) -> impl Iterator<Item = &str> {
         [&self.message, &self.delta]
             .into_iter()
-            .filter_map(|object| object.as_ref()?.0.content.as_deref())
+            .flatten()
+            .flat_map(|object| {
+                let object = &object.0;
+                let calls = object
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .filter_map(|call| call.0.function.as_ref()?.0.arguments.as_deref());
+                let function = object
+                    .function_call
+                    .as_ref()
+                    .and_then(|f| f.0.arguments.as_deref());
+                [
+                    object.content.as_deref(),
+                    object.reasoning_content.as_deref(),
+                    object.reasoning.as_deref(),
+                    function,
+                ]
+                .into_iter()
+                .flatten()
+                .chain(calls)
+            })
             .chain(self.text.as_deref())
     }
 }

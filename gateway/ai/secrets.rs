@@ -12,7 +12,7 @@ use bytes::Bytes;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::answer::AnswerView;
+use super::answer::{AnswerView, Slot};
 use super::sse::{event_data, EventBuffer, LINE_ENDS};
 
 /// Patterns and their replacements.
@@ -103,8 +103,10 @@ impl SecretMasker {
                 "[REDACTED PRIVATE KEY]",
             ),
             (
-                r#"(?i)(?-u:\b)([A-Z0-9_]*(?:API[_-]?KEY|SECRET|PASSWORD|PASSWD|TOKEN)[A-Z0-9_]*)(\s*[=:]\s*)["']?[^\s"',;]+["']?"#,
-                "${1}${2}[REDACTED]",
+                // A JSON key (`"password": "..."`) as well as an assignment; the value's quotes stay, so
+                // masked tool-call arguments are still JSON.
+                r#"(?i)(?-u:\b)([A-Z0-9_]*(?:API[_-]?KEY|SECRET|PASSWORD|PASSWD|TOKEN)[A-Z0-9_]*)(["']?\s*[=:]\s*)(["']?)[^\s"',;]+"#,
+                "${1}${2}${3}[REDACTED]",
             ),
             (
                 r"(?-u:\b)(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[abprs]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_-]{35})",
@@ -194,17 +196,23 @@ impl SecretMasker {
     }
 }
 
-/// Completion texts: `choices[].message.content`, `choices[].delta.content`, `choices[].text`.
+/// Every text the client receives in the choices: `message`/`delta` content, reasoning
+/// (`reasoning_content`, `reasoning`), tool and function call arguments, and `text`.
 fn for_each_choice_text(value: &mut Map<String, Value>, mut f: impl FnMut(&mut String)) {
     let Some(Value::Array(choices)) = value.get_mut("choices") else {
         return;
     };
     for choice in choices {
         for key in ["message", "delta"] {
-            if let Some(Value::String(text)) =
-                choice.get_mut(key).and_then(|m| m.get_mut("content"))
-            {
-                f(text);
+            let Some(Value::Object(object)) = choice.get_mut(key) else {
+                continue;
+            };
+            let mut slots = Slot::others_in(object);
+            slots.push(Slot::Content);
+            for slot in slots {
+                if let Some(text) = slot.text_in(object) {
+                    f(text);
+                }
             }
         }
         if let Some(Value::String(text)) = choice.get_mut("text") {
@@ -283,9 +291,9 @@ pub struct StreamMasker<'a> {
     masker: &'a SecretMasker,
     /// The unfinished event.
     buffer: EventBuffer,
-    /// Held-back text by choice index (a list, not a vector indexed by it: a provider's index of 10^18 must
-    /// not make the gateway allocate that much).
-    pending: Vec<(usize, String)>,
+    /// Held-back text by choice index and slot (a list, not a vector indexed by them: a provider's index of
+    /// 10^18 must not make the gateway allocate that much).
+    pending: Vec<(usize, Slot, String)>,
 }
 
 impl<'a> StreamMasker<'a> {
@@ -354,15 +362,17 @@ impl<'a> StreamMasker<'a> {
     /// Whether an event goes on exactly as it came: nothing of its choices is held back, and none of its
     /// texts needs masking or holding back. Most events of a stream pass this test, and skip the rewrite.
     fn passes_unchanged(&self, chunk: &AnswerView) -> bool {
+        let clean = |text: &str, finishing: bool| {
+            (finishing || holdback_start(text, self.masker.custom) == text.len())
+                && matches!(self.masker.mask(text), Cow::Borrowed(_))
+        };
         chunk.choices.iter().enumerate().all(|(position, choice)| {
             if self.holds(choice.index(position)) {
                 return false;
             }
-            let Some(text) = choice.text() else {
-                return true;
-            };
-            (choice.finishing() || holdback_start(text, self.masker.custom) == text.len())
-                && matches!(self.masker.mask(text), Cow::Borrowed(_))
+            let finishing = choice.finishing();
+            choice.text().is_none_or(|text| clean(text, finishing))
+                && choice.other_texts().all(|(_, text)| clean(text, finishing))
         })
     }
 
@@ -413,10 +423,35 @@ impl<'a> StreamMasker<'a> {
                     .and_then(Value::as_u64)
                     .map_or(position, |i| usize::try_from(i).unwrap_or(usize::MAX));
                 let finishing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-                let Some(text) = choice_text(choice, finishing && self.holds(index)) else {
+                let key = ["delta", "message"]
+                    .into_iter()
+                    .find(|key| choice.get(*key).is_some_and(Value::is_object));
+                let others = key
+                    .and_then(|key| choice.get_mut(key))
+                    .and_then(Value::as_object_mut)
+                    .map(|object| {
+                        for slot in Slot::others_in(object) {
+                            if let Some(text) = slot.text_in(object) {
+                                *text = self.release(index, slot, text, finishing);
+                            }
+                        }
+                        Slot::others_in(object)
+                    })
+                    .unwrap_or_default();
+                if finishing {
+                    // Held reasoning or call arguments that this last chunk does not carry go out first,
+                    // each in an event of its own.
+                    self.flush_choice(
+                        index,
+                        |slot| slot != Slot::Content && !others.contains(&slot),
+                        out,
+                    );
+                }
+                let create = finishing && self.holds_slot(index, Slot::Content);
+                let Some(text) = choice_text(choice, create) else {
                     continue;
                 };
-                *text = self.release(index, text, finishing);
+                *text = self.release(index, Slot::Content, text, finishing);
             }
         }
         // The event's other fields (`event:`, `id:`, comments) go on as they were, before its data.
@@ -437,15 +472,20 @@ impl<'a> StreamMasker<'a> {
     /// Not possible (false, and nothing changed) when a text had escapes, so its place in the line is not
     /// known, or when held text must be flushed into a choice that has no text field to carry it.
     fn splice(&mut self, event: &str, data: &str, chunk: &AnswerView, out: &mut Vec<u8>) -> bool {
-        let spliceable =
-            chunk
-                .choices
+        // Only the completion text is spliced; reasoning and call arguments take the general path.
+        let spliceable = chunk.choices.iter().enumerate().all(|(position, choice)| {
+            let index = choice.index(position);
+            let others_held = self
+                .pending
                 .iter()
-                .enumerate()
-                .all(|(position, choice)| match choice.text_slot() {
+                .any(|(i, slot, held)| *i == index && *slot != Slot::Content && !held.is_empty());
+            !others_held
+                && choice.other_texts().next().is_none()
+                && match choice.text_slot() {
                     Some(text) => matches!(text, Cow::Borrowed(_)),
-                    None => !(choice.finishing() && self.holds(choice.index(position))),
-                });
+                    None => !(choice.finishing() && self.holds(index)),
+                }
+        });
         if !spliceable {
             return false;
         }
@@ -460,7 +500,12 @@ impl<'a> StreamMasker<'a> {
             };
             let start = text.as_ptr() as usize - base;
             out.extend_from_slice(&data.as_bytes()[cursor..start]);
-            let released = self.release(choice.index(position), text, choice.finishing());
+            let released = self.release(
+                choice.index(position),
+                Slot::Content,
+                text,
+                choice.finishing(),
+            );
             // Escaped as JSON; the quotes around it are the provider's.
             let at = out.len();
             if serde_json::to_writer(&mut *out, &released).is_ok() {
@@ -475,17 +520,21 @@ impl<'a> StreamMasker<'a> {
         true
     }
 
-    /// Add `text` to what choice `index` holds and take out, masked, what may go on now: everything when
-    /// the choice is finishing, else all but what may still begin a secret.
-    fn release(&mut self, index: usize, text: &str, finishing: bool) -> String {
-        let slot = match self.pending.iter().position(|(i, _)| *i == index) {
-            Some(slot) => slot,
+    /// Add `text` to what slot `slot` of choice `index` holds and take out, masked, what may go on now:
+    /// everything when the choice is finishing, else all but what may still begin a secret.
+    fn release(&mut self, index: usize, slot: Slot, text: &str, finishing: bool) -> String {
+        let entry = match self
+            .pending
+            .iter()
+            .position(|(i, s, _)| *i == index && *s == slot)
+        {
+            Some(entry) => entry,
             None => {
-                self.pending.push((index, String::new()));
+                self.pending.push((index, slot, String::new()));
                 self.pending.len() - 1
             }
         };
-        let held = &mut self.pending[slot].1;
+        let held = &mut self.pending[entry].2;
         held.push_str(text);
         let cut = if finishing {
             held.len()
@@ -503,23 +552,39 @@ impl<'a> StreamMasker<'a> {
         }
     }
 
-    /// Whether text of choice `index` is held back.
+    /// Whether any text of choice `index` is held back.
     fn holds(&self, index: usize) -> bool {
         self.pending
             .iter()
-            .any(|(i, held)| *i == index && !held.is_empty())
+            .any(|(i, _, held)| *i == index && !held.is_empty())
     }
 
-    /// Emit held-back text before the stream ends.
-    fn flush_pending(&mut self, out: &mut Vec<u8>) {
-        for (index, held) in &mut self.pending {
-            if held.is_empty() {
+    /// Whether text of slot `slot` of choice `index` is held back.
+    fn holds_slot(&self, index: usize, slot: Slot) -> bool {
+        self.pending
+            .iter()
+            .any(|(i, s, held)| *i == index && *s == slot && !held.is_empty())
+    }
+
+    /// Emit the held-back text of choice `index` in the slots `which` picks, masked, an event each.
+    fn flush_choice(&mut self, index: usize, which: impl Fn(Slot) -> bool, out: &mut Vec<u8>) {
+        for (i, slot, held) in &mut self.pending {
+            if *i != index || held.is_empty() || !which(*slot) {
                 continue;
             }
             let text = self.masker.mask(held).into_owned();
             held.clear();
-            let event = serde_json::json!({"object": "chat.completion.chunk", "choices": [{"index": index, "delta": {"content": text}, "finish_reason": null}]});
+            let event = serde_json::json!({"object": "chat.completion.chunk", "choices": [{"index": index, "delta": slot.delta_with(text), "finish_reason": null}]});
             out.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+        }
+    }
+
+    /// Emit held-back text before the stream ends.
+    fn flush_pending(&mut self, out: &mut Vec<u8>) {
+        let mut indices: Vec<usize> = self.pending.iter().map(|(i, _, _)| *i).collect();
+        indices.dedup();
+        for index in indices {
+            self.flush_choice(index, |_| true, out);
         }
     }
 }
@@ -700,7 +765,11 @@ mod tests {
                 "set API_KEY=[REDACTED] and go",
             ),
             ("PASSWORD: hunter2", "PASSWORD: [REDACTED]"),
-            ("db_password = 's3cr3t'", "db_password = [REDACTED]"),
+            ("db_password = 's3cr3t'", "db_password = '[REDACTED]'"),
+            (
+                r#"{"password": "hunter2"}"#,
+                r#"{"password": "[REDACTED]"}"#,
+            ),
             // Fixtures that look like keys are assembled so the source never holds one whole.
             (
                 concat!("key sk-", "ant-api03-abcdefghijklmnopqrstuv"),
@@ -901,6 +970,106 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An event carrying `text` in `slot` of choice 0.
+    fn event_in(slot: Slot, text: &str, finish: Option<&str>) -> String {
+        let event = serde_json::json!({"choices": [{"index": 0, "delta": slot.delta_with(text.to_string()), "finish_reason": finish}]});
+        format!("data: {event}\n\n")
+    }
+
+    /// What the client reads in `slot` of choice 0, across the events of `output`.
+    fn collected_in(output: &[u8], slot: Slot) -> String {
+        String::from_utf8_lossy(output)
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|mut v| {
+                let delta = v["choices"][0]["delta"].as_object_mut()?;
+                slot.text_in(delta).map(|text| text.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reasoning_and_call_arguments_are_masked_however_the_stream_splits_them() {
+        let masker = SecretMasker::new(vec![]);
+        let slots = [
+            Slot::ReasoningContent,
+            Slot::Reasoning,
+            Slot::ToolArguments(0),
+            Slot::ToolArguments(3),
+            Slot::FunctionArguments,
+        ];
+        for (secret, core) in sample_secrets() {
+            let text = format!("{{\"note\": \"x\", \"value\": \"{secret}\"}} and more");
+            for slot in slots {
+                for &i in &char_boundaries(&text) {
+                    let mut stream = StreamMasker::new(&masker);
+                    let mut out = push(&mut stream, event_in(slot, &text[..i], None).as_bytes());
+                    out.extend(push(
+                        &mut stream,
+                        event_in(slot, &text[i..], None).as_bytes(),
+                    ));
+                    // The finishing chunk carries no text of this slot: what is held goes out before it.
+                    out.extend(push(&mut stream, event("").as_bytes()));
+                    out.extend(push(
+                        &mut stream,
+                        b"data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+                    ));
+                    let raw = String::from_utf8_lossy(&out).into_owned();
+                    assert!(
+                        !raw.contains(core),
+                        "{slot:?}: {core:?} escaped when split at {i}: {raw}"
+                    );
+                    let seen = collected_in(&out, slot);
+                    assert!(seen.ends_with("\"} and more"), "{slot:?} at {i}: {seen:?}");
+                    assert!(seen.contains("REDACTED"), "{slot:?} at {i}: {seen:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn content_and_other_texts_are_held_apart() {
+        let masker = SecretMasker::new(vec![]);
+        let mut stream = StreamMasker::new(&masker);
+        let mut out = push(
+            &mut stream,
+            event_in(Slot::ReasoningContent, "thinking about API_K", None).as_bytes(),
+        );
+        out.extend(push(&mut stream, event("The answer is 4").as_bytes()));
+        out.extend(push(
+            &mut stream,
+            event_in(Slot::ReasoningContent, "EY=abc123 ok", None).as_bytes(),
+        ));
+        out.extend(push(&mut stream, b"data: [DONE]\n\n"));
+        assert_eq!(
+            collected_in(&out, Slot::ReasoningContent),
+            "thinking about API_KEY=[REDACTED] ok"
+        );
+        assert_eq!(collected(&out), "The answer is 4");
+    }
+
+    #[test]
+    fn whole_answers_mask_reasoning_and_call_arguments() {
+        let masker = SecretMasker::new(vec![]);
+        let body = serde_json::json!({"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null,
+            "reasoning_content": concat!("the key is ", "sk-", "proj-abcdefghijklmnopqrstuvwx0123"),
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"password\": \"hunter2hunter2\"}"}}]
+        }}]});
+        let masked = masker.mask_body(body.to_string().as_bytes()).unwrap();
+        let masked = String::from_utf8(masked).unwrap();
+        assert!(!masked.contains("abcdefghijklmnop"), "{masked}");
+        assert!(!masked.contains("hunter2hunter2"), "{masked}");
+        let value: Value = serde_json::from_str(&masked).unwrap();
+        let arguments = value["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap();
+        // The arguments stay JSON a tool can read.
+        let arguments: Value = serde_json::from_str(arguments).unwrap();
+        assert_eq!(arguments["password"], "[REDACTED]");
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct Behavior {
     pub text: Option<String>,
     /// For streams: send exactly these content pieces, one event each (instead of `text` in `chunks`).
     pub pieces: Vec<String>,
+    /// For streams: send these `delta` objects, one event each (reasoning, tool calls), instead of content.
+    pub deltas: Vec<Value>,
+    /// For plain answers: this `message` object instead of one with `text` as its content.
+    pub message: Option<Value>,
 }
 
 impl Default for Behavior {
@@ -70,6 +74,8 @@ impl Default for Behavior {
             retry_after: None,
             text: None,
             pieces: Vec::new(),
+            deltas: Vec::new(),
+            message: None,
         }
     }
 }
@@ -281,7 +287,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
     if !stream {
         let reply = json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000u64, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": behavior.message.clone().unwrap_or_else(|| json!({"role": "assistant", "content": text})), "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         });
         let reply = Bytes::from(reply.to_string());
@@ -316,17 +322,26 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         return Ok(streamed_json(Some(length), receiver));
     }
     let (sender, receiver) = mpsc::channel::<Chunk>(4);
-    let pieces = if behavior.pieces.is_empty() {
-        split_text(&text, behavior.chunks.max(1))
+    let deltas: Vec<Value> = if !behavior.deltas.is_empty() {
+        behavior.deltas.clone()
+    } else if !behavior.pieces.is_empty() {
+        behavior
+            .pieces
+            .iter()
+            .map(|p| json!({ "content": p }))
+            .collect()
     } else {
-        behavior.pieces.clone()
+        split_text(&text, behavior.chunks.max(1))
+            .into_iter()
+            .map(|p| json!({ "content": p }))
+            .collect()
     };
     let stream_state = state.clone();
     // An event ends with an empty line.
     let end = if behavior.cr_lines { "\r\r" } else { "\n\n" };
     tokio::spawn(async move {
         pause(behavior.first_token_delay).await;
-        for (i, piece) in pieces.iter().enumerate() {
+        for (i, delta) in deltas.iter().enumerate() {
             if behavior.drop_after == Some(i) {
                 // A body error makes hyper cut the connection without the terminating chunk.
                 let _ = sender.send(Err("mock drops the stream".into())).await;
@@ -336,7 +351,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             let chunk = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
-                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+                "choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
             if sender
                 .send(Ok(Frame::data(Bytes::from(format!("data: {chunk}{end}")))))
                 .await
@@ -345,13 +360,13 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
                 stream_state.cancelled.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            if i + 1 < pieces.len() {
+            if i + 1 < deltas.len() {
                 pause(behavior.chunk_delay).await;
             }
         }
         let last = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": pieces.len(), "total_tokens": 10 + pieces.len()}});
+            "usage": {"prompt_tokens": 10, "completion_tokens": deltas.len(), "total_tokens": 10 + deltas.len()}});
         let _ = sender
             .send(Ok(Frame::data(Bytes::from(format!(
                 "data: {last}{end}data: [DONE]{end}"
