@@ -189,7 +189,7 @@ async fn deny_patterns_tools_and_system_prompts() {
 #[tokio::test]
 async fn heuristic_rules_choose_profiles_in_order() {
     let rules = r#"    - { name: long-prompt, prompt_tokens_over: 2000, profile: longform }
-    - { name: reasoning-keywords, keywords: '(?i)explain why|step by step|prove', profile: reasoning }
+    - { name: reasoning-keywords, words: [explain why, step by step, prove, 증명], profile: reasoning }
     - { name: tools, has_tools: true, profile: tools }
     - { name: images, has_images: true, profile: vision }
     - { name: pii, pii_detected: true, profile: confidential }
@@ -212,6 +212,19 @@ async fn heuristic_rules_choose_profiles_in_order() {
             &[],
             "heuristic:reasoning-keywords",
             "think-model",
+        ),
+        (
+            user("이 정리를 증명해 줘"),
+            &[],
+            "heuristic:reasoning-keywords",
+            "think-model",
+        ),
+        // Whole words only: these go to the default profile.
+        (
+            user("please improve and approve this"),
+            &[],
+            "profile:default",
+            "cloud-model",
         ),
         (tools, &[], "heuristic:tools", "tool-model"),
         (image, &[], "heuristic:images", "vision-model"),

@@ -24,6 +24,44 @@ pub struct Rule {
     pub profile: String,
 }
 
+/// Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): a word boundary
+/// means nothing there, so their words match anywhere.
+fn unspaced(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF | 0x3400..=0x4DBF | 0x4E00..=0x9FFF | 0xF900..=0xFAFF | 0x20000..=0x3FFFF
+        | 0x0E00..=0x0EFF | 0x1780..=0x17FF | 0x1000..=0x109F)
+}
+
+/// Hangul syllables and jamo: words are spaced, but particles attach to their end (`증명을`), so only the
+/// start of a Korean word is a boundary.
+fn hangul(c: char) -> bool {
+    matches!(c as u32, 0xAC00..=0xD7AF | 0x1100..=0x11FF | 0x3130..=0x318F)
+}
+
+/// One case-insensitive regex for `words`: each a whole word (or phrase, its spaces matching any run of
+/// white space) where its script separates words, so `prove` is not found in `improve` or `approve`, while
+/// `证明` is found inside a Chinese sentence and `증명` before a Korean particle.
+pub fn words_regex(words: &[String]) -> Result<Regex, String> {
+    let mut alternatives = Vec::with_capacity(words.len());
+    for (i, word) in words.iter().enumerate() {
+        let word = word.trim();
+        let (Some(first), Some(last)) = (word.chars().next(), word.chars().next_back()) else {
+            return Err(format!("words[{i}] is empty"));
+        };
+        let mut pattern = String::new();
+        if first.is_alphanumeric() && !unspaced(first) {
+            pattern.push_str(r"\b");
+        }
+        let parts: Vec<String> = word.split_whitespace().map(regex::escape).collect();
+        pattern.push_str(&parts.join(r"\s+"));
+        if last.is_alphanumeric() && !unspaced(last) && !hangul(last) {
+            pattern.push_str(r"\b");
+        }
+        alternatives.push(pattern);
+    }
+    Regex::new(&format!("(?i)(?:{})", alternatives.join("|"))).map_err(|e| e.to_string())
+}
+
 /// Every text of the request: message contents (strings and text parts) and `prompt`.
 pub fn texts(body: &Map<String, Value>) -> impl Iterator<Item = &str> {
     let messages = body
@@ -154,5 +192,39 @@ mod tests {
             Some("background")
         );
         assert_eq!(pick(user("hi"), &none, false), None);
+    }
+
+    #[test]
+    fn words_match_whole_words_where_the_script_has_them() {
+        let words = [
+            "explain why",
+            "step by step",
+            "prove",
+            "증명",
+            "证明",
+            "説明して",
+        ]
+        .map(String::from);
+        let regex = words_regex(&words).unwrap();
+        for text in [
+            "Please PROVE it.",
+            "explain   why the sky is blue",
+            "go step by\nstep",
+            "이 정리를 증명을 해줘",
+            "请证明这个定理",
+            "これを説明してください",
+        ] {
+            assert!(regex.is_match(text), "{text}");
+        }
+        for text in [
+            "improve this",
+            "we approve",
+            "proven results",
+            "explain whyever",
+            "프로증명",
+        ] {
+            assert!(!regex.is_match(text), "{text}");
+        }
+        assert!(words_regex(&["  ".to_string()]).is_err());
     }
 }

@@ -19,7 +19,7 @@ use crate::ai::guard::{
     builtin, Detector, Guards, PiiAction, PromptMode, SystemPrompt, ToolPolicy, ToolViolation,
     BUILTIN_DETECTORS,
 };
-use crate::ai::heuristics::{Condition, Rule};
+use crate::ai::heuristics::{words_regex, Condition, Rule};
 use crate::ai::secrets::SecretMasker;
 use crate::observe::metrics::{upstream_ejection_counter, upstream_health_gauge};
 use crate::upstream::cluster::{
@@ -226,6 +226,12 @@ fn compile_rules(
                 Err(e) => c.error(format!("{path}.keywords"), format!("invalid regex: {e}")),
             }
         }
+        if !rule.words.is_empty() {
+            match words_regex(&rule.words) {
+                Ok(regex) => conditions.push(Condition::Keywords(regex)),
+                Err(message) => c.error(format!("{path}.words"), message),
+            }
+        }
         if rule.has_tools == Some(true) {
             conditions.push(Condition::HasTools);
         }
@@ -249,7 +255,7 @@ fn compile_rules(
         }
         match conditions.len() {
             1 => out.push(Rule { name: rule.name.clone(), condition: conditions.remove(0), profile: rule.profile.clone() }),
-            0 => c.error(path, "give one condition: prompt_tokens_over, keywords, has_tools, has_images, pii_detected or header"),
+            0 => c.error(path, "give one condition: prompt_tokens_over, keywords, words, has_tools, has_images, pii_detected or header"),
             _ => c.error(path, "give exactly one condition per rule (write several rules for several conditions)"),
         }
     }

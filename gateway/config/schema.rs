@@ -848,6 +848,10 @@ pub struct RuleSection {
     pub prompt_tokens_over: Option<usize>,
     /// A regex matched against every message text, e.g. `(?i)explain why|step by step|prove`.
     pub keywords: Option<String>,
+    /// Words or phrases, any of which in a message text matches (case-insensitive, whole words in
+    /// scripts that separate words with spaces: `prove` does not match `improve`).
+    #[serde(default)]
+    pub words: Vec<String>,
     /// The request offers tools.
     pub has_tools: Option<bool>,
     /// A message carries an image.
