@@ -2,7 +2,7 @@
 //! `{"error":{"message","type","param","code"}}` with its status, and the endpoint a path names.
 
 use bytes::Bytes;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,178 @@ impl OpenAiError {
         let value = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
         Bytes::from(format!("data: {value}\n\n"))
     }
+}
+
+/// JSON's name for the kind of `value`, as OpenAI's errors write it.
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn missing(param: &'static str, name: &str) -> OpenAiError {
+    OpenAiError::new(
+        400,
+        "invalid_request_error",
+        "missing_required_parameter",
+        format!("Missing required parameter: '{name}'."),
+    )
+    .with_param(param)
+}
+
+fn invalid_type(param: &'static str, name: &str, expected: &str, got: &Value) -> OpenAiError {
+    OpenAiError::new(
+        400,
+        "invalid_request_error",
+        "invalid_type",
+        format!(
+            "Invalid type for '{name}': expected {expected}, but got {} instead.",
+            json_kind(got)
+        ),
+    )
+    .with_param(param)
+}
+
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+/// OpenAI's rules for the shape of a request, for the fields the gateway and every provider rely on:
+/// `messages` a non-empty array of messages with a known role and a string, array (or, for the
+/// assistant, null) content; `prompt` and `input` present; `model` a string and `stream` a boolean when
+/// given. A request that breaks them gets 400 here instead of travelling to a provider.
+pub fn check_request_shape(
+    endpoint: Endpoint,
+    body: &Map<String, Value>,
+) -> Result<(), OpenAiError> {
+    if let Some(model) = body.get("model").filter(|m| !m.is_string()) {
+        return Err(invalid_type("model", "model", "a string", model));
+    }
+    if let Some(stream) = body
+        .get("stream")
+        .filter(|s| !s.is_boolean() && !s.is_null())
+    {
+        return Err(invalid_type("stream", "stream", "a boolean", stream));
+    }
+    match endpoint {
+        Endpoint::ChatCompletions => check_messages(body.get("messages")),
+        Endpoint::Completions => match body.get("prompt") {
+            None | Some(Value::Null) => Err(missing("prompt", "prompt")),
+            Some(Value::String(_) | Value::Array(_)) => Ok(()),
+            Some(other) => Err(invalid_type(
+                "prompt",
+                "prompt",
+                "a string or an array",
+                other,
+            )),
+        },
+        Endpoint::Embeddings => match body.get("input") {
+            None | Some(Value::Null) => Err(missing("input", "input")),
+            Some(Value::Array(items)) if items.is_empty() => Err(OpenAiError::new(
+                400,
+                "invalid_request_error",
+                "empty_array",
+                "Invalid 'input': empty array. Expected an array with minimum length 1.",
+            )
+            .with_param("input")),
+            Some(Value::String(_) | Value::Array(_)) => Ok(()),
+            Some(other) => Err(invalid_type(
+                "input",
+                "input",
+                "a string or an array",
+                other,
+            )),
+        },
+        Endpoint::Models => Ok(()),
+    }
+}
+
+fn check_messages(messages: Option<&Value>) -> Result<(), OpenAiError> {
+    let messages = match messages {
+        None | Some(Value::Null) => return Err(missing("messages", "messages")),
+        Some(Value::Array(messages)) => messages,
+        Some(other) => {
+            return Err(invalid_type(
+                "messages",
+                "messages",
+                "an array of objects",
+                other,
+            ))
+        }
+    };
+    if messages.is_empty() {
+        return Err(OpenAiError::new(
+            400,
+            "invalid_request_error",
+            "empty_array",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+        )
+        .with_param("messages"));
+    }
+    for (i, message) in messages.iter().enumerate() {
+        let Value::Object(message) = message else {
+            return Err(invalid_type(
+                "messages",
+                &format!("messages[{i}]"),
+                "an object",
+                message,
+            ));
+        };
+        let role = match message.get("role") {
+            None | Some(Value::Null) => {
+                return Err(missing("messages", &format!("messages[{i}].role")))
+            }
+            Some(Value::String(role)) => role.as_str(),
+            Some(other) => {
+                return Err(invalid_type(
+                    "messages",
+                    &format!("messages[{i}].role"),
+                    "a string",
+                    other,
+                ))
+            }
+        };
+        if !ROLES.contains(&role) {
+            return Err(OpenAiError::new(
+                400,
+                "invalid_request_error",
+                "invalid_value",
+                format!(
+                    "Invalid value: '{}'. Supported values are: {}.",
+                    role.chars().take(40).collect::<String>(),
+                    ROLES.map(|r| format!("'{r}'")).join(", ")
+                ),
+            )
+            .with_param("messages"));
+        }
+        match message.get("content") {
+            Some(Value::String(_) | Value::Array(_)) => {}
+            // The assistant's turn may be only tool calls.
+            None | Some(Value::Null) if role == "assistant" => {}
+            None | Some(Value::Null) => {
+                return Err(missing("messages", &format!("messages[{i}].content")))
+            }
+            Some(other) => {
+                return Err(invalid_type(
+                    "messages",
+                    &format!("messages[{i}].content"),
+                    "a string or an array of content parts",
+                    other,
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use super::answer::AnswerView;
 use super::catalog::{Catalog, Model, Provider, ProviderKind};
 use super::guard::apply_system_prompt;
 use super::mock;
-use super::openai::{Endpoint, OpenAiError};
+use super::openai::{check_request_shape, Endpoint, OpenAiError};
 use super::routing::{decide, AiPolicy, Plan};
 use super::secrets::{SecretMasker, StreamMasker};
 use super::usage::{Usage, UsageScanner};
@@ -184,6 +184,7 @@ async fn prepare_and_relay(
     let raw = read_body(session, request.catalog.max_body_size).await?;
     let mut body: Map<String, Value> =
         serde_json::from_slice(&raw).map_err(|e| OpenAiError::invalid_json(&e.to_string()))?;
+    check_request_shape(endpoint, &body)?;
     let report = request.catalog.guards.inspect(&mut body)?;
     let plan = decide(
         request.catalog,
