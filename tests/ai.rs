@@ -507,9 +507,12 @@ async fn streams_pass_through_and_a_mid_stream_drop_ends_with_an_error_event() {
     );
     while response.chunk().await.unwrap().is_some() {}
 
+    // The delay lets the first chunks reach the gateway before the drop (hyper discards what it has not
+    // written when a body fails): a drop after the client has its first tokens ends in an error event.
     llm.set_behavior(Behavior {
         chunks: 6,
         drop_after: Some(2),
+        chunk_delay: Duration::from_millis(20),
         ..Behavior::default()
     });
     let text = chat(&client, &gateway, request.clone())
@@ -518,6 +521,10 @@ async fn streams_pass_through_and_a_mid_stream_drop_ends_with_an_error_event() {
         .await
         .unwrap();
     assert!(!text.contains("[DONE]"), "{text}");
+    assert!(
+        text.contains("\"content\""),
+        "no token came before the drop: {text}"
+    );
     let last = text.trim_end().rsplit("data: ").next().unwrap();
     let event: Value = serde_json::from_str(last).unwrap();
     assert_eq!(event["error"]["code"], "upstream_stream_error");
@@ -1154,4 +1161,74 @@ async fn a_plain_answer_over_max_answer_size_is_refused_with_a_502_whether_or_no
         "{}",
         dir.access_log()
     );
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_without_its_final_event_is_a_provider_failure() {
+    let first = MockLlm::start("first").await.unwrap();
+    let second = MockLlm::start("second").await.unwrap();
+    let (dir, gateway) = two_providers(&first, &second, "").await;
+    let client = client();
+    let request =
+        json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "q"}]});
+
+    // Ended (or broken off) before its first event: nothing reached the client, the next candidate answers.
+    for behavior in [
+        Behavior {
+            end_after: Some(0),
+            ..Behavior::default()
+        },
+        Behavior {
+            drop_after: Some(0),
+            ..Behavior::default()
+        },
+    ] {
+        first.set_behavior(behavior);
+        let response = chat(&client, &gateway, request.clone()).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-gateway-model"), "model-b");
+        let text = response.text().await.unwrap();
+        let content: String = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .filter_map(|event| {
+                event["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect();
+        assert_eq!(content, "Hello from second.", "{text}");
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    }
+
+    // Ended cleanly after two events, with no finish reason and no [DONE]: the client is told.
+    first.set_behavior(Behavior {
+        chunks: 6,
+        end_after: Some(2),
+        ..Behavior::default()
+    });
+    let response = chat(&client, &gateway, request.clone()).await;
+    assert_eq!(header(&response, "x-gateway-model"), "model-a");
+    let text = response.text().await.unwrap();
+    assert!(!text.contains("[DONE]"), "{text}");
+    let last = text.trim_end().rsplit("data: ").next().unwrap();
+    let event: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(event["error"]["code"], "upstream_stream_error", "{text}");
+
+    let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_ai_provider_errors_total{provider="first",reason="stream_incomplete"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
+    let logged = eventually(Duration::from_secs(5), || async {
+        dir.access_log()
+            .contains(r#""error":"upstream_stream_incomplete""#)
+    })
+    .await;
+    assert!(logged, "{}", dir.access_log());
 }

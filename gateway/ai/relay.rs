@@ -30,6 +30,7 @@ use super::openai::{check_request_shape, Endpoint, OpenAiError};
 use super::routing::{decide, AiPolicy, Plan};
 use super::secrets::{SecretMasker, StreamMasker};
 use super::usage::{Usage, UsageScanner};
+use crate::observe::metrics::METRICS;
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
@@ -770,7 +771,9 @@ async fn stream_back(
         Some(length) if !is_sse => head.insert_header(CONTENT_LENGTH, length)?,
         _ => frame_unknown_length(session, &mut head)?,
     }
-    session.write_response_header(Box::new(head), false).await?;
+    // The head goes out with the first bytes for the client: until then nothing was sent, and a provider
+    // that fails (or ends its stream) before its first event can still be replaced by the next candidate.
+    let mut head = Some(head);
     let mut masker = secrets.filter(|_| is_sse).map(StreamMasker::new);
     loop {
         upstream.read_timeout = read_timeout();
@@ -781,8 +784,15 @@ async fn stream_back(
                     Some(masker) => masker.push(&chunk),
                     None => chunk,
                 };
-                if !chunk.is_empty()
-                    && session
+                if chunk.is_empty() {
+                    continue;
+                }
+                let sent = match head.take() {
+                    Some(head) => session.write_response_header(Box::new(head), false).await,
+                    None => Ok(()),
+                };
+                if sent.is_err()
+                    || session
                         .write_response_body(Some(chunk), false)
                         .await
                         .is_err()
@@ -792,9 +802,41 @@ async fn stream_back(
                     return Ok(Relayed::Done);
                 }
             }
+            Ok(None) if is_sse && !usage.ended => {
+                // A clean close without `[DONE]`, a finish reason or an error: the answer is cut short.
+                log::warn!(
+                    "AI provider {} ended its stream without a final event",
+                    provider.name
+                );
+                METRICS
+                    .ai_provider_errors
+                    .with_label_values(&[&*provider.name, "stream_incomplete"])
+                    .inc();
+                if head.is_some() {
+                    return Ok(Relayed::BrokeOff(
+                        "stream ended before its final event".to_string(),
+                    ));
+                }
+                outcome.error = Some("upstream_stream_incomplete");
+                let mut tail = masker
+                    .as_mut()
+                    .map(StreamMasker::finish)
+                    .unwrap_or_default();
+                tail.extend_from_slice(&stream_error(
+                    "the provider's stream ended before the answer was complete",
+                ));
+                let _ = session
+                    .write_response_body(Some(Bytes::from(tail)), false)
+                    .await;
+                let _ = session.write_response_body(None, true).await;
+                return Ok(Relayed::Done);
+            }
             Ok(None) => {
                 if let Some(found) = usage.finish() {
                     outcome.account(model, found);
+                }
+                if let Some(head) = head.take() {
+                    session.write_response_header(Box::new(head), false).await?;
                 }
                 let tail = masker
                     .as_mut()
@@ -812,31 +854,56 @@ async fn stream_back(
                 return Ok(Relayed::Done);
             }
             Err(e) => {
-                outcome.error = Some("upstream_stream_error");
                 log::warn!(
                     "AI provider {} failed mid-response: {}",
                     provider.name,
                     e.etype().as_str()
                 );
+                METRICS
+                    .ai_provider_errors
+                    .with_label_values(&[&*provider.name, "stream_error"])
+                    .inc();
+                if head.is_some() {
+                    // Nothing reached the client: out of time is final (another attempt would start the
+                    // whole wait again), anything else goes to the next candidate.
+                    if matches!(e.etype(), pingora::ErrorType::ReadTimedout) {
+                        return Err(OpenAiError::new(
+                            502,
+                            "server_error",
+                            "upstream_stream_error",
+                            "the provider did not answer in time",
+                        )
+                        .into());
+                    }
+                    return Ok(Relayed::BrokeOff(format!(
+                        "failed before its first event: {}",
+                        e.etype().as_str()
+                    )));
+                }
+                outcome.error = Some("upstream_stream_error");
                 if !is_sse {
                     // A plain answer already on its way can only be cut short.
                     session.set_keepalive(None);
                     return Ok(Relayed::Done);
                 }
-                let error = OpenAiError::new(
-                    502,
-                    "server_error",
-                    "upstream_stream_error",
-                    "the provider failed while streaming the answer",
-                );
                 let _ = session
-                    .write_response_body(Some(error.sse_event()), false)
+                    .write_response_body(
+                        Some(stream_error(
+                            "the provider failed while streaming the answer",
+                        )),
+                        false,
+                    )
                     .await;
                 let _ = session.write_response_body(None, true).await;
                 return Ok(Relayed::Done);
             }
         }
     }
+}
+
+/// The SSE error event that ends a stream the provider broke.
+fn stream_error(message: &'static str) -> Bytes {
+    OpenAiError::new(502, "server_error", "upstream_stream_error", message).sse_event()
 }
 
 /// Send a whole answer, head then body.

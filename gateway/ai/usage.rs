@@ -65,7 +65,8 @@ impl Usage {
 const MAX_BODY: usize = 1024 * 1024;
 const TAIL: usize = 16 * 1024;
 
-/// Watches an answer go by and keeps the last usage it carried.
+/// Watches an answer go by: keeps the last usage it carried and, for a stream, whether it came to a proper
+/// end.
 #[derive(Debug, Default)]
 pub struct UsageScanner {
     sse: bool,
@@ -76,6 +77,30 @@ pub struct UsageScanner {
     /// The plain body outgrew `MAX_BODY`: `pending` holds its tail.
     tail_only: bool,
     pub usage: Option<Usage>,
+    /// The stream carried its terminal event: `[DONE]`, a choice's `finish_reason`, or an `error`.
+    pub ended: bool,
+}
+
+/// Whether an SSE event ends an answer: its data is `[DONE]`, or it names a non-null `finish_reason` or an
+/// `error`. Only byte probes: no event is parsed for this.
+fn ends_stream(event: &[u8]) -> bool {
+    if memmem::find(event, b"[DONE]").is_some() {
+        let text = String::from_utf8_lossy(event);
+        if event_data(&text).trim() == "[DONE]" {
+            return true;
+        }
+    }
+    // A key is a quoted name followed by `:`; the same word as a string value is followed by `,` or `}`.
+    let value_of = |key: &'static [u8]| {
+        memmem::find_iter(event, key).filter_map(move |at| {
+            event[at + key.len()..]
+                .trim_ascii_start()
+                .strip_prefix(b":")
+                .map(<[u8]>::trim_ascii_start)
+        })
+    };
+    value_of(b"\"finish_reason\"").any(|value| !value.starts_with(b"null"))
+        || value_of(b"\"error\"").next().is_some()
 }
 
 impl UsageScanner {
@@ -99,6 +124,7 @@ impl UsageScanner {
             let bytes = events.bytes();
             for (event, _) in events {
                 let event = &bytes[event];
+                self.ended = self.ended || ends_stream(event);
                 // Only events that mention usage are parsed.
                 if memmem::find(event, b"\"usage\"").is_none() {
                     continue;
@@ -185,5 +211,35 @@ mod tests {
         let cost = usage.cost(Some(0.15), Some(0.60)).unwrap();
         assert!((cost - 0.45).abs() < 1e-12, "{cost}");
         assert_eq!(usage.cost(None, None), None);
+    }
+
+    #[test]
+    fn a_stream_ends_with_done_a_finish_reason_or_an_error() {
+        let cases: [(&[u8], bool); 7] = [
+            (
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"error\"}}]}\n\n",
+                false,
+            ),
+            (
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"},\"finish_reason\":null}]}\n\n",
+                false,
+            ),
+            (
+                b"data: {\"choices\":[{\"delta\":{},\"finish_reason\": \"stop\"}]}\n\n",
+                true,
+            ),
+            (b"data: [DONE]\n\n", true),
+            (
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"[DONE]\"}}]}\n\n",
+                false,
+            ),
+            (b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n", true),
+            (b": ping\n\n", false),
+        ];
+        for (stream, ended) in cases {
+            let mut scanner = UsageScanner::new(true);
+            scanner.observe(stream);
+            assert_eq!(scanner.ended, ended, "{}", String::from_utf8_lossy(stream));
+        }
     }
 }

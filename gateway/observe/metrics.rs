@@ -21,6 +21,7 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub limited: IntCounterVec,
     pub malformed: IntCounterVec,
+    pub ai_provider_errors: IntCounterVec,
     pub ai_tokens: IntCounterVec,
     pub ai_cost: prometheus::CounterVec,
 }
@@ -107,6 +108,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["reason"],
     )
     .expect("valid metric");
+    let ai_provider_errors = IntCounterVec::new(
+        Opts::new(
+            "gateway_ai_provider_errors_total",
+            "AI answers a provider broke after its response head, by provider and reason",
+        ),
+        &["provider", "reason"],
+    )
+    .expect("valid metric");
     let ai_tokens = IntCounterVec::new(
         Opts::new(
             "gateway_ai_tokens_total",
@@ -134,6 +143,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(auth_failures.clone()),
         Box::new(limited.clone()),
         Box::new(malformed.clone()),
+        Box::new(ai_provider_errors.clone()),
         Box::new(ai_tokens.clone()),
         Box::new(ai_cost.clone()),
     ] {
@@ -153,6 +163,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         auth_failures,
         limited,
         malformed,
+        ai_provider_errors,
         ai_tokens,
         ai_cost,
     }

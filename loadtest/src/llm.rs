@@ -37,6 +37,8 @@ pub struct Behavior {
     pub drop_after: Option<usize>,
     /// For streams: after this many chunks, stop sending (but keep the connection open).
     pub stall_after: Option<usize>,
+    /// For streams: after this many chunks, end the body cleanly, without a finish reason or `[DONE]`.
+    pub end_after: Option<usize>,
     /// For plain answers: announce the whole length but send only this many body bytes, then close.
     pub cut_plain_at: Option<usize>,
     /// With `cut_plain_at`: after those bytes, keep the connection open and send nothing more.
@@ -67,6 +69,7 @@ impl Default for Behavior {
             chunk_delay: Duration::ZERO,
             drop_after: None,
             stall_after: None,
+            end_after: None,
             cut_plain_at: None,
             stall_plain: false,
             chunked_plain: false,
@@ -349,6 +352,10 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
             }
             if behavior.stall_after == Some(i) {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            if behavior.end_after == Some(i) {
+                // Dropping the sender ends the body with its terminating chunk: a clean end, cut short.
+                return;
             }
             let chunk = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
