@@ -13,6 +13,8 @@ pub enum ErrorKind {
     UpstreamTimeout,
     UpstreamProtocol,
     BadRequest,
+    /// The client went away before its answer was complete (NGINX's 499).
+    ClientClosed,
     Internal,
 }
 
@@ -25,6 +27,7 @@ impl ErrorKind {
             ErrorKind::UpstreamConnect | ErrorKind::UpstreamProtocol => 502,
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::BadRequest => 400,
+            ErrorKind::ClientClosed => 499,
             ErrorKind::Internal => 500,
         }
     }
@@ -39,6 +42,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::UpstreamProtocol => "upstream_error",
             ErrorKind::BadRequest => "bad_request",
+            ErrorKind::ClientClosed => "client_closed_request",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -52,6 +56,9 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "the backend did not answer in time",
             ErrorKind::UpstreamProtocol => "the backend failed while answering",
             ErrorKind::BadRequest => "the request could not be read",
+            ErrorKind::ClientClosed => {
+                "the client closed the connection before the answer was complete"
+            }
             ErrorKind::Internal => "internal gateway error",
         }
     }

@@ -886,13 +886,17 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let kind = ctx.error.unwrap_or_else(|| ErrorKind::from_proxy_error(e));
-        ctx.error = Some(kind);
         let client_gone = e.esource == ErrorSource::Downstream
             && matches!(
                 e.etype,
                 ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
             );
+        let kind = if client_gone {
+            ErrorKind::ClientClosed
+        } else {
+            ctx.error.unwrap_or_else(|| ErrorKind::from_proxy_error(e))
+        };
+        ctx.error = Some(kind);
         if session.response_written().is_none() && !client_gone {
             // The request body may be unread: announce the close instead of letting the client find out.
             session.set_keepalive(None);

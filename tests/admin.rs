@@ -89,3 +89,41 @@ routes:
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn refusal_and_reload_counters_are_there_at_zero_from_the_start() {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let body = r#"
+auth:
+  api_key: { headers: [x-api-key] }
+  jwt_issuers:
+    - { name: hs, algorithms: [HS256], secret: "an-hmac-secret-of-at-least-32-bytes!!" }
+consumers:
+  - name: alice
+    api_keys: [{ sha256: "0000000000000000000000000000000000000000000000000000000000000000" }]
+limits:
+  - { name: per-key, rate: 10/second }
+routes:
+  - name: secure
+    auth: { methods: [api_key, jwt] }
+    limits: [per-key]
+    ip_rules: { deny: [192.0.2.0/24] }
+    respond: { status: 200 }
+"#;
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, body)).await;
+    let metrics = get(&client(), &gateway.admin_url("/metrics")).await.1;
+    for line in [
+        r#"gateway_config_reloads_total{result="ok"} 0"#,
+        r#"gateway_config_reloads_total{result="rejected"} 0"#,
+        r#"gateway_auth_failures_total{reason="missing_credentials",route="secure"} 0"#,
+        r#"gateway_auth_failures_total{reason="invalid_api_key",route="secure"} 0"#,
+        r#"gateway_auth_failures_total{reason="jwt_expired",route="secure"} 0"#,
+        r#"gateway_auth_failures_total{reason="ip_denied",route="secure"} 0"#,
+        r#"gateway_rate_limited_total{policy="per-key",route="secure"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing:\n{metrics}"
+        );
+    }
+}

@@ -242,3 +242,47 @@ async fn tcp_health_checks_take_a_closed_port_out() {
         assert_eq!(get(&client, &gateway.url("/")).await.0, 200);
     }
 }
+
+#[tokio::test]
+async fn a_request_the_client_abandons_is_logged_as_499_not_an_error() {
+    let origin = MockOrigin::start("slow").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let yaml = dir.proxy_config(
+        &ports,
+        &format!("    backends: [{{ address: \"{}\" }}]", origin.addr),
+    );
+    let gateway = Gateway::start(&dir, ports, &yaml).await;
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(impatient
+        .get(gateway.url("/slow?delay_ms=1500"))
+        .send()
+        .await
+        .is_err());
+    let logged = eventually(Duration::from_secs(5), || async {
+        dir.access_log().contains(r#""status":499"#)
+    })
+    .await;
+    let log = dir.access_log();
+    assert!(logged, "{log}");
+    assert!(log.contains(r#""error":"client_closed_request""#), "{log}");
+    let metrics = get(&client(), &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_requests_total{route="web",status_class="client_closed"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_requests_total{route="web",status_class="4xx"}"#
+        ),
+        0.0
+    );
+}

@@ -14,7 +14,7 @@ use super::schema::*;
 use super::security;
 use super::units::DurationOr;
 use super::{ConfigError, ConfigErrors, GatewayConfig};
-use crate::edge::auth::AuthRuntime;
+use crate::edge::auth::{AuthRuntime, RouteAuth};
 use crate::edge::client::TrustedProxies;
 use crate::edge::ip_rules::IpRules;
 use crate::edge::limits::LimitPolicy;
@@ -24,7 +24,10 @@ use crate::edge::routes::{
     RouteTable, RouteTimeouts,
 };
 use crate::edge::tls::{load_ca_bundle, load_certified_key, CertStore};
-use crate::observe::metrics::{upstream_ejection_counter, upstream_health_gauge, RouteMetrics};
+use crate::observe::metrics::{
+    init_fixed_counters, init_refusal_counters, upstream_ejection_counter, upstream_health_gauge,
+    RouteMetrics,
+};
 use crate::runtime::*;
 use crate::upstream::cluster::{
     Backend, Cluster, ClusterSettings, ClusterTimeouts, HashOn, HealthCheckSpec, HttpCheck,
@@ -183,6 +186,10 @@ pub fn compile(
         clusters: all_clusters,
         unmatched_metrics: RouteMetrics::for_route("_unmatched"),
     };
+    init_fixed_counters();
+    if !runtime.listener_ip_rules.is_empty() {
+        init_refusal_counters("_unmatched", &["ip_denied"], &[]);
+    }
     Ok(Compiled {
         settings,
         runtime,
@@ -717,7 +724,7 @@ fn compile_route(
         .auth
         .as_ref()
         .map(|auth| security::compile_route_auth(c, auth, path, context.auth));
-    let route_limits = route
+    let route_limits: Vec<Arc<LimitPolicy>> = route
         .limits
         .iter()
         .enumerate()
@@ -743,6 +750,15 @@ fn compile_route(
     if c.errors.len() > errors_before {
         return None;
     }
+    let mut reasons = route_auth
+        .as_ref()
+        .map(RouteAuth::refusal_codes)
+        .unwrap_or_default();
+    if route_ip_rules.is_some() {
+        reasons.push("ip_denied");
+    }
+    let policies: Vec<&str> = route_limits.iter().map(|policy| &*policy.name).collect();
+    init_refusal_counters(&route.name, &reasons, &policies);
     Some(Route {
         name: Arc::from(route.name.as_str()),
         hosts,

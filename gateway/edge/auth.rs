@@ -22,6 +22,26 @@ pub struct RouteAuth {
     pub groups: Vec<String>,
 }
 
+impl RouteAuth {
+    /// The codes this route's authentication can refuse with, for counters that start at zero.
+    pub fn refusal_codes(&self) -> Vec<&'static str> {
+        let mut codes = vec![AuthFailure::MissingCredentials.code()];
+        if self.api_key {
+            codes.push(AuthFailure::InvalidApiKey.code());
+        }
+        if self.jwt {
+            codes.extend(super::jwt::JwtError::ALL.map(|e| AuthFailure::InvalidJwt(e).code()));
+        }
+        if self.mtls {
+            codes.push(AuthFailure::UnknownClientCertificate.code());
+        }
+        if !self.consumers.is_empty() || !self.groups.is_empty() {
+            codes.push(AuthFailure::ConsumerNotAllowed.code());
+        }
+        codes
+    }
+}
+
 /// Where credentials are looked for, and how identity is forwarded.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {

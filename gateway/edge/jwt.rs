@@ -64,6 +64,21 @@ pub enum JwtError {
 }
 
 impl JwtError {
+    /// Every kind, for metrics that start at zero.
+    pub const ALL: [JwtError; 11] = [
+        JwtError::Malformed,
+        JwtError::AlgorithmNotAllowed,
+        JwtError::UnknownKey,
+        JwtError::BadSignature,
+        JwtError::Expired,
+        JwtError::NotYetValid,
+        JwtError::WrongIssuer,
+        JwtError::WrongAudience,
+        JwtError::MissingClaim,
+        JwtError::UnknownIssuer,
+        JwtError::CriticalHeader,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             JwtError::Malformed => "jwt_malformed",

@@ -169,10 +169,28 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     }
 });
 
+/// Create the refusal counters a route can bump, at zero, so dashboards and alerts see them from the start:
+/// `reasons` of `gateway_auth_failures_total`, `policies` of `gateway_rate_limited_total`.
+pub fn init_refusal_counters(route: &str, reasons: &[&str], policies: &[&str]) {
+    for reason in reasons {
+        METRICS.auth_failures.with_label_values(&[route, reason]);
+    }
+    for policy in policies {
+        METRICS.limited.with_label_values(&[route, policy]);
+    }
+}
+
+/// Counters whose every label value is known up front, created at zero at start.
+pub fn init_fixed_counters() {
+    for result in ["ok", "rejected"] {
+        METRICS.config_reloads.with_label_values(&[result]);
+    }
+}
+
 /// Pre-resolved metric handles of one route (or of unmatched requests).
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
-    by_class: [IntCounter; 5],
+    by_class: [IntCounter; 6],
     duration: prometheus::Histogram,
 }
 
@@ -180,7 +198,7 @@ impl RouteMetrics {
     pub fn for_route(route: &str) -> Self {
         let m = &*METRICS;
         RouteMetrics {
-            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx", "client_closed"]
                 .map(|class| m.requests.with_label_values(&[route, class])),
             duration: m.duration.with_label_values(&[route]),
         }
@@ -198,7 +216,12 @@ impl RouteMetrics {
     }
 
     pub fn observe(&self, status: u16, seconds: f64) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
+        // A client that left (499) is not an error of the route: it has a class of its own.
+        let class = if status == 499 {
+            5
+        } else {
+            (status / 100).clamp(1, 5) as usize - 1
+        };
         self.by_class[class].inc();
         self.duration.observe(seconds);
     }
