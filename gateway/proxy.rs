@@ -629,7 +629,11 @@ impl ProxyHttp for EdgeProxy {
             }
         };
         ctx.attempts += 1;
-        let Some((index, addr)) = cluster.select(key, ctx.tried) else {
+        let picked = cluster.select(key, ctx.tried);
+        if ctx.tried == 0 {
+            cluster.note_first_pick(picked.is_some());
+        }
+        let Some((index, addr)) = picked else {
             ctx.error = Some(if ctx.attempts > 1 {
                 ErrorKind::UpstreamConnect
             } else {
@@ -908,6 +912,15 @@ impl ProxyHttp for EdgeProxy {
             error_code: kind.status(),
             can_reuse_downstream: false,
         }
+    }
+
+    /// Refusals the gateway explains elsewhere are not logged again as proxy errors: no available backend
+    /// (logged once per change of state by the cluster) and clients that left (the access log's 499).
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        matches!(
+            ctx.error,
+            Some(ErrorKind::NoHealthyUpstream | ErrorKind::ClientClosed)
+        )
     }
 
     /// The request as Pingora's own error logs show it, without credentials in the query.

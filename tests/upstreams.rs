@@ -286,3 +286,28 @@ async fn a_request_the_client_abandons_is_logged_as_499_not_an_error() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_cluster_without_backends_logs_once_per_change_not_per_request() {
+    let dead = free_port();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let yaml = dir.proxy_config(
+        &ports,
+        &format!(
+            "    backends: [{{ address: \"127.0.0.1:{dead}\" }}]\n    health_check: {{ type: tcp, interval: 200ms, unhealthy_threshold: 1 }}"
+        ),
+    );
+    let gateway = Gateway::start(&dir, ports, &yaml).await;
+    let client = client();
+    let down = eventually(Duration::from_secs(5), || async {
+        get(&client, &gateway.url("/x")).await.0 == 503
+    })
+    .await;
+    assert!(down);
+    for _ in 0..20 {
+        assert_eq!(get(&client, &gateway.url("/x")).await.0, 503);
+    }
+    let log = dir.gateway_log();
+    assert_eq!(log.matches("no backend is available").count(), 1, "{log}");
+    assert!(!log.contains("Fail to proxy"), "{log}");
+}

@@ -200,6 +200,8 @@ pub struct Cluster {
     /// Keeps this cluster's pooled connections apart from other clusters' (Pingora's pool key ignores
     /// the CA bundle, so two clusters with one address and SNI but different trust must not share).
     pub pool_group: u64,
+    /// No backend was available at the last first pick: the state whose changes are logged.
+    exhausted: AtomicBool,
 }
 
 /// Points per unit of weight on the hash ring (ketama uses 160 per server).
@@ -238,6 +240,26 @@ impl Cluster {
             backends,
             selector,
             settings,
+            exhausted: AtomicBool::new(false),
+        }
+    }
+
+    /// Record whether a request's first pick found a backend, and log only the changes: one warning when
+    /// the cluster runs out of available backends (every request then gets 503), one line when it has one
+    /// again, instead of an error per request.
+    pub fn note_first_pick(&self, found: bool) {
+        if found {
+            if self.exhausted.load(Ordering::Relaxed)
+                && self.exhausted.swap(false, Ordering::Relaxed)
+            {
+                log::info!("cluster {}: a backend is available again", self.name);
+            }
+        } else if !self.exhausted.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "cluster {}: no backend is available (unhealthy, ejected or unresolved); answering 503 \
+                 until one is",
+                self.name
+            );
         }
     }
 
