@@ -625,8 +625,24 @@ async fn deployments_share_the_load_health_checks_skip_dead_ones_and_keyless_pro
         ),
     )
     .await;
-    assert!(dir.gateway_log().contains("AI provider `paid` is disabled"));
+    let log = dir.gateway_log();
+    assert!(
+        log.contains(
+            "AI provider `paid` is disabled: its API key is empty; set UNSET_TEST_PROVIDER_KEY"
+        ),
+        "{log}"
+    );
     let client = client();
+    let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_upstream_healthy{backend="127.0.0.1:9",cluster="ai:paid"}"#
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"cluster="ai:paid""#), "{metrics}");
     let request = json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]});
     for _ in 0..10 {
         let response = chat(&client, &gateway, request.clone()).await;

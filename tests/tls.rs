@@ -205,3 +205,43 @@ async fn plain_listener_redirects_to_https() {
         format!("https://a.test:{}/pay?x=1", ports.https).as_str()
     );
 }
+
+#[tokio::test]
+async fn a_missing_certificate_is_generated_with_a_subject_that_says_what_it_is() {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let (cert, key) = (dir.path("certs/dev.crt"), dir.path("certs/dev.key"));
+    let yaml = format!(
+        r#"{server}
+listeners:
+  - name: https
+    address: "127.0.0.1:{https}"
+    tls:
+      certificates:
+        - {{ cert: {cert}, key: {key}, default: true, self_signed_if_missing: true }}
+routes:
+  - name: hello
+    respond: {{ status: 200, body: hello }}
+"#,
+        server = dir.server_section(&ports, ""),
+        https = ports.https,
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let _gateway = Gateway::start(&dir, ports, &yaml).await;
+    // What the listener presents, as an operator would look at it.
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{} -servername localhost </dev/null 2>/dev/null | openssl x509 -noout -subject",
+            ports.https
+        ))
+        .output()
+        .unwrap();
+    let subject = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        subject.contains("gateway development certificate (self-signed, localhost)")
+            && subject.contains("O = gateway"),
+        "{subject}"
+    );
+    assert!(!subject.contains("rcgen"), "{subject}");
+}

@@ -495,7 +495,26 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         });
     }
     if !enabled {
-        log::warn!("AI provider `{}` is disabled: its API key is empty (set the environment variable it names)", section.name);
+        let mut unset = c.config.unset_variables_at(&format!("{path}.api_key"));
+        for j in 0..section.deployments.len() {
+            unset.extend(
+                c.config
+                    .unset_variables_at(&format!("{path}.deployments[{j}].api_key")),
+            );
+        }
+        let fix = if unset.is_empty() {
+            format!("give {path}.api_key a value")
+        } else {
+            format!("set {}", unset.join(" and "))
+        };
+        log::warn!(
+            "AI provider `{}` is disabled: its API key is empty; {fix} to enable it",
+            section.name
+        );
+        // Not checked and not used: it is not reported healthy either.
+        for backend in &backends {
+            backend.health_gauge.set(0);
+        }
     }
     let health_check = section.health_check.as_ref().map(|hc| HealthCheckSpec {
         http: (hc.kind == HealthCheckKind::Http).then(|| HttpCheck {

@@ -52,6 +52,8 @@ pub(super) struct Compiler<'a> {
     pub(super) errors: Vec<ConfigError>,
     pub(super) mode: Mode,
     pub(super) previous: Option<&'a Runtime>,
+    /// The file as parsed: for what compiling alone cannot tell (which variable an empty value came from).
+    pub(super) config: &'a GatewayConfig,
 }
 
 impl Compiler<'_> {
@@ -70,6 +72,7 @@ pub fn compile(
         errors: Vec::new(),
         mode,
         previous,
+        config,
     };
     let server = &config.server;
 

@@ -71,10 +71,24 @@ pub struct GatewayConfig {
     pub auth: AuthSection,
     pub limits: Vec<LimitSection>,
     pub ai: AiSection,
+    /// `(YAML path, variable)` of each `${NAME:-default}` whose variable was unset, so that a warning
+    /// about an empty value can name the variable to set.
+    pub defaulted_env: Vec<(String, String)>,
+}
+
+impl GatewayConfig {
+    /// The environment variables that were unset where the value at `path` was written.
+    pub fn unset_variables_at(&self, path: &str) -> Vec<&str> {
+        self.defaulted_env
+            .iter()
+            .filter(|(at, _)| at == path)
+            .map(|(_, name)| name.as_str())
+            .collect()
+    }
 }
 
 const SECTIONS: &str =
-    "`server`, `admin`, `listeners`, `clusters`, `routes`, `consumers`, `auth`, `limits`";
+    "`server`, `admin`, `listeners`, `clusters`, `routes`, `consumers`, `auth`, `limits`, `ai`";
 
 /// Read and parse a config file; every error found is returned at once.
 pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
@@ -92,8 +106,17 @@ pub fn parse_str(text: &str) -> Result<GatewayConfig, ConfigErrors> {
     let mut document: Value = serde_yaml_ng::from_str(text)
         .map_err(|e| ConfigErrors(vec![ConfigError::new("", format!("not valid YAML: {e}"))]))?;
     let mut errors = Vec::new();
-    interpolate_env(&mut document, &mut String::new(), &mut errors);
-    let mut config = GatewayConfig::default();
+    let mut defaulted_env = Vec::new();
+    interpolate_env(
+        &mut document,
+        &mut String::new(),
+        &mut errors,
+        &mut defaulted_env,
+    );
+    let mut config = GatewayConfig {
+        defaulted_env,
+        ..GatewayConfig::default()
+    };
     let Value::Mapping(top) = document else {
         return Err(ConfigErrors(vec![ConfigError::new(
             "",
@@ -189,11 +212,24 @@ fn parse_list<T: DeserializeOwned>(
     }
 }
 
-/// Replace `${NAME}` and `${NAME:-default}` in every string scalar with the environment's value.
-fn interpolate_env(value: &mut Value, path: &mut String, errors: &mut Vec<ConfigError>) {
+/// Replace `${NAME}` and `${NAME:-default}` in every string scalar with the environment's value; note in
+/// `defaulted` the path and name of each variable that was unset and took its default.
+fn interpolate_env(
+    value: &mut Value,
+    path: &mut String,
+    errors: &mut Vec<ConfigError>,
+    defaulted: &mut Vec<(String, String)>,
+) {
     match value {
         Value::String(text) if text.contains("${") => {
-            match substitute_env(text, |name| std::env::var(name).ok()) {
+            let lookup = |name: &str| {
+                let found = std::env::var(name).ok();
+                if found.is_none() {
+                    defaulted.push((path.clone(), name.to_string()));
+                }
+                found
+            };
+            match substitute_env(text, lookup) {
                 Ok(replaced) => *text = replaced,
                 Err(message) => errors.push(ConfigError::new(path.clone(), message)),
             }
@@ -202,7 +238,7 @@ fn interpolate_env(value: &mut Value, path: &mut String, errors: &mut Vec<Config
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                interpolate_env(item, path, errors);
+                interpolate_env(item, path, errors, defaulted);
                 path.truncate(len);
             }
         }
@@ -213,11 +249,11 @@ fn interpolate_env(value: &mut Value, path: &mut String, errors: &mut Vec<Config
                     path.push('.');
                 }
                 path.push_str(key.as_str().unwrap_or("?"));
-                interpolate_env(item, path, errors);
+                interpolate_env(item, path, errors, defaulted);
                 path.truncate(len);
             }
         }
-        Value::Tagged(tagged) => interpolate_env(&mut tagged.value, path, errors),
+        Value::Tagged(tagged) => interpolate_env(&mut tagged.value, path, errors, defaulted),
         _ => {}
     }
 }
@@ -225,7 +261,7 @@ fn interpolate_env(value: &mut Value, path: &mut String, errors: &mut Vec<Config
 /// Expand `${NAME}` / `${NAME:-default}` using `lookup`; an unset variable without default is an error.
 pub fn substitute_env(
     text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
+    mut lookup: impl FnMut(&str) -> Option<String>,
 ) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;

@@ -127,8 +127,22 @@ pub fn generate_dev_certificate(cert_path: &Path, key_path: &Path) -> Result<(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    let certified = rcgen::generate_simple_self_signed(names)
+    let mut params = rcgen::CertificateParams::new(names)
         .map_err(|e| format!("generating a certificate: {e}"))?;
+    // A subject that says what it is to whoever inspects it (browsers, `openssl s_client`).
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "gateway development certificate (self-signed, localhost)",
+    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "gateway");
+    let signing_key = rcgen::KeyPair::generate().map_err(|e| format!("generating a key: {e}"))?;
+    let cert = params
+        .self_signed(&signing_key)
+        .map_err(|e| format!("generating a certificate: {e}"))?;
+    let certified = rcgen::CertifiedKey { cert, signing_key };
     for path in [cert_path, key_path] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
