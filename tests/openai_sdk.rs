@@ -1,5 +1,6 @@
 //! The official OpenAI Python SDK drives the gateway over TLS (API key auth, non-stream and stream) and gets
-//! exactly what the provider (a mock LLM) sent. `.ci/run` installs the SDK with pip.
+//! exactly what the provider (a mock LLM) sent. `.ci/setup` installs the SDK into `target/sdk-venv`; without
+//! it the test fails and says so (it is never skipped).
 
 mod common;
 
@@ -75,8 +76,15 @@ routes:
     let script = dir.path("sdk.py");
     std::fs::write(&script, SCRIPT).unwrap();
     let base_url = format!("https://localhost:{}/v1", ports.https);
+    // The SDK's virtual environment from `.ci/setup`, or a system Python that has the SDK.
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
+    let python = if venv.exists() {
+        venv.into_os_string()
+    } else {
+        "python3".into()
+    };
     let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(python)
             .arg(script)
             .args([&base_url, api_key, ca_path.to_str().unwrap()])
             .output()
@@ -87,7 +95,7 @@ routes:
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "the SDK script failed (install it with `python3 -m pip install openai`):\n{}",
+        "the SDK script failed (run `.ci/setup`, which installs the SDK into target/sdk-venv):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let lines: Vec<serde_json::Value> = stdout
