@@ -55,6 +55,42 @@ fn validate_names_the_yaml_path_of_a_typo_and_fails() {
     );
 }
 
+#[test]
+fn validate_lists_every_schema_error_even_several_in_one_item_and_refuses_ambiguous_durations() {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let yaml = dir.plain_config(
+        &ports,
+        r#"
+clusters:
+  - name: app
+    backends: [{ address: "127.0.0.1:9" }]
+    connect_timeout: 2 s
+    retries: lots
+    read_timeout: 2sec
+routes:
+  - name: r
+    match: { hots: [x], methods: GET }
+    proxy: { cluster: app }
+wrong_section: 1
+"#,
+    );
+    let (ok, stderr) = gateway_cli(&["validate"], &dir.write_config(&yaml));
+    assert!(!ok);
+    for expected in [
+        "clusters[0].connect_timeout: invalid duration `2 s`",
+        "clusters[0].retries: invalid type",
+        "clusters[0].read_timeout: invalid duration `2sec`",
+        "routes[0].match.hots: unknown field `hots`",
+        "routes[0].match.methods: invalid type",
+        "wrong_section: unknown section; expected one of",
+    ] {
+        assert!(stderr.contains(expected), "{expected} not in:\n{stderr}");
+    }
+    assert!(stderr.contains("`ai`"), "{stderr}");
+    // What is wrong in the schema is not echoed again as a broken reference.
+    assert!(!stderr.contains("no cluster named"), "{stderr}");
+}
+
 #[tokio::test]
 async fn sighup_with_a_broken_file_keeps_the_old_config() {
     let origin = MockOrigin::start("old").await.unwrap();

@@ -166,15 +166,28 @@ pub fn parse_str(text: &str) -> Result<GatewayConfig, ConfigErrors> {
     }
 }
 
-/// Deserialize one value, reporting the path of the offending field inside it.
+/// Deserialize one value, reporting the path of every offending field inside it: serde stops at the first
+/// error, so the offending field is taken out and the value parsed again, until it parses or an error
+/// cannot be taken out (a missing field, a bad value at the top).
 fn parse_item<T: DeserializeOwned>(
     value: Value,
     path: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(item) => Some(item),
-        Err(error) => {
+    let mut value = value;
+    let mut removed: Vec<String> = Vec::new();
+    // Bounded: each round takes one field out.
+    for _ in 0..64 {
+        let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(item) => return removed.is_empty().then_some(item),
+            Err(error) => error,
+        };
+        let message = error.inner().to_string();
+        // A required field that was taken out for its bad value is not missing as well.
+        let consequence = removed
+            .iter()
+            .any(|name| message == format!("missing field `{name}`"));
+        if !consequence {
             let inner = error.path().to_string();
             let full = if inner == "." || inner.is_empty() {
                 path.to_string()
@@ -183,9 +196,36 @@ fn parse_item<T: DeserializeOwned>(
             } else {
                 format!("{path}.{inner}")
             };
-            errors.push(ConfigError::new(full, error.into_inner().to_string()));
-            None
+            errors.push(ConfigError::new(full, message));
         }
+        match take_out(&mut value, error.path()) {
+            Some(name) if !consequence => removed.push(name),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Remove the map entry at `path` from `value`; its key, or `None` when the path names no map entry.
+fn take_out(value: &mut Value, path: &serde_path_to_error::Path) -> Option<String> {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let (last, parents) = segments.split_last()?;
+    let mut node = value;
+    for segment in parents {
+        node = match (segment, node) {
+            (Segment::Map { key }, Value::Mapping(map)) => map.get_mut(key.as_str())?,
+            (Segment::Seq { index }, Value::Sequence(items)) => items.get_mut(*index)?,
+            (Segment::Enum { .. }, node) => node,
+            _ => return None,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, Value::Mapping(map)) => {
+            map.remove(key.as_str())?;
+            Some(key.clone())
+        }
+        _ => None,
     }
 }
 

@@ -22,9 +22,10 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str("a duration with a unit, like `250ms`, `5s` or `1m`")
             }
             fn visit_str<E: de::Error>(self, value: &str) -> Result<HumanDuration, E> {
-                let duration = humantime::parse_duration(value.trim()).map_err(|e| {
+                let duration = parse_duration(value).ok_or_else(|| {
                     E::custom(format!(
-                        "invalid duration `{value}` ({e}); write it with a unit, like `250ms`, `5s` or `1m`"
+                        "invalid duration `{value}`; write whole numbers with the units ms, s, m, h or d and no \
+                         spaces, like `250ms`, `5s`, `1m30s`"
                     ))
                 })?;
                 if duration > MAX_DURATION {
@@ -37,6 +38,35 @@ impl<'de> Deserialize<'de> for HumanDuration {
         }
         deserializer.deserialize_str(DurationVisitor)
     }
+}
+
+/// `250ms`, `5s`, `1m30s`, `2h`, `1d`: whole numbers, each followed by one of `ms`, `s`, `m`, `h`, `d`,
+/// nothing else. Spelled-out or spaced forms (`2sec`, `2 s`, `5 minutes`) are refused rather than guessed.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.as_bytes();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || digits > 12 {
+            return None;
+        }
+        let number: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, length) = match rest {
+            [b'm', b's', ..] => (Duration::from_millis(1), 2),
+            [b's', ..] => (Duration::from_secs(1), 1),
+            [b'm', ..] => (Duration::from_secs(60), 1),
+            [b'h', ..] => (Duration::from_secs(3600), 1),
+            [b'd', ..] => (Duration::from_secs(86_400), 1),
+            _ => return None,
+        };
+        total = total.checked_add(unit.checked_mul(u32::try_from(number).ok()?)?)?;
+        rest = &rest[length..];
+    }
+    Some(total)
 }
 
 /// An optional configured duration, or a default.
@@ -98,6 +128,24 @@ mod tests {
         assert_eq!(d.0, Duration::from_millis(250));
         assert!(serde_yaml_ng::from_str::<HumanDuration>("5").is_err());
         assert!(serde_yaml_ng::from_str::<HumanDuration>("1000000000y").is_err());
+        for ambiguous in [
+            "2sec",
+            "2 s",
+            "5 minutes",
+            "1.5s",
+            "-1s",
+            "s",
+            "1m 30s",
+            " 5s",
+        ] {
+            assert!(
+                serde_yaml_ng::from_str::<HumanDuration>(&format!("'{ambiguous}'")).is_err(),
+                "{ambiguous}"
+            );
+        }
+        let d: HumanDuration = serde_yaml_ng::from_str("1d2h").unwrap();
+        assert_eq!(d.0, Duration::from_secs(26 * 3600));
+        assert!(serde_yaml_ng::from_str::<HumanDuration>("400d").is_err());
         let s: ByteSize = serde_yaml_ng::from_str("10MiB").unwrap();
         assert_eq!(s.0, 10 * 1024 * 1024);
         let s: ByteSize = serde_yaml_ng::from_str("4096").unwrap();
