@@ -15,6 +15,8 @@ pub enum ErrorKind {
     BadRequest,
     /// The client went away before its answer was complete (NGINX's 499).
     ClientClosed,
+    /// The client stopped sending its request body.
+    RequestTimeout,
     Internal,
 }
 
@@ -28,6 +30,7 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::BadRequest => 400,
             ErrorKind::ClientClosed => 499,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::Internal => 500,
         }
     }
@@ -43,6 +46,7 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "upstream_error",
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::ClientClosed => "client_closed_request",
+            ErrorKind::RequestTimeout => "request_body_timeout",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -59,6 +63,7 @@ impl ErrorKind {
             ErrorKind::ClientClosed => {
                 "the client closed the connection before the answer was complete"
             }
+            ErrorKind::RequestTimeout => "the request body did not arrive in time",
             ErrorKind::Internal => "internal gateway error",
         }
     }

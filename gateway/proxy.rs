@@ -20,6 +20,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::ai::relay::{serve as serve_ai, AiOutcome, AiRequest};
 use crate::edge::auth::{redacted_path, AuthFailure, Authenticated};
 use crate::edge::client::{client_ip, request_id};
+use crate::edge::connection::request_done;
 use crate::edge::limits::{
     counter_key, now_ns, Decision, InFlight, InFlightGuard, LimitKey, LimitPolicy, Limiter,
 };
@@ -48,6 +49,8 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED_FOR_NAM
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO_NAME);
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED_HOST_NAME);
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// Pingora's own wait for each downstream read; only another value is set per request.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The proxy of one listener.
 pub struct EdgeProxy {
@@ -430,6 +433,9 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.peer_ip = peer;
         ctx.request_id = request_id(req.headers.get(&X_REQUEST_ID), ctx.peer_trusted);
+        if runtime.client.body_timeout != DEFAULT_BODY_TIMEOUT {
+            session.set_read_timeout(Some(runtime.client.body_timeout));
+        }
         ctx.runtime = Some(runtime);
         session
             .req_header_mut()
@@ -897,6 +903,9 @@ impl ProxyHttp for EdgeProxy {
             );
         let kind = if client_gone {
             ErrorKind::ClientClosed
+        } else if e.esource == ErrorSource::Downstream && e.etype == ErrorType::ReadTimedout {
+            // The client stopped sending its body (`client_body_timeout`).
+            ErrorKind::RequestTimeout
         } else {
             ctx.error.unwrap_or_else(|| ErrorKind::from_proxy_error(e))
         };
@@ -939,6 +948,8 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // The connection's next byte begins the next request head.
+        request_done(session.as_downstream().stream());
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())

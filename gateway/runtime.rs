@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use crate::ai::catalog::Catalog;
 use crate::edge::auth::AuthRuntime;
 use crate::edge::client::TrustedProxies;
+use crate::edge::connection::ClientLimits;
 use crate::edge::ip_rules::IpRules;
 use crate::edge::normalize::NormalizeSettings;
 use crate::edge::routes::RouteTable;
@@ -71,6 +72,8 @@ pub struct RedirectHttps {
 /// What requests are served with; swapped whole on reload.
 #[derive(Debug)]
 pub struct Runtime {
+    /// Limits of client connections: head timeout and size, body timeout, connections per address.
+    pub client: ClientLimits,
     /// How requests are made canonical before routing.
     pub normalize: NormalizeSettings,
     pub trusted_proxies: TrustedProxies,

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::Opt;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::compile::{compile, Mode};
 use crate::config::{load_file, GatewayConfig};
+use crate::edge::connection::{ClientLimits, ConnectionPolicy, Guarded};
 use crate::edge::jwks::JwksRefresher;
 use crate::edge::limits::{LimitSweeper, Limiter};
 use crate::edge::mtls::{client_verifier, IdentityCallback};
@@ -29,6 +30,19 @@ use crate::observe::access_log;
 use crate::observe::admin::AdminApp;
 use crate::proxy::EdgeProxy;
 use crate::upstream::health::UpstreamUpkeep;
+
+/// The connection limits of the config in force (they change on reload).
+struct LiveLimits(Arc<ArcSwap<crate::runtime::Runtime>>);
+
+impl ConnectionPolicy for LiveLimits {
+    fn limits(&self) -> ClientLimits {
+        self.0.load().client
+    }
+
+    fn exempt(&self, ip: std::net::IpAddr) -> bool {
+        self.0.load().trusted_proxies.contains(ip)
+    }
+}
 
 /// Command-line switches of `gateway run`.
 #[derive(Debug, Clone, Default)]
@@ -135,10 +149,16 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         };
         let mut server_options = HttpServerOptions::default();
         server_options.h2c = listener.h2c;
-        let mut service = ProxyServiceBuilder::new(&server.configuration, app)
-            .name(format!("listener {}", listener.name))
-            .server_options(server_options)
-            .build();
+        let mut proxy = HttpProxy::new(app, server.configuration.clone());
+        proxy.server_options = Some(server_options);
+        proxy.handle_init_modules();
+        // Client connections pass the connection limits (head timeout and size, connections per address)
+        // before the proxy reads them.
+        let guarded = Guarded {
+            app: Arc::new(proxy),
+            policy: LiveLimits(runtime.clone()),
+        };
+        let mut service = Service::new(format!("listener {}", listener.name), guarded);
         let address = listener.address.to_string();
         match (&listener.tls, resolvers.get(&listener.name)) {
             (Some(tls), Some(resolver)) => {

@@ -16,6 +16,7 @@ use super::units::DurationOr;
 use super::{ConfigError, ConfigErrors, GatewayConfig};
 use crate::edge::auth::{AuthRuntime, RouteAuth};
 use crate::edge::client::TrustedProxies;
+use crate::edge::connection::ClientLimits;
 use crate::edge::ip_rules::IpRules;
 use crate::edge::limits::LimitPolicy;
 use crate::edge::normalize::{EscapedSlashes, NormalizeSettings, Underscores};
@@ -179,8 +180,40 @@ pub fn compile(
             .filter(|p| p.enabled)
             .filter_map(|p| p.cluster.clone()),
     );
+    let defaults = ClientLimits::default();
+    let client = ClientLimits {
+        header_timeout: server
+            .client_header_timeout
+            .map_or(defaults.header_timeout, |d| d.0),
+        body_timeout: server
+            .client_body_timeout
+            .map_or(defaults.body_timeout, |d| d.0),
+        max_header_size: server
+            .max_header_size
+            .map_or(defaults.max_header_size, |s| {
+                usize::try_from(s.0).unwrap_or(usize::MAX)
+            }),
+        max_headers: server.max_headers.unwrap_or(defaults.max_headers),
+        max_connections_per_ip: server
+            .max_connections_per_ip
+            .unwrap_or(defaults.max_connections_per_ip),
+    };
+    if client.header_timeout.is_zero() || client.body_timeout.is_zero() {
+        c.error(
+            "server.client_header_timeout",
+            "client timeouts must be longer than zero",
+        );
+    }
+    // Pingora refuses a head over 1 MiB or 256 fields with a plain 400 before the gateway sees it.
+    if client.max_header_size > 1024 * 1024 - 1 {
+        c.error("server.max_header_size", "at most 1MiB less one byte");
+    }
+    if client.max_headers == 0 || client.max_headers > 250 {
+        c.error("server.max_headers", "between 1 and 250");
+    }
     let runtime = Runtime {
         ai,
+        client,
         normalize: compile_normalize(&server.normalize),
         trusted_proxies,
         auth,

@@ -37,6 +37,18 @@ pub struct ServerSection {
     /// How request targets and headers are made canonical before routing.
     #[serde(default)]
     pub normalize: NormalizeSection,
+    /// The whole HTTP/1 request head must arrive within this (default `60s`; NGINX's
+    /// `client_header_timeout`): a client that drips it byte by byte is answered 408 and closed.
+    pub client_header_timeout: Option<HumanDuration>,
+    /// Longest wait for each read of a request body (default `60s`; NGINX's `client_body_timeout`); 408.
+    pub client_body_timeout: Option<HumanDuration>,
+    /// Largest HTTP/1 request head (default `64KiB`); larger gets 431.
+    pub max_header_size: Option<ByteSize>,
+    /// Most header fields in a request (default 100); more gets 431.
+    pub max_headers: Option<usize>,
+    /// Concurrent connections one client address may hold (default 512; 0: no cap). Trusted proxies are
+    /// exempt. Over it, a connection is answered 429 and closed.
+    pub max_connections_per_ip: Option<u32>,
 }
 
 /// `server.normalize:` the request normaliser's policies (NGINX's `merge_slashes` and

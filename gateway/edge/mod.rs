@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod connection;
 pub mod consumers;
 pub mod ip_rules;
 pub mod jwks;

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub limited: IntCounterVec,
     pub malformed: IntCounterVec,
     pub ai_provider_errors: IntCounterVec,
+    pub connections_closed: IntCounterVec,
     pub ai_tokens: IntCounterVec,
     pub ai_cost: prometheus::CounterVec,
 }
@@ -116,6 +117,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["provider", "reason"],
     )
     .expect("valid metric");
+    let connections_closed = IntCounterVec::new(
+        Opts::new(
+            "gateway_client_connections_closed_total",
+            "Client connections closed by the gateway's connection limits, by reason",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
     let ai_tokens = IntCounterVec::new(
         Opts::new(
             "gateway_ai_tokens_total",
@@ -144,6 +153,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(limited.clone()),
         Box::new(malformed.clone()),
         Box::new(ai_provider_errors.clone()),
+        Box::new(connections_closed.clone()),
         Box::new(ai_tokens.clone()),
         Box::new(ai_cost.clone()),
     ] {
@@ -164,6 +174,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         limited,
         malformed,
         ai_provider_errors,
+        connections_closed,
         ai_tokens,
         ai_cost,
     }
@@ -184,6 +195,14 @@ pub fn init_refusal_counters(route: &str, reasons: &[&str], policies: &[&str]) {
 pub fn init_fixed_counters() {
     for result in ["ok", "rejected"] {
         METRICS.config_reloads.with_label_values(&[result]);
+    }
+    for reason in [
+        "header_timeout",
+        "header_too_large",
+        "too_many_headers",
+        "too_many_connections",
+    ] {
+        METRICS.connections_closed.with_label_values(&[reason]);
     }
 }
 

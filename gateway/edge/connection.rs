@@ -1,0 +1,518 @@
+//! Limits of a client connection below HTTP parsing: each HTTP/1 request head must arrive whole within
+//! `client_header_timeout` (NGINX's), however slowly its bytes drip, and stay under a size and a header
+//! count (431); and one client address holds at most `max_connections_per_ip` connections. The stream
+//! wrapper sees every byte Pingora reads, so a head is timed from its first byte to its blank line;
+//! `request_done` (called when a request is logged) says that the next byte begins the next head. (A
+//! request answered before its body was read is not followed by another: Pingora closes the connection.)
+//!
+//! HTTP/2 is passed through untouched (its frames have no such head).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
+    ALPN,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::observe::metrics::METRICS;
+
+/// `server.client_*`: the connection limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_header_size: usize,
+    pub max_headers: usize,
+    /// 0: no cap.
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            max_header_size: 64 * 1024,
+            max_headers: 100,
+            max_connections_per_ip: 512,
+        }
+    }
+}
+
+/// Why a connection was closed before a request could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    HeaderTimeout,
+    HeaderTooLarge,
+    TooManyHeaders,
+}
+
+impl Closed {
+    fn reason(self) -> &'static str {
+        match self {
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::HeaderTooLarge => "header_too_large",
+            Closed::TooManyHeaders => "too_many_headers",
+        }
+    }
+
+    /// The answer written before closing: 408 or 431, in the gateway's JSON error shape.
+    fn answer(self) -> &'static [u8] {
+        match self {
+            Closed::HeaderTimeout => concat!(
+                "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 134\r\n\r\n",
+                r#"{"error":{"status":408,"code":"request_header_timeout","message":"the request head did not arrive in time","request_id":""}}"#,
+                "\n"
+            )
+            .as_bytes(),
+            Closed::HeaderTooLarge => concat!(
+                "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 140\r\n\r\n",
+                r#"{"error":{"status":431,"code":"request_header_too_large","message":"the request head is larger than this gateway reads","request_id":""}}"#,
+                "\n"
+            )
+            .as_bytes(),
+            Closed::TooManyHeaders => concat!(
+                "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 120\r\n\r\n",
+                r#"{"error":{"status":431,"code":"too_many_headers","message":"the request has more header fields than allowed","request_id":""}}"#,
+                "\n"
+            )
+            .as_bytes(),
+        }
+    }
+}
+
+// Phases, kept in an atomic so that `request_done` can move it from a shared reference.
+/// Between requests: the next byte starts a head (Pingora's keep-alive timeout bounds the wait).
+const IDLE: u8 = 0;
+/// Inside a request head.
+const HEAD: u8 = 1;
+/// The head is whole: the body and the answer, under Pingora's per-read timeouts.
+const BODY: u8 = 2;
+/// HTTP/2, or a connection already answered and closed: nothing is enforced.
+const PASS: u8 = 3;
+
+/// A client connection's stream, timing and measuring each HTTP/1 request head.
+#[derive(Debug)]
+pub struct GuardedStream {
+    inner: pingora::protocols::Stream,
+    limits: ClientLimits,
+    phase: AtomicU8,
+    deadline: Option<Pin<Box<Sleep>>>,
+    head_bytes: usize,
+    head_lines: usize,
+    /// The last bytes of the head so far, to find its blank line across reads.
+    tail: [u8; 3],
+    /// Answered and closed: every further read is an EOF.
+    closed: bool,
+    /// Holds the client address's connection slot.
+    _slot: Option<ConnectionSlot>,
+}
+
+impl GuardedStream {
+    fn new(
+        inner: pingora::protocols::Stream,
+        limits: ClientLimits,
+        slot: Option<ConnectionSlot>,
+    ) -> Self {
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        GuardedStream {
+            inner,
+            limits,
+            phase: AtomicU8::new(if h2 { PASS } else { IDLE }),
+            deadline: None,
+            head_bytes: 0,
+            head_lines: 0,
+            tail: [0; 3],
+            closed: false,
+            _slot: slot,
+        }
+    }
+
+    /// A request was answered: the next byte read begins the next head.
+    pub fn request_done(&self) {
+        if self.phase.load(Ordering::Relaxed) != PASS {
+            self.phase.store(IDLE, Ordering::Relaxed);
+        }
+    }
+
+    /// Scan `bytes` of a head; `Ok(true)` when the head ended in them.
+    fn scan_head(&mut self, bytes: &[u8]) -> Result<bool, Closed> {
+        for (i, &byte) in bytes.iter().enumerate() {
+            self.head_bytes += 1;
+            if self.head_bytes > self.limits.max_header_size {
+                return Err(Closed::HeaderTooLarge);
+            }
+            if byte == b'\n' {
+                // A blank line ends the head: `\r\n\r\n` or a bare `\n\n` (which Pingora's parser accepts).
+                let previous = if i >= 1 { bytes[i - 1] } else { self.tail[2] };
+                let before = if i >= 2 {
+                    bytes[i - 2]
+                } else if i == 1 {
+                    self.tail[2]
+                } else {
+                    self.tail[1]
+                };
+                if previous == b'\n' || (previous == b'\r' && before == b'\n') {
+                    return Ok(true);
+                }
+                self.head_lines += 1;
+                // The request line is not a header field.
+                if self.head_lines > self.limits.max_headers + 1 {
+                    return Err(Closed::TooManyHeaders);
+                }
+            }
+        }
+        for &byte in bytes.iter().rev().take(3).rev() {
+            self.tail = [self.tail[1], self.tail[2], byte];
+        }
+        Ok(false)
+    }
+
+    /// Account for `bytes` just read.
+    fn observe(&mut self, bytes: &[u8]) -> Result<(), Closed> {
+        let mut phase = self.phase.load(Ordering::Relaxed);
+        if phase == IDLE {
+            if bytes.starts_with(b"PRI ") {
+                // h2c with prior knowledge.
+                self.phase.store(PASS, Ordering::Relaxed);
+                return Ok(());
+            }
+            phase = HEAD;
+            self.phase.store(HEAD, Ordering::Relaxed);
+            self.head_bytes = 0;
+            self.head_lines = 0;
+            self.tail = [0; 3];
+            self.deadline = Some(Box::pin(tokio::time::sleep_until(
+                Instant::now() + self.limits.header_timeout,
+            )));
+        }
+        if phase == HEAD && self.scan_head(bytes)? {
+            self.phase.store(BODY, Ordering::Relaxed);
+            self.deadline = None;
+        }
+        Ok(())
+    }
+
+    /// Answer (best effort: whatever the socket takes now) and close: the read ends as at EOF, so Pingora
+    /// drops the connection without a request.
+    fn close_with(&mut self, why: Closed, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let answer = why.answer();
+        if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, answer) {
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        METRICS
+            .connections_closed
+            .with_label_values(&[why.reason()])
+            .inc();
+        log::debug!("client connection closed: {}", why.reason());
+        self.phase.store(PASS, Ordering::Relaxed);
+        self.closed = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.closed {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if read.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                match this.observe(read) {
+                    Ok(()) => Poll::Ready(Ok(())),
+                    Err(why) => {
+                        // Pingora must not parse what was read: the read ends as at EOF.
+                        buf.set_filled(before);
+                        this.close_with(why, cx)
+                    }
+                }
+            }
+            Poll::Pending => match &mut this.deadline {
+                Some(deadline) if this.phase.load(Ordering::Relaxed) == HEAD => {
+                    match deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => this.close_with(Closed::HeaderTimeout, cx),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+                _ => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for GuardedStream {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for GuardedStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for GuardedStream {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for GuardedStream {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for GuardedStream {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for GuardedStream {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for GuardedStream {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+/// Connections open per client address, process-wide.
+static OPEN_BY_IP: std::sync::LazyLock<Mutex<HashMap<IpAddr, u32>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// One connection's place in its address's count; given back on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    ip: IpAddr,
+}
+
+impl ConnectionSlot {
+    /// A slot for `ip`, unless it holds `max` connections already.
+    fn acquire(ip: IpAddr, max: u32) -> Option<ConnectionSlot> {
+        let mut open = OPEN_BY_IP.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ConnectionSlot { ip })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = OPEN_BY_IP.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Where the connection limits come from (the live config), and which addresses they spare.
+pub trait ConnectionPolicy: Send + Sync + 'static {
+    fn limits(&self) -> ClientLimits;
+    /// Trusted proxies carry many clients' connections: the per-address cap does not apply to them.
+    fn exempt(&self, ip: IpAddr) -> bool;
+}
+
+/// A server application whose client connections get these limits before it sees them.
+pub struct Guarded<A, P> {
+    pub app: Arc<A>,
+    pub policy: P,
+}
+
+/// Answer a connection over its address's cap, then drop it.
+const TOO_MANY_CONNECTIONS: &[u8] = concat!(
+    "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 132\r\n\r\n",
+    r#"{"error":{"status":429,"code":"too_many_connections","message":"this address has too many open connections","request_id":""}}"#,
+    "\n"
+)
+.as_bytes();
+
+#[async_trait]
+impl<A, P> pingora::apps::ServerApp for Guarded<A, P>
+where
+    A: pingora::apps::ServerApp + Send + Sync + 'static,
+    P: ConnectionPolicy,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: pingora::protocols::Stream,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        let limits = self.policy.limits();
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|digest| digest.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let slot = match ip {
+            Some(ip) if limits.max_connections_per_ip > 0 && !self.policy.exempt(ip) => {
+                match ConnectionSlot::acquire(ip, limits.max_connections_per_ip) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        METRICS
+                            .connections_closed
+                            .with_label_values(&["too_many_connections"])
+                            .inc();
+                        log::debug!("{ip}: over max_connections_per_ip; connection refused");
+                        // HTTP/1 clients read this; an h2 client sees the connection close.
+                        if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                            use tokio::io::AsyncWriteExt;
+                            let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                            let _ = stream.flush().await;
+                        }
+                        stream.shutdown().await;
+                        return None;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let guarded: pingora::protocols::Stream =
+            Box::new(GuardedStream::new(stream, limits, slot));
+        pingora::apps::ServerApp::process_new(&self.app, guarded, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await
+    }
+}
+
+/// Tell a client connection's guard that its request was answered. Nothing for HTTP/2.
+pub fn request_done(stream: Option<&pingora::protocols::Stream>) {
+    if let Some(guard) = stream.and_then(|s| s.as_any().downcast_ref::<GuardedStream>()) {
+        guard.request_done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(limits: ClientLimits) -> GuardedStream {
+        let inner: pingora::protocols::Stream = Box::new(std::io::Cursor::new(Vec::<u8>::new()));
+        GuardedStream::new(inner, limits, None)
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_head_is_found_across_reads_and_limits_apply() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n";
+        for cut in 1..head.len() {
+            let mut stream = guard(ClientLimits::default());
+            stream.observe(&head[..cut]).unwrap();
+            assert_eq!(stream.phase.load(Ordering::Relaxed), HEAD, "cut at {cut}");
+            stream.observe(&head[cut..]).unwrap();
+            assert_eq!(stream.phase.load(Ordering::Relaxed), BODY, "cut at {cut}");
+            stream.request_done();
+            assert_eq!(stream.phase.load(Ordering::Relaxed), IDLE);
+        }
+        let mut bare = guard(ClientLimits::default());
+        bare.observe(b"GET / HTTP/1.1\nHost: a\n\nbody").unwrap();
+        assert_eq!(bare.phase.load(Ordering::Relaxed), BODY);
+
+        let small = ClientLimits {
+            max_header_size: 16,
+            ..ClientLimits::default()
+        };
+        assert_eq!(
+            guard(small).observe(head).unwrap_err(),
+            Closed::HeaderTooLarge
+        );
+        let few = ClientLimits {
+            max_headers: 1,
+            ..ClientLimits::default()
+        };
+        assert_eq!(
+            guard(few).observe(head).unwrap_err(),
+            Closed::TooManyHeaders
+        );
+        let mut h2c = guard(ClientLimits::default());
+        h2c.observe(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        assert_eq!(h2c.phase.load(Ordering::Relaxed), PASS);
+    }
+}
