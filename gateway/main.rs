@@ -41,7 +41,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    gateway::observe::logger::init();
     match Cli::parse().command {
         Command::HashKey => {
             let mut key = String::new();
