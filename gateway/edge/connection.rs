@@ -145,34 +145,37 @@ impl GuardedStream {
         }
     }
 
-    /// Scan `bytes` of a head; `Ok(true)` when the head ended in them.
+    /// Scan `bytes` of a head; `Ok(true)` when the head ended in them. Only line feeds are looked at
+    /// (with memchr), so a head costs a few instructions per line, not per byte.
     fn scan_head(&mut self, bytes: &[u8]) -> Result<bool, Closed> {
-        for (i, &byte) in bytes.iter().enumerate() {
-            self.head_bytes += 1;
-            if self.head_bytes > self.limits.max_header_size {
+        // The byte before position `i`, across reads: `tail` holds the last three of the previous ones.
+        let before = |i: usize, back: usize| -> u8 {
+            if i >= back {
+                bytes[i - back]
+            } else {
+                self.tail[3 - (back - i)]
+            }
+        };
+        for newline in memchr::memchr_iter(b'\n', bytes) {
+            if self.head_bytes + newline + 1 > self.limits.max_header_size {
                 return Err(Closed::HeaderTooLarge);
             }
-            if byte == b'\n' {
-                // A blank line ends the head: `\r\n\r\n` or a bare `\n\n` (which Pingora's parser accepts).
-                let previous = if i >= 1 { bytes[i - 1] } else { self.tail[2] };
-                let before = if i >= 2 {
-                    bytes[i - 2]
-                } else if i == 1 {
-                    self.tail[2]
-                } else {
-                    self.tail[1]
-                };
-                if previous == b'\n' || (previous == b'\r' && before == b'\n') {
-                    return Ok(true);
-                }
-                self.head_lines += 1;
-                // The request line is not a header field.
-                if self.head_lines > self.limits.max_headers + 1 {
-                    return Err(Closed::TooManyHeaders);
-                }
+            // A blank line ends the head: `\r\n\r\n` or a bare `\n\n` (which Pingora's parser accepts).
+            let previous = before(newline, 1);
+            if previous == b'\n' || (previous == b'\r' && before(newline, 2) == b'\n') {
+                return Ok(true);
+            }
+            self.head_lines += 1;
+            // The request line is not a header field.
+            if self.head_lines > self.limits.max_headers + 1 {
+                return Err(Closed::TooManyHeaders);
             }
         }
-        for &byte in bytes.iter().rev().take(3).rev() {
+        self.head_bytes += bytes.len();
+        if self.head_bytes > self.limits.max_header_size {
+            return Err(Closed::HeaderTooLarge);
+        }
+        for &byte in &bytes[bytes.len().saturating_sub(3)..] {
             self.tail = [self.tail[1], self.tail[2], byte];
         }
         Ok(false)
