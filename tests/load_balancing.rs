@@ -267,3 +267,61 @@ routes:
     );
     assert_eq!(metric_value(&metrics, &ejections), 1.0);
 }
+
+#[tokio::test]
+async fn an_ejection_counts_once_and_after_the_cooldown_one_probe_goes_first() {
+    let alive = MockOrigin::start("alive").await.unwrap();
+    let dead = free_port();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let body = format!(
+        r#"
+clusters:
+  - name: pair
+    backends: [{{ address: "127.0.0.1:{dead}" }}, {{ address: "{alive}" }}]
+    passive_health: {{ consecutive_failures: 1, cooldown: 1s }}
+    retries: 1
+routes:
+  - name: pair
+    proxy: {{ cluster: pair }}
+"#,
+        alive = alive.addr
+    );
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let client = client();
+    let ejections = format!(
+        "gateway_upstream_ejections_total{{backend=\"127.0.0.1:{dead}\",cluster=\"pair\"}}"
+    );
+    let burst = || async {
+        let requests = (0..20).map(|i| {
+            let client = client.clone();
+            let url = gateway.url(&format!("/r{i}"));
+            async move { client.get(url).send().await.unwrap().status().as_u16() }
+        });
+        futures_statuses(requests).await
+    };
+    // Half the burst picks the dead backend before its first failure is recorded: one ejection, and every
+    // request is retried on the live backend.
+    assert!(burst().await.iter().all(|&s| s == 200));
+    let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(metric_value(&metrics, &ejections), 1.0, "{metrics}");
+
+    // After the cooldown the dead backend gets one probe, not the whole burst: one more ejection.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(burst().await.iter().all(|&s| s == 200));
+    let metrics = get(&client, &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(metric_value(&metrics, &ejections), 2.0, "{metrics}");
+    let log = dir.gateway_log();
+    assert_eq!(log.matches("ejected for").count(), 2, "{log}");
+}
+
+/// Run the requests concurrently; their statuses.
+async fn futures_statuses<F: std::future::Future<Output = u16> + Send + 'static>(
+    requests: impl Iterator<Item = F>,
+) -> Vec<u16> {
+    let tasks: Vec<_> = requests.map(tokio::spawn).collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    statuses
+}

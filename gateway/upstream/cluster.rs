@@ -70,7 +70,11 @@ pub struct Backend {
     resolved: ArcSwapOption<SocketAddr>,
     healthy: AtomicBool,
     consecutive_failures: AtomicU32,
+    /// Passive ejection, a circuit breaker: 0 closed; in the future, open (ejected); in the past, half-open:
+    /// one probe request at a time until a success closes it or a failure opens it again.
     ejected_until_ms: AtomicU64,
+    /// While half-open: until when the probe request out now holds the backend.
+    probe_until_ms: AtomicU64,
     pub(crate) health_gauge: IntGauge,
     ejections: IntCounter,
 }
@@ -98,6 +102,7 @@ impl Backend {
             healthy: AtomicBool::new(true),
             consecutive_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            probe_until_ms: AtomicU64::new(0),
             health_gauge: gauge,
             ejections,
         }
@@ -140,9 +145,34 @@ impl Backend {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
-    /// Usable for a new request: resolved, passing health checks, not ejected.
-    pub fn is_available(&self, now_ms: u64) -> bool {
-        self.is_healthy() && !self.is_ejected(now_ms) && self.resolved.load().is_some()
+    /// Whether the breaker lets this request through: always when closed; when half-open, only the one
+    /// request that claims the probe (held for `probe_ms`, then another may try), so a backend back from
+    /// its cooldown is not hit by every waiting request at once.
+    fn admits(&self, now_ms: u64, probe_ms: u64) -> bool {
+        let ejected_until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if ejected_until == 0 {
+            return true;
+        }
+        if ejected_until > now_ms {
+            return false;
+        }
+        let probe = self.probe_until_ms.load(Ordering::Relaxed);
+        probe <= now_ms
+            && self
+                .probe_until_ms
+                .compare_exchange(
+                    probe,
+                    now_ms + probe_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    /// Usable for a new request: resolved, passing health checks, and admitted by its breaker (which may
+    /// claim the half-open probe for this request).
+    fn is_available(&self, now_ms: u64, probe_ms: u64) -> bool {
+        self.is_healthy() && self.resolved.load().is_some() && self.admits(now_ms, probe_ms)
     }
 
     /// Carry live state over from the same backend in the previous config generation.
@@ -267,12 +297,14 @@ impl Cluster {
     /// consistent-hash key; without one a hash cluster falls back to walking its ring from a rotating point.
     pub fn select(&self, key: Option<&[u8]>, tried: u64) -> Option<(usize, SocketAddr)> {
         let now = now_ms();
+        // A half-open backend's probe is held for one cooldown: long enough for any answer.
+        let probe_ms = self.settings.passive.cooldown.as_millis() as u64;
         let usable = |index: usize| -> Option<SocketAddr> {
             if index < 64 && tried & (1 << index) != 0 {
                 return None;
             }
             let backend = &self.backends[index];
-            if backend.is_available(now) {
+            if backend.is_available(now, probe_ms) {
                 backend.resolved()
             } else {
                 None
@@ -305,11 +337,23 @@ impl Cluster {
         }
     }
 
-    /// A request to this backend succeeded: reset its failure streak.
+    /// A request to this backend succeeded: reset its failure streak, and close its breaker when this was
+    /// the half-open probe.
     pub fn record_success(&self, index: usize) {
         let backend = &self.backends[index];
         if backend.consecutive_failures.load(Ordering::Relaxed) != 0 {
             backend.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+        if backend.ejected_until_ms.load(Ordering::Relaxed) != 0
+            && !backend.is_ejected(now_ms())
+            && backend.ejected_until_ms.swap(0, Ordering::Relaxed) != 0
+        {
+            backend.probe_until_ms.store(0, Ordering::Relaxed);
+            log::info!(
+                "cluster {}: backend {} answered its probe; back in rotation",
+                self.name,
+                backend.address
+            );
         }
     }
 
@@ -320,16 +364,27 @@ impl Cluster {
             return false;
         }
         let backend = &self.backends[index];
+        let now = now_ms();
+        // Requests that were already on their way when it was ejected fail too: that is not another
+        // ejection.
+        if backend.is_ejected(now) {
+            return false;
+        }
         let failures = backend.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures < threshold {
             return false;
         }
-        // Half-open after the cooldown: the next failure ejects again at once, a success closes the breaker.
+        // Half-open after the cooldown: the probe's failure ejects again at once, its success closes the
+        // breaker.
         backend
             .consecutive_failures
             .store(threshold - 1, Ordering::Relaxed);
-        let until = now_ms() + self.settings.passive.cooldown.as_millis() as u64;
-        backend.ejected_until_ms.store(until, Ordering::Relaxed);
+        let until = now + self.settings.passive.cooldown.as_millis() as u64;
+        if backend.ejected_until_ms.fetch_max(until, Ordering::Relaxed) > now {
+            // Another failure ejected it a moment ago.
+            return false;
+        }
+        backend.probe_until_ms.store(0, Ordering::Relaxed);
         backend.ejections.inc();
         log::warn!(
             "cluster {}: backend {} ejected for {:?} after {failures} consecutive failures",
@@ -464,6 +519,39 @@ mod tests {
         }
         assert!(c.select(None, 0b01).is_none());
         c.backends[0].set_healthy(false);
+        assert!(c.select(None, 0).is_none());
+    }
+
+    #[test]
+    fn an_ejection_counts_once_and_a_cooled_down_backend_takes_one_probe_at_a_time() {
+        let c = cluster(vec![backend("127.0.0.1:1", 1)], false);
+        assert!(!c.record_failure(0));
+        assert!(c.record_failure(0));
+        // Requests that were in flight fail after the ejection: no second ejection.
+        for _ in 0..5 {
+            assert!(!c.record_failure(0));
+        }
+        assert_eq!(c.backends[0].ejections.get(), 1);
+        assert!(c.select(None, 0).is_none());
+        // The cooldown is over: half-open.
+        let end_cooldown = |backend: &Backend| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            backend
+                .ejected_until_ms
+                .store(now_ms() - 1, Ordering::Relaxed);
+        };
+        end_cooldown(&c.backends[0]);
+        assert!(c.select(None, 0).is_some(), "the probe");
+        assert!(c.select(None, 0).is_none(), "one probe at a time");
+        c.record_success(0);
+        assert!(c.select(None, 0).is_some() && c.select(None, 0).is_some());
+        // Ejected again, and then a failed probe opens the breaker again at once.
+        assert!(!c.record_failure(0));
+        assert!(c.record_failure(0));
+        end_cooldown(&c.backends[0]);
+        assert!(c.select(None, 0).is_some());
+        assert!(c.record_failure(0));
+        assert_eq!(c.backends[0].ejections.get(), 3);
         assert!(c.select(None, 0).is_none());
     }
 
