@@ -876,9 +876,23 @@ impl ProxyHttp for EdgeProxy {
                 cluster.record_failure(index);
             }
         }
-        // A stale pooled connection may be retried, but only for idempotent requests, only before
-        // anything reached the client, and within the cluster's retry budget.
+        // A stale pooled connection may be retried, and so may a backend that timed out (unless the route
+        // says otherwise), but only for idempotent requests, only before anything reached the client,
+        // and within the cluster's retry budget.
         e.retry.decide_reuse(client_reused);
+        let retry_on_timeout = matches!(
+            ctx.route.as_deref().map(|r| &r.action),
+            Some(RouteAction::Proxy {
+                retry_on_timeout: true,
+                ..
+            })
+        );
+        if retry_on_timeout
+            && e.esource == ErrorSource::Upstream
+            && e.etype == ErrorType::ReadTimedout
+        {
+            e.set_retry(true);
+        }
         let retries = ctx.cluster().map_or(0, |c| c.settings.retries);
         let retry_allowed = session.req_header().method.is_idempotent()
             && !session.as_downstream().retry_buffer_truncated()

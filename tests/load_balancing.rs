@@ -325,3 +325,69 @@ async fn futures_statuses<F: std::future::Future<Output = u16> + Send + 'static>
     }
     statuses
 }
+
+/// A backend that accepts connections and never answers.
+async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn an_idempotent_request_whose_backend_times_out_goes_to_the_next_backend() {
+    let (silent, _task) = black_hole().await;
+    let alive = MockOrigin::start("alive").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let body = format!(
+        r#"
+clusters:
+  - name: pair
+    backends: [{{ address: "{silent}" }}, {{ address: "{alive}" }}]
+    read_timeout: 300ms
+    passive_health: {{ consecutive_failures: 0 }}
+routes:
+  - name: strict
+    match: {{ path: {{ prefix: /strict }} }}
+    proxy: {{ cluster: pair, retry_on_timeout: false }}
+  - name: pair
+    proxy: {{ cluster: pair }}
+"#,
+        alive = alive.addr
+    );
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let client = client();
+    // Round robin sends every other request to the silent backend first.
+    for i in 0..4 {
+        let (status, _) = get(&client, &gateway.url(&format!("/get{i}"))).await;
+        assert_eq!(status, 200, "GET {i}");
+    }
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for i in 0..4 {
+            let response = client
+                .post(gateway.url(&format!("/post{i}")))
+                .body("x")
+                .send()
+                .await
+                .unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        statuses
+    };
+    assert!(
+        statuses.contains(&504),
+        "a POST is never retried: {statuses:?}"
+    );
+    assert!(statuses.contains(&200), "{statuses:?}");
+    let mut strict = Vec::new();
+    for i in 0..4 {
+        strict.push(get(&client, &gateway.url(&format!("/strict/{i}"))).await.0);
+    }
+    assert!(strict.contains(&504), "retry_on_timeout: false: {strict:?}");
+}

@@ -919,6 +919,7 @@ fn compile_action(
         return Some(RouteAction::Proxy {
             cluster: cluster.clone(),
             rewrite,
+            retry_on_timeout: proxy.retry_on_timeout.unwrap_or(true),
         });
     }
     if let Some(redirect) = &route.redirect {

@@ -529,6 +529,9 @@ pub struct ProxySection {
     /// path. Not with `strip_prefix` or `rewrite`.
     #[serde(default)]
     pub forward_raw_path: bool,
+    /// Idempotent requests whose backend times out before answering go to another backend (NGINX's
+    /// `proxy_next_upstream timeout`; default `true`), within the cluster's `retries`.
+    pub retry_on_timeout: Option<bool>,
 }
 
 /// `routes[].redirect`.

@@ -152,6 +152,8 @@ pub enum RouteAction {
     Proxy {
         cluster: Arc<Cluster>,
         rewrite: PathRewrite,
+        /// Idempotent requests that time out waiting for their answer are retried on another backend.
+        retry_on_timeout: bool,
     },
     Redirect {
         to: String,
