@@ -162,6 +162,7 @@ impl EdgeProxy {
         extra: &[(&HeaderName, &HeaderValue)],
         body: Bytes,
     ) -> Result<()> {
+        drain_small_h2_body(session).await;
         let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
         for (name, value) in extra {
             header.insert_header((*name).clone(), (*value).clone())?;
@@ -290,6 +291,39 @@ impl EdgeProxy {
         )
         .await
     }
+}
+
+/// Largest HTTP/2 request body read and dropped before an answer that does not need it, and how long that
+/// may take.
+const H2_DRAIN_LIMIT: usize = 1024 * 1024;
+const H2_DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Before answering an HTTP/2 request whose body the gateway will not use (a refusal, a fixed response),
+/// read and drop that body when it is small, as NGINX does: answered first, the stream ends with
+/// `RST_STREAM(NO_ERROR)` while the client is still sending, which some clients (curl 7.88) report as
+/// an error instead of showing the answer. Larger bodies are not waited for.
+async fn drain_small_h2_body(session: &mut Session) {
+    if !session.as_downstream().is_http2() || session.is_body_done() {
+        return;
+    }
+    let declared = session
+        .req_header()
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > H2_DRAIN_LIMIT) {
+        return;
+    }
+    let _ = tokio::time::timeout(H2_DRAIN_TIME, async {
+        let mut read = 0;
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            read += chunk.len();
+            if read > H2_DRAIN_LIMIT {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// Request and response heads take the same header edits.

@@ -1,7 +1,8 @@
 //! Client connection limits over raw sockets: a request head dripped byte by byte is answered 408 and
 //! closed within `client_header_timeout` (first request and keep-alive ones), an oversize head or too
 //! many fields get 431, a stalled body gets 408, one address holds at most `max_connections_per_ip`
-//! connections, and a body the gateway did not read is not mistaken for the next head.
+//! connections, a body the gateway did not read is not mistaken for the next head, and an HTTP/2 refusal
+//! reaches curl whole.
 
 mod common;
 
@@ -15,6 +16,11 @@ use tokio::net::TcpStream;
 const KEY: &str = "connections-test-key-0123456789";
 
 async fn start(origin: &MockOrigin, client: &str) -> (TestDir, Gateway) {
+    start_with(origin, client, "").await
+}
+
+/// `start` with listener options (e.g. `, h2c: true`).
+async fn start_with(origin: &MockOrigin, client: &str, listener: &str) -> (TestDir, Gateway) {
     let (dir, ports) = (TestDir::new(), Ports::new());
     let body = format!(
         r#"
@@ -39,7 +45,7 @@ routes:
         origin = origin.addr
     );
     let yaml = format!(
-        "{}\nlisteners:\n  - {{ name: http, address: \"127.0.0.1:{}\" }}\n{body}",
+        "{}\nlisteners:\n  - {{ name: http, address: \"127.0.0.1:{}\"{listener} }}\n{body}",
         dir.server_section(&ports, client),
         ports.http
     );
@@ -320,5 +326,41 @@ async fn an_answer_before_the_body_closes_the_connection_so_the_body_is_never_re
         );
         assert!(closed, "{path}: the connection stayed open");
         assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn an_http2_refusal_before_the_body_reaches_curl_whole() {
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (dir, gateway) = start_with(&origin, "", ", h2c: true").await;
+    // Over the 64 KiB first flow-control window: curl is still sending when the 401 is written.
+    let body = dir.path("body.bin");
+    std::fs::write(&body, vec![b'x'; 300 * 1024]).unwrap();
+    let url = gateway.url("/secure/upload");
+    for _ in 0..5 {
+        let output = tokio::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", body.display()))
+            .arg(&url)
+            .output()
+            .await
+            .expect("curl runs (.ci/setup installs it)");
+        assert!(
+            output.status.success(),
+            "curl failed ({:?}): {}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "401");
     }
 }
