@@ -135,3 +135,127 @@ pub async fn per_generation(
         }
     }
 }
+
+/// Whether process `pid` is alive: it exists (`kill -0`) and, where `/proc` tells, is not a zombie
+/// waiting for its parent (an exited gateway whose parent has not reaped it serves nothing).
+fn alive(pid: u32) -> bool {
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        return !matches!(state, Some('Z' | 'X') | None);
+    }
+    std::process::Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn read_pid(path: &str) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Poll `done` every 50 ms for up to `limit`; whether it became true.
+fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    done()
+}
+
+/// `gateway upgrade`: hand a running gateway's sockets to a new process, safely. The file is validated
+/// first (a broken one changes nothing); the new process is started with `run --upgrade` and the old
+/// one is told to hand over (SIGQUIT) only once the new one waits on the upgrade socket; success is the
+/// pid file naming a live new process and the old one gone. On any failure before SIGQUIT, the running
+/// gateway keeps serving untouched. Returns what happened, for the operator.
+pub fn upgrade(config_path: &std::path::Path, daemon: bool) -> Result<String, String> {
+    let invalid = |e: ConfigErrors| {
+        format!(
+            "{}: invalid configuration; nothing was changed, the running gateway keeps serving:\n{e}",
+            config_path.display()
+        )
+    };
+    let config = load_file(config_path).map_err(invalid)?;
+    let settings = compile(&config, Mode::Validate, None)
+        .map_err(invalid)?
+        .settings;
+    let old = read_pid(&settings.pid_file)
+        .filter(|&pid| alive(pid))
+        .ok_or_else(|| {
+            format!(
+                "no running gateway: {} names no live process (start one with `gateway run`)",
+                settings.pid_file
+            )
+        })?;
+    // A socket file left by an earlier run would look like the new process waiting.
+    let _ = std::fs::remove_file(&settings.upgrade_sock);
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut command = std::process::Command::new(exe);
+    command.args(["run", "--upgrade", "-c"]).arg(config_path);
+    if daemon {
+        command.arg("--daemon");
+    }
+    let mut new = command
+        .spawn()
+        .map_err(|e| format!("cannot start the new process: {e}"))?;
+    let mut exited = None;
+    let waiting = wait_for(std::time::Duration::from_secs(15), || {
+        if let Ok(Some(status)) = new.try_wait() {
+            // A daemon's first process exits at once, successfully; its child goes on.
+            if !(daemon && status.success()) {
+                exited = Some(status);
+                return true;
+            }
+        }
+        std::path::Path::new(&settings.upgrade_sock).exists()
+    });
+    if let Some(status) = exited {
+        return Err(format!(
+            "the new process exited ({status}) before taking over; the running gateway (pid {old}) keeps serving"
+        ));
+    }
+    if !waiting {
+        let _ = new.kill();
+        return Err(format!(
+            "the new process did not reach the upgrade socket {} in 15 s and was stopped; the running \
+             gateway (pid {old}) keeps serving",
+            settings.upgrade_sock
+        ));
+    }
+    let quit = std::process::Command::new("kill")
+        .args(["-QUIT", &old.to_string()])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !quit {
+        let _ = new.kill();
+        return Err(format!(
+            "could not signal the running gateway (pid {old}); the new process was stopped"
+        ));
+    }
+    let drain = settings.grace_period
+        + settings.graceful_shutdown_timeout
+        + std::time::Duration::from_secs(10);
+    let mut current = None;
+    let handed_over = wait_for(drain, || {
+        current = read_pid(&settings.pid_file).filter(|&pid| pid != old && alive(pid));
+        current.is_some() && !alive(old)
+    });
+    match current {
+        Some(pid) if handed_over => Ok(format!(
+            "upgraded: pid {old} handed its sockets to pid {pid} and exited"
+        )),
+        Some(pid) => Err(format!(
+            "pid {pid} serves, but the old process (pid {old}) has not exited after {drain:?}"
+        )),
+        None => Err(format!(
+            "the old process (pid {old}) was told to hand over, but no new process wrote {}: check \
+             that something listens (the new process's log)",
+            settings.pid_file
+        )),
+    }
+}

@@ -1,4 +1,5 @@
-//! Command line: `gateway run` serves, `gateway validate` checks a config file and exits.
+//! Command line: `gateway run` serves, `gateway validate` checks a config file and exits, `gateway upgrade`
+//! hands a running gateway over to a new process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use clap::{Parser, Subcommand};
 use gateway::config::compile::{compile, Mode};
 use gateway::config::load_file;
 use gateway::edge::consumers::{digest_hex, key_digest};
+use gateway::lifecycle::upgrade;
 use gateway::server::{run, RunOptions};
 
 #[derive(Parser)]
@@ -27,6 +29,16 @@ enum Command {
         #[arg(short, long)]
         upgrade: bool,
         /// Detach and run in the background (writes `server.pid_file`).
+        #[arg(short, long)]
+        daemon: bool,
+    },
+    /// Zero-downtime upgrade of a running gateway: validate the file, start a new process that takes over
+    /// the listening sockets, and only then tell the old one to hand over and drain.
+    Upgrade {
+        /// Config file (of the running gateway and the new process: same `pid_file` and `upgrade_sock`).
+        #[arg(short, long, default_value = "conf/gateway.yaml")]
+        config: PathBuf,
+        /// Run the new process in the background.
         #[arg(short, long)]
         daemon: bool,
     },
@@ -71,6 +83,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Upgrade { config, daemon } => match upgrade(&config, daemon) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("{message}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run {
             config,
             upgrade,

@@ -674,8 +674,9 @@ impl ProxyHttp for EdgeProxy {
             cluster.note_first_pick(picked.is_some());
         }
         let Some((index, addr)) = picked else {
+            // On a retry with no backend left, the answer is the last attempt's failure.
             ctx.error = Some(if ctx.attempts > 1 {
-                ErrorKind::UpstreamConnect
+                ctx.error.unwrap_or(ErrorKind::UpstreamConnect)
             } else {
                 ErrorKind::NoHealthyUpstream
             });
@@ -684,6 +685,8 @@ impl ProxyHttp for EdgeProxy {
         if index < 64 {
             ctx.tried |= 1 << index;
         }
+        // A failure of an earlier attempt is not this one's.
+        ctx.error = None;
         ctx.backend = Some(index);
         ctx.upstream = Some(addr);
         let mut timeouts = PeerTimeouts {
@@ -921,11 +924,11 @@ impl ProxyHttp for EdgeProxy {
                 ..
             })
         );
-        if retry_on_timeout
-            && e.esource == ErrorSource::Upstream
-            && e.etype == ErrorType::ReadTimedout
-        {
-            e.set_retry(true);
+        if e.esource == ErrorSource::Upstream && e.etype == ErrorType::ReadTimedout {
+            ctx.error = Some(ErrorKind::UpstreamTimeout);
+            if retry_on_timeout {
+                e.set_retry(true);
+            }
         }
         let retries = ctx.cluster().map_or(0, |c| c.settings.retries);
         let retry_allowed = session.req_header().method.is_idempotent()

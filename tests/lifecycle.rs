@@ -315,3 +315,82 @@ async fn upgrade_hands_the_listeners_to_a_new_process_without_failed_requests() 
         ok.load(Ordering::Relaxed)
     );
 }
+
+/// Run `gateway upgrade -c FILE`; (success, what it printed). Its output and the new process's (which
+/// inherits it, as it would a terminal) go to `new.log`.
+async fn upgrade_command(dir: &TestDir) -> (bool, String) {
+    let log = std::fs::File::create(dir.path("new.log")).unwrap();
+    let config = dir.path("gateway.yaml");
+    let cwd = dir.dir.path().to_path_buf();
+    let status = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["upgrade", "-c"])
+            .arg(config)
+            .current_dir(cwd)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        status.success(),
+        std::fs::read_to_string(dir.path("new.log")).unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn gateway_upgrade_refuses_a_broken_file_and_hands_over_on_a_good_one() {
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let good = proxy_to(&dir, &ports, &origin);
+    let old = Gateway::start(&dir, ports, &good).await;
+    let old_pid = old.child.id().to_string();
+
+    // A broken file: nothing is started or signalled, the old process keeps serving.
+    dir.write_config(&good.replace("routes:", "routez:"));
+    let (ok, printed) = upgrade_command(&dir).await;
+    assert!(!ok);
+    assert!(printed.contains("nothing was changed"), "{printed}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(&client(), &old.url("/")).await.0, 200);
+    assert_eq!(
+        std::fs::read_to_string(dir.path("gateway.pid"))
+            .unwrap()
+            .trim(),
+        old_pid
+    );
+
+    // A good file under load: a new connection per request, none fails.
+    dir.write_config(&good);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let worker = tokio::spawn({
+        let (stop, served, failed, url) =
+            (stop.clone(), served.clone(), failed.clone(), old.url("/"));
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                match client().get(&url).send().await {
+                    Ok(r) if r.status() == 200 => served.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+    });
+    let (ok, printed) = upgrade_command(&dir).await;
+    stop.store(true, Ordering::Relaxed);
+    worker.await.unwrap();
+    assert!(ok, "{printed}");
+    assert!(printed.contains("upgraded: pid"), "{printed}");
+    let new_pid: u32 = std::fs::read_to_string(dir.path("gateway.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid.to_string(), old_pid);
+    assert_eq!(get(&client(), &old.url("/")).await.0, 200);
+    let _ = Command::new("kill").arg(new_pid.to_string()).status();
+    assert!(served.load(Ordering::Relaxed) > 0);
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+}
