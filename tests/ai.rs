@@ -1204,17 +1204,7 @@ async fn a_stream_that_ends_without_its_final_event_is_a_provider_failure() {
         assert_eq!(response.status(), 200);
         assert_eq!(header(&response, "x-gateway-model"), "model-b");
         let text = response.text().await.unwrap();
-        let content: String = text
-            .lines()
-            .filter_map(|line| line.strip_prefix("data: "))
-            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-            .filter_map(|event| {
-                event["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .collect();
-        assert_eq!(content, "Hello from second.", "{text}");
+        assert_eq!(sse_content(&text), "Hello from second.", "{text}");
         assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     }
 

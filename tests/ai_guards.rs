@@ -293,22 +293,9 @@ async fn secrets_in_completions_are_masked_whole_and_across_stream_chunks() {
             !raw.contains("abcdef123456") && !raw.contains("ABCDEFGHIJ") && !raw.contains("777"),
             "{raw:?}"
         );
-        assert_eq!(streamed_text(&raw), expected, "cr_lines: {cr_lines}");
+        assert_eq!(sse_content(&raw), expected, "cr_lines: {cr_lines}");
         assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw:?}");
     }
-}
-
-/// The text of every `delta.content` in a raw SSE body.
-fn streamed_text(raw: &str) -> String {
-    raw.split(['\n', '\r'])
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -355,7 +342,7 @@ async fn a_private_key_block_is_masked_however_the_stream_splits_it() {
             "{how}: {raw:?}"
         );
         assert_eq!(
-            streamed_text(&raw),
+            sse_content(&raw),
             "Here it is:\n[REDACTED PRIVATE KEY]\nKeep it safe.",
             "{how}"
         );

@@ -382,3 +382,16 @@ pub fn hash_key(key: &str) -> String {
     assert!(output.status.success());
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
+
+/// The text of every `choices[0].delta.content` in a raw SSE body, joined.
+pub fn sse_content(raw: &str) -> String {
+    raw.split(['\n', '\r'])
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+        .filter_map(|event| {
+            event["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
