@@ -44,11 +44,7 @@ routes:
         hash = hash_key(KEY),
         origin = origin.addr
     );
-    let yaml = format!(
-        "{}\nlisteners:\n  - {{ name: http, address: \"127.0.0.1:{}\"{listener} }}\n{body}",
-        dir.server_section(&ports, client),
-        ports.http
-    );
+    let yaml = dir.plain_config_with(&ports, client, listener, &body);
     let gateway = Gateway::start(&dir, ports, &yaml).await;
     (dir, gateway)
 }
@@ -83,21 +79,36 @@ async fn one_answer(stream: &mut TcpStream, request: &[u8]) -> String {
             .unwrap();
         assert!(n > 0, "closed before an answer: {received:?}");
         received.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&received).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if body.len() >= length {
-                return text;
-            }
+        if complete_responses(&received) > 0 {
+            return String::from_utf8_lossy(&received).into_owned();
         }
     }
+}
+
+/// The one answer in `raw`, framed exactly by its Content-Length (nothing missing, nothing after it): its
+/// status and JSON error code.
+fn framed_error(raw: &str) -> (u16, String) {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head)) = response.parse(raw.as_bytes()) else {
+        panic!("not an HTTP answer: {raw:?}");
+    };
+    let length: usize = response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+        .expect("a Content-Length");
+    assert_eq!(
+        raw.len(),
+        head + length,
+        "body length differs from Content-Length: {raw:?}"
+    );
+    let body: serde_json::Value = serde_json::from_str(&raw[head..]).unwrap();
+    (
+        response.code.unwrap(),
+        body["error"]["code"].as_str().unwrap().to_string(),
+    )
 }
 
 /// Write `bytes` one at a time, `every` apart, until they are sent or the peer closes.
@@ -141,10 +152,9 @@ async fn a_dripped_head_is_answered_408_and_closed_within_the_header_timeout() {
     // Pingora's per-read timeout.
     let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (answer, closed, took) = drip_head(stream, SLOW_HEAD).await;
-    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
-    assert!(
-        answer.contains(r#""code":"request_header_timeout""#),
-        "{answer}"
+    assert_eq!(
+        framed_error(&answer),
+        (408, "request_header_timeout".into())
     );
     assert!(closed, "the connection stayed open");
     assert!(took < Duration::from_millis(2500), "took {took:?}");
@@ -158,7 +168,10 @@ async fn a_dripped_head_is_answered_408_and_closed_within_the_header_timeout() {
     .await;
     assert!(first.starts_with("HTTP/1.1 200 "), "{first}");
     let (answer, closed, took) = drip_head(stream, SLOW_HEAD).await;
-    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert_eq!(
+        framed_error(&answer),
+        (408, "request_header_timeout".into())
+    );
     assert!(closed && took < Duration::from_millis(2500), "{took:?}");
     assert_eq!(
         origin.requests().len(),
@@ -200,11 +213,11 @@ async fn an_oversize_head_or_too_many_fields_get_431() {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream.write_all(big.as_bytes()).await.unwrap();
     let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
-    assert!(
-        answer.contains("request_header_too_large") && closed,
-        "{answer}"
+    assert_eq!(
+        framed_error(&answer),
+        (431, "request_header_too_large".into())
     );
+    assert!(closed);
 
     let mut many = String::from("GET /open/x HTTP/1.1\r\nHost: gw.test\r\n");
     for i in 0..25 {
@@ -214,8 +227,8 @@ async fn an_oversize_head_or_too_many_fields_get_431() {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     stream.write_all(many.as_bytes()).await.unwrap();
     let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
-    assert!(answer.contains("too_many_headers") && closed, "{answer}");
+    assert_eq!(framed_error(&answer), (431, "too_many_headers".into()));
+    assert!(closed);
     assert!(origin.requests().is_empty());
 
     // Within the limits, the same connection serves request after request.
@@ -244,8 +257,7 @@ async fn a_stalled_body_gets_408() {
         .await
         .unwrap();
     let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
-    assert!(answer.contains("request_body_timeout"), "{answer}");
+    assert_eq!(framed_error(&answer), (408, "request_body_timeout".into()));
     let logged = eventually(Duration::from_secs(5), || async {
         dir.access_log().contains(r#""status":408"#)
     })
@@ -271,11 +283,8 @@ async fn one_address_holds_at_most_max_connections_per_ip() {
     }
     let mut fourth = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (answer, closed) = read_until_closed(&mut fourth, Duration::from_secs(5)).await;
-    assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
-    assert!(
-        answer.contains("too_many_connections") && closed,
-        "{answer}"
-    );
+    assert_eq!(framed_error(&answer), (429, "too_many_connections".into()));
+    assert!(closed);
 
     // A closed connection gives its place back.
     drop(held.pop());
@@ -294,6 +303,29 @@ async fn one_address_holds_at_most_max_connections_per_ip() {
     })
     .await;
     assert!(admitted);
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_held_to_the_connection_cap() {
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (_dir, gateway) = start(
+        &origin,
+        "  max_connections_per_ip: 1\n  trusted_proxies: [127.0.0.1]",
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(("127.0.0.1", gateway.ports.http))
+            .await
+            .unwrap();
+        let answer = one_answer(
+            &mut stream,
+            b"GET /open/x HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        held.push(stream);
+    }
 }
 
 #[tokio::test]

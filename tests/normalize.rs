@@ -37,29 +37,6 @@ async fn exchange(port: u16, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
-/// How many whole responses (head and Content-Length body) `bytes` holds.
-fn complete_responses(mut bytes: &[u8]) -> usize {
-    let mut count = 0;
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        let Ok(httparse::Status::Complete(head)) = response.parse(bytes) else {
-            return count;
-        };
-        let length = response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
-            .unwrap_or(0);
-        if bytes.len() < head + length {
-            return count;
-        }
-        count += 1;
-        bytes = &bytes[head + length..];
-    }
-}
-
 /// The status of the first response in `raw`, 0 when there is none.
 fn first_status(raw: &str) -> u16 {
     raw.split(' ')
@@ -202,11 +179,7 @@ routes:
         hash = hash_key(KEY),
         origin = origin.addr
     );
-    format!(
-        "{}\nlisteners:\n  - {{ name: http, address: \"127.0.0.1:{}\" }}\n{body}",
-        dir.server_section(ports, normalize),
-        ports.http
-    )
+    dir.plain_config_with(ports, normalize, "", &body)
 }
 
 const WALKAROUNDS: &[&[u8]] = &[

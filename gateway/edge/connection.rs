@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,7 +58,7 @@ enum Closed {
 }
 
 impl Closed {
-    fn reason(self) -> &'static str {
+    const fn reason(self) -> &'static str {
         match self {
             Closed::HeaderTimeout => "header_timeout",
             Closed::HeaderTooLarge => "header_too_large",
@@ -66,29 +66,62 @@ impl Closed {
         }
     }
 
+    const ALL: [Closed; 3] = [
+        Closed::HeaderTimeout,
+        Closed::HeaderTooLarge,
+        Closed::TooManyHeaders,
+    ];
+
     /// The answer written before closing: 408 or 431, in the gateway's JSON error shape.
     fn answer(self) -> &'static [u8] {
-        match self {
-            Closed::HeaderTimeout => concat!(
-                "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 134\r\n\r\n",
-                r#"{"error":{"status":408,"code":"request_header_timeout","message":"the request head did not arrive in time","request_id":""}}"#,
-                "\n"
-            )
-            .as_bytes(),
-            Closed::HeaderTooLarge => concat!(
-                "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 140\r\n\r\n",
-                r#"{"error":{"status":431,"code":"request_header_too_large","message":"the request head is larger than this gateway reads","request_id":""}}"#,
-                "\n"
-            )
-            .as_bytes(),
-            Closed::TooManyHeaders => concat!(
-                "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 120\r\n\r\n",
-                r#"{"error":{"status":431,"code":"too_many_headers","message":"the request has more header fields than allowed","request_id":""}}"#,
-                "\n"
-            )
-            .as_bytes(),
-        }
+        static ANSWERS: LazyLock<[Vec<u8>; 3]> = LazyLock::new(|| {
+            [
+                closing_answer(
+                    408,
+                    "Request Timeout",
+                    "request_header_timeout",
+                    "the request head did not arrive in time",
+                    "",
+                ),
+                closing_answer(
+                    431,
+                    "Request Header Fields Too Large",
+                    "request_header_too_large",
+                    "the request head is larger than this gateway reads",
+                    "",
+                ),
+                closing_answer(
+                    431,
+                    "Request Header Fields Too Large",
+                    "too_many_headers",
+                    "the request has more header fields than allowed",
+                    "",
+                ),
+            ]
+        });
+        &ANSWERS[self as usize]
     }
+}
+
+/// Reasons a connection is closed before a request, as metric labels.
+pub const CLOSED_REASONS: [&str; 4] = [
+    Closed::ALL[0].reason(),
+    Closed::ALL[1].reason(),
+    Closed::ALL[2].reason(),
+    "too_many_connections",
+];
+
+/// An answer the guard writes itself before closing a connection: a head and the gateway's JSON error
+/// body, with its real length (no request id: there is no request yet).
+fn closing_answer(status: u16, reason: &str, code: &str, message: &str, extra: &str) -> Vec<u8> {
+    let body = crate::error::json_error(status, code, message, "");
+    let mut answer = format!(
+        "HTTP/1.1 {status} {reason}\r\nConnection: close\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(&body);
+    answer
 }
 
 // Phases, kept in an atomic so that `request_done` can move it from a shared reference.
@@ -363,8 +396,8 @@ impl Peek for GuardedStream {
 }
 
 /// Connections open per client address, process-wide.
-static OPEN_BY_IP: std::sync::LazyLock<Mutex<HashMap<IpAddr, u32>>> =
-    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+static OPEN_BY_IP: LazyLock<Mutex<HashMap<IpAddr, u32>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 /// One connection's place in its address's count; given back on drop.
 #[derive(Debug)]
@@ -411,12 +444,15 @@ pub struct Guarded<A, P> {
 }
 
 /// Answer a connection over its address's cap, then drop it.
-const TOO_MANY_CONNECTIONS: &[u8] = concat!(
-    "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 132\r\n\r\n",
-    r#"{"error":{"status":429,"code":"too_many_connections","message":"this address has too many open connections","request_id":""}}"#,
-    "\n"
-)
-.as_bytes();
+static TOO_MANY_CONNECTIONS: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    closing_answer(
+        429,
+        "Too Many Requests",
+        "too_many_connections",
+        "this address has too many open connections",
+        "Retry-After: 1\r\n",
+    )
+});
 
 #[async_trait]
 impl<A, P> pingora::apps::ServerApp for Guarded<A, P>
@@ -446,7 +482,7 @@ where
                         // HTTP/1 clients read this; an h2 client sees the connection close.
                         if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                             use tokio::io::AsyncWriteExt;
-                            let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+                            let _ = stream.write_all(&TOO_MANY_CONNECTIONS).await;
                             let _ = stream.flush().await;
                         }
                         stream.shutdown().await;

@@ -196,12 +196,7 @@ pub fn init_fixed_counters() {
     for result in ["ok", "rejected"] {
         METRICS.config_reloads.with_label_values(&[result]);
     }
-    for reason in [
-        "header_timeout",
-        "header_too_large",
-        "too_many_headers",
-        "too_many_connections",
-    ] {
+    for reason in crate::edge::connection::CLOSED_REASONS {
         METRICS.connections_closed.with_label_values(&[reason]);
     }
 }

@@ -80,9 +80,21 @@ admin:
 
     /// A whole config with one plain listener on `ports.http`, and the given clusters/routes YAML.
     pub fn plain_config(&self, ports: &Ports, body: &str) -> String {
+        self.plain_config_with(ports, "", "", body)
+    }
+
+    /// `plain_config` with more `server:` lines (`server_extra`, indented by two spaces) and more keys of
+    /// the listener (`listener_extra`, e.g. `, h2c: true`).
+    pub fn plain_config_with(
+        &self,
+        ports: &Ports,
+        server_extra: &str,
+        listener_extra: &str,
+        body: &str,
+    ) -> String {
         format!(
-            "{}\nlisteners:\n  - {{ name: http, address: \"127.0.0.1:{}\" }}\n{body}",
-            self.server_section(ports, ""),
+            "{}\nlisteners:\n  - {{ name: http, address: \"127.0.0.1:{}\"{listener_extra} }}\n{body}",
+            self.server_section(ports, server_extra),
             ports.http
         )
     }
@@ -394,4 +406,27 @@ pub fn sse_content(raw: &str) -> String {
                 .map(str::to_string)
         })
         .collect()
+}
+
+/// How many whole responses (head and Content-Length body) `bytes` holds.
+pub fn complete_responses(mut bytes: &[u8]) -> usize {
+    let mut count = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = response.parse(bytes) else {
+            return count;
+        };
+        let length = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+            .unwrap_or(0);
+        if bytes.len() < head + length {
+            return count;
+        }
+        count += 1;
+        bytes = &bytes[head + length..];
+    }
 }
