@@ -802,8 +802,12 @@ async fn stream_back(
                     return Ok(Relayed::Done);
                 }
             }
-            Ok(None) if is_sse && !usage.ended => {
+            Ok(None) if is_sse && !usage.ended_at_eof() => {
                 // A clean close without `[DONE]`, a finish reason or an error: the answer is cut short.
+                // What was streamed is accounted all the same.
+                if let Some(found) = usage.finish() {
+                    outcome.account(model, found);
+                }
                 log::warn!(
                     "AI provider {} ended its stream without a final event",
                     provider.name
@@ -854,6 +858,9 @@ async fn stream_back(
                 return Ok(Relayed::Done);
             }
             Err(e) => {
+                if let Some(found) = usage.finish() {
+                    outcome.account(model, found);
+                }
                 log::warn!(
                     "AI provider {} failed mid-response: {}",
                     provider.name,

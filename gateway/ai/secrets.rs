@@ -150,11 +150,20 @@ impl SecretMasker {
     /// alone, matches no pattern. The whole match waits instead, to be masked when it goes on.
     fn cut_outside_matches(&self, text: &str, mut cut: usize) -> usize {
         loop {
+            // Nothing is held, or everything is: no match can span the cut.
+            if cut == 0 || cut >= text.len() {
+                return cut;
+            }
             let straddling = self
                 .patterns
                 .iter()
-                .flat_map(|(regex, _)| regex.find_iter(text))
-                .filter(|found| found.start() < cut && cut < found.end())
+                .flat_map(|(regex, _)| {
+                    // Matches come in order; none starting at or after the cut can span it.
+                    regex
+                        .find_iter(text)
+                        .take_while(|found| found.start() < cut)
+                })
+                .filter(|found| cut < found.end())
                 .map(|found| found.start())
                 .min();
             match straddling {
@@ -241,6 +250,12 @@ fn choice_text(choice: &mut Value, create: bool) -> Option<&mut String> {
         Some(Value::String(text)) => Some(text),
         _ => None,
     }
+}
+
+/// An event of its own for held-back `text` of `slot` of choice `index`.
+fn write_flush_event(index: usize, slot: Slot, text: String, out: &mut Vec<u8>) {
+    let event = serde_json::json!({"object": "chat.completion.chunk", "choices": [{"index": index, "delta": slot.delta_with(text), "finish_reason": null}]});
+    out.extend_from_slice(format!("data: {event}\n\n").as_bytes());
 }
 
 /// Where held-back text starts: an unclosed key block, a trigger on the last line whose secret has not ended,
@@ -426,21 +441,25 @@ impl<'a> StreamMasker<'a> {
                 let key = ["delta", "message"]
                     .into_iter()
                     .find(|key| choice.get(*key).is_some_and(Value::is_object));
-                let others = key
+                let object = key
                     .and_then(|key| choice.get_mut(key))
-                    .and_then(Value::as_object_mut)
-                    .map(|object| {
-                        for slot in Slot::others_in(object) {
+                    .and_then(Value::as_object_mut);
+                let others = match object {
+                    Some(object) => {
+                        let others = Slot::others_in(object);
+                        for &slot in &others {
                             if let Some(text) = slot.text_in(object) {
                                 *text = self.release(index, slot, text, finishing);
                             }
                         }
-                        Slot::others_in(object)
-                    })
-                    .unwrap_or_default();
+                        others
+                    }
+                    None => Vec::new(),
+                };
+                // Held text of the texts a finishing chunk does not carry goes out first, each in an event
+                // of its own (held content goes out inside the chunk, below). Until then each text holds
+                // its own tail, even while another text streams, so a secret is never cut in two.
                 if finishing {
-                    // Held reasoning or call arguments that this last chunk does not carry go out first,
-                    // each in an event of its own.
                     self.flush_choice(
                         index,
                         |slot| slot != Slot::Content && !others.contains(&slot),
@@ -574,17 +593,18 @@ impl<'a> StreamMasker<'a> {
             }
             let text = self.masker.mask(held).into_owned();
             held.clear();
-            let event = serde_json::json!({"object": "chat.completion.chunk", "choices": [{"index": index, "delta": slot.delta_with(text), "finish_reason": null}]});
-            out.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+            write_flush_event(index, *slot, text, out);
         }
     }
 
     /// Emit held-back text before the stream ends.
     fn flush_pending(&mut self, out: &mut Vec<u8>) {
-        let mut indices: Vec<usize> = self.pending.iter().map(|(i, _, _)| *i).collect();
-        indices.dedup();
-        for index in indices {
-            self.flush_choice(index, |_| true, out);
+        for (index, slot, held) in &mut self.pending {
+            if !held.is_empty() {
+                let text = self.masker.mask(held).into_owned();
+                held.clear();
+                write_flush_event(*index, *slot, text, out);
+            }
         }
     }
 }

@@ -2,6 +2,8 @@
 //! last SSE event that carries one (the gateway asks OpenAI-compatible providers for it with
 //! `stream_options.include_usage`).
 
+use std::sync::LazyLock;
+
 use memchr::memmem;
 use serde_json::Value;
 
@@ -84,26 +86,46 @@ pub struct UsageScanner {
 /// Whether an SSE event ends an answer: its data is `[DONE]`, or it names a non-null `finish_reason` or an
 /// `error`. Only byte probes: no event is parsed for this.
 fn ends_stream(event: &[u8]) -> bool {
-    if memmem::find(event, b"[DONE]").is_some() {
+    if DONE.find(event).is_some() {
         let text = String::from_utf8_lossy(event);
         if event_data(&text).trim() == "[DONE]" {
             return true;
         }
     }
     // A key is a quoted name followed by `:`; the same word as a string value is followed by `,` or `}`.
-    let value_of = |key: &'static [u8]| {
-        memmem::find_iter(event, key).filter_map(move |at| {
-            event[at + key.len()..]
+    let value_of = |key: &'static memmem::Finder<'static>| {
+        key.find_iter(event).filter_map(move |at| {
+            event[at + key.needle().len()..]
                 .trim_ascii_start()
                 .strip_prefix(b":")
                 .map(<[u8]>::trim_ascii_start)
         })
     };
-    value_of(b"\"finish_reason\"").any(|value| !value.starts_with(b"null"))
-        || value_of(b"\"error\"").next().is_some()
+    value_of(&FINISH_REASON).any(|value| !value.starts_with(b"null"))
+        || value_of(&ERROR).next().is_some()
 }
 
+// Searchers built once, not per event.
+static DONE: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"[DONE]"));
+static FINISH_REASON: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"finish_reason\""));
+static ERROR: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"error\""));
+static USAGE: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
 impl UsageScanner {
+    /// At the end of a stream: whether it carried its terminal event, counting a last event the provider
+    /// closed without its blank line (`data: [DONE]\n`, then the connection closes).
+    pub fn ended_at_eof(&mut self) -> bool {
+        if !self.ended {
+            // A blank line completes the unfinished event, which is then read like any other (its usage
+            // too).
+            self.observe(b"\n\n");
+        }
+        self.ended
+    }
+
     pub fn new(sse: bool) -> Self {
         UsageScanner {
             sse,
@@ -126,7 +148,7 @@ impl UsageScanner {
                 let event = &bytes[event];
                 self.ended = self.ended || ends_stream(event);
                 // Only events that mention usage are parsed.
-                if memmem::find(event, b"\"usage\"").is_none() {
+                if USAGE.find(event).is_none() {
                     continue;
                 }
                 let text = String::from_utf8_lossy(event);
@@ -241,5 +263,9 @@ mod tests {
             scanner.observe(stream);
             assert_eq!(scanner.ended, ended, "{}", String::from_utf8_lossy(stream));
         }
+        // The last event without its blank line, then the end of the stream.
+        let mut scanner = UsageScanner::new(true);
+        scanner.observe(b"data: {\"choices\":[]}\n\ndata: [DONE]\n");
+        assert!(!scanner.ended && scanner.ended_at_eof());
     }
 }
