@@ -219,12 +219,22 @@ pub fn upgrade(config_path: &std::path::Path, daemon: bool) -> Result<String, St
             "the new process exited ({status}) before taking over; the running gateway (pid {old}) keeps serving"
         ));
     }
+    // With `--daemon` the process spawned here has already handed over to its background child, which
+    // cannot be stopped from here; it gives up waiting for the hand-over by itself.
+    let mut stop_new = || {
+        if daemon {
+            "the new background process gives up its wait by itself"
+        } else {
+            let _ = new.kill();
+            "the new process was stopped"
+        }
+    };
     if !waiting {
-        let _ = new.kill();
         return Err(format!(
-            "the new process did not reach the upgrade socket {} in 15 s and was stopped; the running \
-             gateway (pid {old}) keeps serving",
-            settings.upgrade_sock
+            "the new process did not reach the upgrade socket {} in 15 s; {}; the running gateway \
+             (pid {old}) keeps serving",
+            settings.upgrade_sock,
+            stop_new()
         ));
     }
     let quit = std::process::Command::new("kill")
@@ -232,9 +242,9 @@ pub fn upgrade(config_path: &std::path::Path, daemon: bool) -> Result<String, St
         .status()
         .is_ok_and(|status| status.success());
     if !quit {
-        let _ = new.kill();
         return Err(format!(
-            "could not signal the running gateway (pid {old}); the new process was stopped"
+            "could not signal the running gateway (pid {old}); {}",
+            stop_new()
         ));
     }
     let drain = settings.grace_period

@@ -25,7 +25,7 @@ use crate::edge::limits::{
     counter_key, now_ns, Decision, InFlight, InFlightGuard, LimitKey, LimitPolicy, Limiter,
 };
 use crate::edge::mtls::ClientIdentity;
-use crate::edge::normalize::{normalize_request, Malformed};
+use crate::edge::normalize::{declared_length, normalize_request, Malformed};
 use crate::edge::routes::{normalize_host, HeaderRewrite, PathRewrite, Route, RouteAction};
 use crate::error::{error_body, json_error, ErrorKind};
 use crate::observe::access_log::{self, AccessRecord};
@@ -49,8 +49,6 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED_FOR_NAM
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO_NAME);
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED_HOST_NAME);
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
-/// Pingora's own wait for each downstream read; only another value is set per request.
-const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The proxy of one listener.
 pub struct EdgeProxy {
@@ -162,7 +160,10 @@ impl EdgeProxy {
         extra: &[(&HeaderName, &HeaderValue)],
         body: Bytes,
     ) -> Result<()> {
-        drain_small_h2_body(session).await;
+        // Not for a client that stopped sending its body: waiting for it is what failed.
+        if ctx.error != Some(ErrorKind::RequestTimeout) {
+            drain_small_h2_body(session).await;
+        }
         let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
         for (name, value) in extra {
             header.insert_header((*name).clone(), (*value).clone())?;
@@ -306,12 +307,7 @@ async fn drain_small_h2_body(session: &mut Session) {
     if !session.as_downstream().is_http2() || session.is_body_done() {
         return;
     }
-    let declared = session
-        .req_header()
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > H2_DRAIN_LIMIT) {
+    if declared_length(session.req_header()).is_some_and(|length| length > H2_DRAIN_LIMIT as u64) {
         return;
     }
     let _ = tokio::time::timeout(H2_DRAIN_TIME, async {
@@ -467,9 +463,8 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.peer_ip = peer;
         ctx.request_id = request_id(req.headers.get(&X_REQUEST_ID), ctx.peer_trusted);
-        if runtime.client.body_timeout != DEFAULT_BODY_TIMEOUT {
-            session.set_read_timeout(Some(runtime.client.body_timeout));
-        }
+        // Each read of the body (HTTP/1; an h2 stream's reads have no per-read timeout in Pingora).
+        session.set_read_timeout(Some(runtime.client.body_timeout));
         ctx.runtime = Some(runtime);
         session
             .req_header_mut()
@@ -565,11 +560,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         let req = session.req_header();
-        let declared_length = req
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared_length = declared_length(req);
         ctx.route = Some(route.clone());
         match &route.action {
             RouteAction::Respond {
@@ -670,7 +661,7 @@ impl ProxyHttp for EdgeProxy {
         };
         ctx.attempts += 1;
         let picked = cluster.select(key, ctx.tried);
-        if ctx.tried == 0 {
+        if ctx.attempts == 1 {
             cluster.note_first_pick(picked.is_some());
         }
         let Some((index, addr)) = picked else {
@@ -999,7 +990,12 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        // The connection's next byte begins the next request head.
+        // The connection's next byte begins the next request head. A body left unread would be read
+        // (drained) before it, and taken for that head: such a connection is not kept (Pingora closes it
+        // already when its answer came before the body; this makes it so in every case).
+        if !session.is_body_done() {
+            session.set_keepalive(None);
+        }
         request_done(session.as_downstream().stream());
         let status = session
             .response_written()

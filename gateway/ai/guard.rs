@@ -74,7 +74,7 @@ pub fn builtin(name: &str) -> Option<(Regex, Option<Validator>)> {
 
 /// An IPv4 address is exactly four dotted numbers with no version word before them: `version 1.2.3.4`,
 /// `release: 10.0.0.1` and `1.2.3.4.5` are version strings, not addresses.
-pub fn ip_in_context(matched: &str) -> bool {
+fn ip_in_context(matched: &str) -> bool {
     matched.as_bytes().first().is_some_and(u8::is_ascii_digit) && matched.split('.').count() == 4
 }
 

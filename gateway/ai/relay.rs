@@ -30,6 +30,7 @@ use super::openai::{check_request_shape, Endpoint, OpenAiError};
 use super::routing::{decide, AiPolicy, Plan};
 use super::secrets::{SecretMasker, StreamMasker};
 use super::usage::{Usage, UsageScanner};
+use crate::edge::normalize::declared_length;
 use crate::observe::metrics::METRICS;
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
@@ -214,12 +215,7 @@ async fn prepare_and_relay(
 
 /// Read the whole request body, refusing more than `limit` bytes.
 async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
-    let declared = session
-        .req_header()
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(session.req_header());
     if declared.is_some_and(|len| len > limit) {
         session.set_keepalive(None);
         return Err(OpenAiError::body_too_large(limit).into());

@@ -145,19 +145,8 @@ fn decide_unfiltered(
         let model = model.ok_or_else(|| OpenAiError::model_not_found(&target))?;
         return single(model, policy, "command");
     }
-    let requested = match body.get("model") {
-        Some(Value::String(name)) => name.as_str(),
-        Some(_) => {
-            return Err(OpenAiError::new(
-                400,
-                "invalid_request_error",
-                "invalid_model",
-                "`model` must be a string",
-            )
-            .with_param("model"))
-        }
-        None => "auto",
-    };
+    // A `model` that is not a string was refused with the request's shape (openai::check_request_shape).
+    let requested = body.get("model").and_then(Value::as_str).unwrap_or("auto");
     if requested != "auto" {
         let model = catalog
             .model(requested)

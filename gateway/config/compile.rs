@@ -198,11 +198,13 @@ pub fn compile(
             .max_connections_per_ip
             .unwrap_or(defaults.max_connections_per_ip),
     };
-    if client.header_timeout.is_zero() || client.body_timeout.is_zero() {
-        c.error(
-            "server.client_header_timeout",
-            "client timeouts must be longer than zero",
-        );
+    for (path, timeout) in [
+        ("server.client_header_timeout", client.header_timeout),
+        ("server.client_body_timeout", client.body_timeout),
+    ] {
+        if timeout.is_zero() {
+            c.error(path, "must be longer than zero");
+        }
     }
     // Pingora refuses a head over 1 MiB or 256 fields with a plain 400 before the gateway sees it.
     if client.max_header_size > 1024 * 1024 - 1 {

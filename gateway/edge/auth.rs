@@ -11,6 +11,7 @@ use pingora::http::RequestHeader;
 use super::consumers::{Consumer, ConsumerTable};
 use super::jwt::{looks_like_jwt, JwtError, JwtVerifier};
 use super::mtls::ClientIdentity;
+use super::normalize::hex_value;
 
 /// What a route accepts and who may pass.
 #[derive(Debug, Clone, Default)]
@@ -197,9 +198,9 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+            b'%' if i + 2 < bytes.len() => match (hex_value(bytes[i + 1]), hex_value(bytes[i + 2]))
+            {
                 (Some(hi), Some(lo)) => {
                     out.push(hi << 4 | lo);
                     i += 3;
@@ -223,16 +224,24 @@ pub fn redacted_path<'a>(req: &'a RequestHeader, param: Option<&str>) -> std::bo
         return std::borrow::Cow::Borrowed(full);
     };
     let key_of = |pair: &'a str| pair.split('=').next().unwrap_or("");
-    if !query
-        .split('&')
-        .any(|pair| is_credential_param(key_of(pair), param))
-    {
+    // One pass to the first credential; nothing before it is looked at again.
+    let mut offset = 0;
+    let first = query.split('&').find_map(|pair| {
+        let at = offset;
+        offset += pair.len() + 1;
+        is_credential_param(key_of(pair), param).then_some(at)
+    });
+    let Some(first) = first else {
         return std::borrow::Cow::Borrowed(full);
-    }
+    };
     let mut out = String::with_capacity(full.len());
     out.push_str(req.uri.path());
-    for (i, pair) in query.split('&').enumerate() {
-        out.push(if i == 0 { '?' } else { '&' });
+    out.push('?');
+    out.push_str(&query[..first]);
+    for (i, pair) in query[first..].split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
         match pair.split_once('=') {
             Some((key, _)) if is_credential_param(key, param) => {
                 out.push_str(key);

@@ -140,6 +140,9 @@ pub struct GuardedStream {
     inner: pingora::protocols::Stream,
     limits: ClientLimits,
     phase: AtomicU8,
+    /// When the head being read began.
+    head_started: Instant,
+    /// The head timer, made the first time a head has to wait for more bytes.
     deadline: Option<Pin<Box<Sleep>>>,
     head_bytes: usize,
     head_lines: usize,
@@ -162,6 +165,7 @@ impl GuardedStream {
             inner,
             limits,
             phase: AtomicU8::new(if h2 { PASS } else { IDLE }),
+            head_started: Instant::now(),
             deadline: None,
             head_bytes: 0,
             head_lines: 0,
@@ -228,15 +232,30 @@ impl GuardedStream {
             self.head_bytes = 0;
             self.head_lines = 0;
             self.tail = [0; 3];
-            self.deadline = Some(Box::pin(tokio::time::sleep_until(
-                Instant::now() + self.limits.header_timeout,
-            )));
+            self.head_started = Instant::now();
         }
         if phase == HEAD && self.scan_head(bytes)? {
             self.phase.store(BODY, Ordering::Relaxed);
-            self.deadline = None;
         }
         Ok(())
+    }
+
+    /// The timer of the head being read, set to end `header_timeout` after its first byte. Only a head
+    /// that did not come whole in one read needs one; the timer is made once and reset for later heads.
+    fn head_deadline(&mut self) -> Pin<&mut Sleep> {
+        let end = self.head_started + self.limits.header_timeout;
+        match &mut self.deadline {
+            Some(deadline) => {
+                if deadline.deadline() != end {
+                    deadline.as_mut().reset(end);
+                }
+            }
+            None => self.deadline = Some(Box::pin(tokio::time::sleep_until(end))),
+        }
+        self.deadline
+            .as_mut()
+            .expect("the timer was just set")
+            .as_mut()
     }
 
     /// Answer (best effort: whatever the socket takes now) and close: the read ends as at EOF, so Pingora
@@ -283,15 +302,12 @@ impl AsyncRead for GuardedStream {
                     }
                 }
             }
-            Poll::Pending => match &mut this.deadline {
-                Some(deadline) if this.phase.load(Ordering::Relaxed) == HEAD => {
-                    match deadline.as_mut().poll(cx) {
-                        Poll::Ready(()) => this.close_with(Closed::HeaderTimeout, cx),
-                        Poll::Pending => Poll::Pending,
-                    }
+            Poll::Pending if this.phase.load(Ordering::Relaxed) == HEAD => {
+                match this.head_deadline().poll(cx) {
+                    Poll::Ready(()) => this.close_with(Closed::HeaderTimeout, cx),
+                    Poll::Pending => Poll::Pending,
                 }
-                _ => Poll::Pending,
-            },
+            }
             other => other,
         }
     }

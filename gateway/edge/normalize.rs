@@ -230,6 +230,13 @@ fn check_framing(req: &mut RequestHeader) -> Result<(), Malformed> {
         .map_err(|_| Malformed::Framing)
 }
 
+/// The request's declared body length: after `normalize_request`, at most one `Content-Length` value.
+pub fn declared_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
 /// `host[:port]`: reg-name, IPv4 or `[IPv6]` characters only (RFC 3986 3.2.2), no userinfo.
 fn is_valid_host(host: &[u8]) -> bool {
     !host.is_empty()
@@ -300,7 +307,8 @@ pub fn normalize_path<'a>(
     }
 }
 
-fn hex_value(b: u8) -> Option<u8> {
+/// The value of one hexadecimal digit.
+pub(crate) fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

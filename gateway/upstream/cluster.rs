@@ -187,6 +187,10 @@ impl Backend {
             previous.ejected_until_ms.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
+        self.probe_until_ms.store(
+            previous.probe_until_ms.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -344,9 +348,15 @@ impl Cluster {
         if backend.consecutive_failures.load(Ordering::Relaxed) != 0 {
             backend.consecutive_failures.store(0, Ordering::Relaxed);
         }
-        if backend.ejected_until_ms.load(Ordering::Relaxed) != 0
-            && !backend.is_ejected(now_ms())
-            && backend.ejected_until_ms.swap(0, Ordering::Relaxed) != 0
+        let ejected_until = backend.ejected_until_ms.load(Ordering::Relaxed);
+        // Half-open (its cooldown over) and still the same ejection: a concurrent failure that ejects it
+        // anew changes the value, and then this success does not close the breaker.
+        if ejected_until != 0
+            && ejected_until <= now_ms()
+            && backend
+                .ejected_until_ms
+                .compare_exchange(ejected_until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
         {
             backend.probe_until_ms.store(0, Ordering::Relaxed);
             log::info!(
