@@ -7,12 +7,11 @@
 //!
 //! HTTP/2 is passed through untouched (its frames have no such head).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use pingora::protocols::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::limits::{counter_key, InFlight, InFlightGuard};
 use crate::observe::metrics::METRICS;
 
 /// `server.client_*`: the connection limits.
@@ -151,14 +151,14 @@ pub struct GuardedStream {
     /// Answered and closed: every further read is an EOF.
     closed: bool,
     /// Holds the client address's connection slot.
-    _slot: Option<ConnectionSlot>,
+    _slot: Option<InFlightGuard>,
 }
 
 impl GuardedStream {
     fn new(
         inner: pingora::protocols::Stream,
         limits: ClientLimits,
-        slot: Option<ConnectionSlot>,
+        slot: Option<InFlightGuard>,
     ) -> Self {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         GuardedStream {
@@ -411,39 +411,16 @@ impl Peek for GuardedStream {
     }
 }
 
-/// Connections open per client address, process-wide.
-static OPEN_BY_IP: LazyLock<Mutex<HashMap<IpAddr, u32>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+/// Connections open per client address, process-wide: the in-flight counter the rate limits use.
+static OPEN_BY_IP: LazyLock<Arc<InFlight>> = LazyLock::new(|| Arc::new(InFlight::default()));
 
-/// One connection's place in its address's count; given back on drop.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    ip: IpAddr,
-}
-
-impl ConnectionSlot {
-    /// A slot for `ip`, unless it holds `max` connections already.
-    fn acquire(ip: IpAddr, max: u32) -> Option<ConnectionSlot> {
-        let mut open = OPEN_BY_IP.lock().unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(ConnectionSlot { ip })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut open = OPEN_BY_IP.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
+/// A slot for `ip` in the connection count, unless it holds `max` connections already.
+fn acquire_connection(ip: IpAddr, max: u32) -> Option<InFlightGuard> {
+    let key = match ip {
+        IpAddr::V4(v4) => counter_key(0, &v4.octets()),
+        IpAddr::V6(v6) => counter_key(0, &v6.octets()),
+    };
+    InFlight::try_acquire(&OPEN_BY_IP, key, max)
 }
 
 /// Where the connection limits come from (the live config), and which addresses they spare.
@@ -487,7 +464,7 @@ where
             .and_then(|digest| digest.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let slot = match ip {
             Some(ip) if limits.max_connections_per_ip > 0 && !self.policy.exempt(ip) => {
-                match ConnectionSlot::acquire(ip, limits.max_connections_per_ip) {
+                match acquire_connection(ip, limits.max_connections_per_ip) {
                     Some(slot) => Some(slot),
                     None => {
                         METRICS
