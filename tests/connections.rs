@@ -265,13 +265,10 @@ async fn a_stalled_body_gets_408() {
     assert!(logged, "{}", dir.access_log());
 }
 
-#[tokio::test]
-async fn one_address_holds_at_most_max_connections_per_ip() {
-    let origin = MockOrigin::start("origin").await.unwrap();
-    let (_dir, gateway) = start(&origin, "  max_connections_per_ip: 3").await;
-    let port = gateway.ports.http;
+/// Open `count` connections, each served one request; they stay open while held.
+async fn served_connections(port: u16, count: usize) -> Vec<TcpStream> {
     let mut held = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..count {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let answer = one_answer(
             &mut stream,
@@ -281,6 +278,15 @@ async fn one_address_holds_at_most_max_connections_per_ip() {
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         held.push(stream);
     }
+    held
+}
+
+#[tokio::test]
+async fn one_address_holds_at_most_max_connections_per_ip() {
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (_dir, gateway) = start(&origin, "  max_connections_per_ip: 3").await;
+    let port = gateway.ports.http;
+    let mut held = served_connections(port, 3).await;
     let mut fourth = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let (answer, closed) = read_until_closed(&mut fourth, Duration::from_secs(5)).await;
     assert_eq!(framed_error(&answer), (429, "too_many_connections".into()));
@@ -313,19 +319,7 @@ async fn a_trusted_proxy_is_not_held_to_the_connection_cap() {
         "  max_connections_per_ip: 1\n  trusted_proxies: [127.0.0.1]",
     )
     .await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        let mut stream = TcpStream::connect(("127.0.0.1", gateway.ports.http))
-            .await
-            .unwrap();
-        let answer = one_answer(
-            &mut stream,
-            b"GET /open/x HTTP/1.1\r\nHost: gw.test\r\n\r\n",
-        )
-        .await;
-        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
-        held.push(stream);
-    }
+    served_connections(gateway.ports.http, 3).await;
 }
 
 #[tokio::test]
