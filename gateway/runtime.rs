@@ -54,6 +54,7 @@ pub struct ListenerSpec {
 pub struct TlsSpec {
     pub h2: bool,
     pub client_auth: Option<ClientAuthSpec>,
+    pub session_tickets: bool,
 }
 
 /// mTLS settings of a listener (fixed for the life of the process).

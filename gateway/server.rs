@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::Opt;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
@@ -20,11 +19,11 @@ use tokio::sync::watch;
 
 use crate::config::compile::{compile, Mode};
 use crate::config::{load_file, GatewayConfig};
-use crate::edge::connection::{ClientLimits, ConnectionPolicy, Guarded};
+use crate::edge::connection::{ClientLimits, ConnectionPolicy, Guarded, TlsHandshake};
 use crate::edge::jwks::JwksRefresher;
 use crate::edge::limits::{LimitSweeper, Limiter};
-use crate::edge::mtls::{client_verifier, IdentityCallback};
-use crate::edge::tls::{generate_dev_certificate, SniResolver};
+use crate::edge::mtls::client_verifier;
+use crate::edge::tls::{generate_dev_certificate, server_config, SniResolver};
 use crate::lifecycle::{watch_readiness, Reloader};
 use crate::observe::access_log;
 use crate::observe::admin::AdminApp;
@@ -154,36 +153,34 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         proxy.handle_init_modules();
         // Client connections pass the connection limits (head timeout and size, connections per address)
         // before the proxy reads them.
+        let address = listener.address.to_string();
+        // TLS listeners are bound as TCP: the guard runs the handshake (timed, after the per-address cap,
+        // with our rustls config).
+        let tls = match (&listener.tls, resolvers.get(&listener.name)) {
+            (Some(tls), Some(resolver)) => {
+                let verifier = match &tls.client_auth {
+                    Some(client_auth) => Some(
+                        client_verifier(&client_auth.ca_ders, client_auth.required)
+                            .map_err(|e| format!("listener {}: {e}", listener.name))?,
+                    ),
+                    None => None,
+                };
+                let config = server_config(resolver.clone(), verifier, tls.h2, tls.session_tickets)
+                    .map_err(|e| format!("listener {}: {e}", listener.name))?;
+                Some(
+                    TlsHandshake::new(config, resolver.clone(), tls.client_auth.is_some())
+                        .map_err(|e| format!("listener {}: {e}", listener.name))?,
+                )
+            }
+            _ => None,
+        };
         let guarded = Guarded {
             app: Arc::new(proxy),
             policy: LiveLimits(runtime.clone()),
+            tls,
         };
         let mut service = Service::new(format!("listener {}", listener.name), guarded);
-        let address = listener.address.to_string();
-        match (&listener.tls, resolvers.get(&listener.name)) {
-            (Some(tls), Some(resolver)) => {
-                let mut tls_settings = match &tls.client_auth {
-                    Some(client_auth) => {
-                        let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback))
-                            .map_err(|e| {
-                                format!("listener {}: TLS settings: {e}", listener.name)
-                            })?;
-                        let verifier = client_verifier(&client_auth.ca_ders, client_auth.required)
-                            .map_err(|e| format!("listener {}: {e}", listener.name))?;
-                        settings.set_client_cert_verifier(verifier);
-                        settings
-                    }
-                    None => TlsSettings::intermediate("", "")
-                        .map_err(|e| format!("listener {}: TLS settings: {e}", listener.name))?,
-                };
-                tls_settings.set_cert_resolver(resolver.clone());
-                if tls.h2 {
-                    tls_settings.enable_h2();
-                }
-                service.add_tls_with_settings(&address, None, tls_settings);
-            }
-            _ => service.add_tcp(&address),
-        }
+        service.add_tcp(&address);
         log::info!(
             "listener {} on {}{}",
             listener.name,

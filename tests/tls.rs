@@ -245,3 +245,152 @@ routes:
     );
     assert!(!subject.contains("rcgen"), "{subject}");
 }
+
+/// One TLS handshake by `openssl s_client` (which sends a request so that TLS 1.3 tickets arrive before it
+/// quits), saving the session to `session` or resuming it: its report.
+fn s_client(port: u16, version: &str, session: &std::path::Path, resume: bool) -> String {
+    let session_arg = if resume { "-sess_in" } else { "-sess_out" };
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'GET / HTTP/1.1\\r\\nHost: a.test\\r\\nConnection: close\\r\\n\\r\\n' | \
+             openssl s_client -connect 127.0.0.1:{port} -servername a.test {version} -ign_eof \
+             {session_arg} {} 2>&1",
+            session.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn sessions_resume_from_stateless_tickets_on_every_thread_unless_tickets_are_off() {
+    let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
+    let (cert, key) = ca.issue(&["a.test"], dir.dir.path(), "a");
+    let tickets_off = free_port();
+    let yaml = format!(
+        r#"
+server:
+  threads: 2
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  pid_file: {pid}
+  upgrade_sock: {sock}
+  access_log: {{ target: off }}
+admin:
+  address: 127.0.0.1:{admin}
+listeners:
+  - name: tickets
+    address: "127.0.0.1:{https}"
+    tls:
+      certificates: [{{ cert: {cert}, key: {key} }}]
+  - name: no-tickets
+    address: "127.0.0.1:{tickets_off}"
+    tls:
+      certificates: [{{ cert: {cert}, key: {key} }}]
+      session_tickets: false
+routes:
+  - name: hello
+    respond: {{ status: 200, body: hello }}
+"#,
+        pid = dir.path("gateway.pid").display(),
+        sock = dir.path("upgrade.sock").display(),
+        admin = ports.admin,
+        https = ports.https,
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let _gateway = Gateway::start(&dir, ports, &yaml).await;
+    let session = dir.path("session.pem");
+    for (version, reused) in [
+        ("-tls1_2", "Reused, TLSv1.2"),
+        ("-tls1_3", "Reused, TLSv1.3"),
+    ] {
+        let first = s_client(ports.https, version, &session, false);
+        assert!(first.contains("New, TLSv1."), "{version}: {first}");
+        assert!(first.contains("hello"), "{version}: {first}");
+        // The server issued a ticket (TLS 1.2 reports its lifetime hint; 1.3 always sends tickets).
+        assert!(
+            first.contains("TLS session ticket lifetime hint"),
+            "{version}: no ticket: {first}"
+        );
+        // The server keeps no session cache, so each resumption is by the ticket alone; six handshakes
+        // land on both threads.
+        for round in 0..6 {
+            let again = s_client(ports.https, version, &session, true);
+            assert!(again.contains(reused), "{version} round {round}: {again}");
+        }
+    }
+    // Tickets off: TLS 1.2 gets no ticket and resumes by session id from the listener's cache.
+    let first = s_client(tickets_off, "-tls1_2", &session, false);
+    assert!(first.contains("New, TLSv1.2"), "{first}");
+    assert!(
+        !first.contains("TLS session ticket lifetime hint"),
+        "{first}"
+    );
+    let again = s_client(tickets_off, "-tls1_2", &session, true);
+    assert!(again.contains("Reused, TLSv1.2"), "{again}");
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_off_at_the_header_timeout_and_a_bad_one_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
+    let yaml = tls_config(&dir, &ports, &ca).replace(
+        "  access_log:",
+        "  client_header_timeout: 1s\n  access_log:",
+    );
+    let gateway = Gateway::start(&dir, ports, &yaml).await;
+    // Until the connection ends: how long it took (the gateway sends nothing before a ClientHello).
+    async fn until_closed(mut stream: tokio::net::TcpStream) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("the connection stayed open for 10 s"),
+            }
+        }
+    }
+    // Silent after connecting, and stalled inside a ClientHello.
+    let silent = tokio::net::TcpStream::connect(("127.0.0.1", ports.https))
+        .await
+        .unwrap();
+    let mut partial = tokio::net::TcpStream::connect(("127.0.0.1", ports.https))
+        .await
+        .unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(until_closed(silent), until_closed(partial));
+    for took in [a, b] {
+        assert!(
+            took >= std::time::Duration::from_millis(800)
+                && took < std::time::Duration::from_millis(2500),
+            "{took:?}"
+        );
+    }
+    // Not TLS at all: closed at once.
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", ports.https))
+        .await
+        .unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(until_closed(plain).await < std::time::Duration::from_millis(500));
+
+    let metrics = get(&client(), &gateway.admin_url("/metrics")).await.1;
+    let closed = |reason: &str| {
+        metric_value(
+            &metrics,
+            &format!("gateway_client_connections_closed_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(closed("tls_handshake_timeout"), 2.0, "{metrics}");
+    assert_eq!(closed("tls_handshake_failed"), 1.0, "{metrics}");
+}

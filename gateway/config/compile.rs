@@ -341,6 +341,7 @@ fn compile_listeners(
             TlsSpec {
                 h2: tls.h2,
                 client_auth,
+                session_tickets: tls.session_tickets,
             }
         });
         if let Some(rules) = &listener.ip_rules {

@@ -140,6 +140,9 @@ pub struct TlsSection {
     pub h2: bool,
     /// Ask clients for a certificate (mTLS), verified against a CA bundle.
     pub client_auth: Option<ClientAuthSection>,
+    /// Stateless session resumption with rotating ticket keys (default true).
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
 }
 
 /// `listeners[].tls.client_auth`.

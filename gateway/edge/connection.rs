@@ -6,6 +6,10 @@
 //! request answered before its body was read is not followed by another: Pingora closes the connection.)
 //!
 //! HTTP/2 is passed through untouched (its frames have no such head).
+//!
+//! On TLS listeners the guard also runs the TLS handshake, after the per-address cap (a client over its cap
+//! costs no handshake) and within `client_header_timeout` (a client stalling the handshake is cut off),
+//! with the listener's own rustls config (`edge::tls::server_config`, which has session tickets).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -16,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
     ALPN,
@@ -104,11 +109,13 @@ impl Closed {
 }
 
 /// Reasons a connection is closed before a request, as metric labels.
-pub const CLOSED_REASONS: [&str; 4] = [
+pub const CLOSED_REASONS: [&str; 6] = [
     Closed::ALL[0].reason(),
     Closed::ALL[1].reason(),
     Closed::ALL[2].reason(),
     "too_many_connections",
+    "tls_handshake_failed",
+    "tls_handshake_timeout",
 ];
 
 /// An answer the guard writes itself before closing a connection: a head and the gateway's JSON error
@@ -265,10 +272,7 @@ impl GuardedStream {
         if let Poll::Ready(Ok(_)) = Pin::new(&mut self.inner).poll_write(cx, answer) {
             let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
-        METRICS
-            .connections_closed
-            .with_label_values(&[why.reason()])
-            .inc();
+        count_closed(why.reason());
         log::debug!("client connection closed: {}", why.reason());
         self.phase.store(PASS, Ordering::Relaxed);
         self.closed = true;
@@ -430,10 +434,67 @@ pub trait ConnectionPolicy: Send + Sync + 'static {
     fn exempt(&self, ip: IpAddr) -> bool;
 }
 
-/// A server application whose client connections get these limits before it sees them.
+/// The TLS handshake of a listener: Pingora's acceptor (its handshake, digest and ALPN) over our rustls
+/// config, which Pingora's `TlsSettings` cannot express (session ticket keys).
+pub struct TlsHandshake {
+    acceptor: pingora::listeners::tls::Acceptor,
+    /// mTLS: attach the verified client's identity to the connection (`edge::mtls`).
+    client_identity: bool,
+}
+
+impl TlsHandshake {
+    pub fn new(
+        config: Arc<rustls::ServerConfig>,
+        resolver: Arc<super::tls::SniResolver>,
+        client_identity: bool,
+    ) -> Result<Self, String> {
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+            .map_err(|e| format!("TLS settings: {e}"))?;
+        // Pingora's build needs a certificate source; the acceptor's config is replaced right after.
+        settings.set_cert_resolver(resolver);
+        let mut acceptor = settings.build();
+        acceptor.acceptor = pingora::tls::TlsAcceptor::from(config);
+        Ok(TlsHandshake {
+            acceptor,
+            client_identity,
+        })
+    }
+
+    /// The handshake over an accepted TCP stream (the concrete type Pingora's TCP listeners hand out).
+    async fn accept(
+        &self,
+        stream: pingora::protocols::Stream,
+    ) -> pingora::Result<pingora::protocols::tls::TlsStream<L4Stream>> {
+        use pingora::protocols::tls::server;
+        let Ok(tcp) = stream.into_any().downcast::<L4Stream>() else {
+            return pingora::Error::e_explain(
+                pingora::ErrorType::InternalError,
+                "a TLS listener handed over a stream that is not TCP",
+            );
+        };
+        if self.client_identity {
+            server::handshake_with_callback(&self.acceptor, *tcp, &super::mtls::IdentityCallback)
+                .await
+        } else {
+            server::handshake(&self.acceptor, *tcp).await
+        }
+    }
+}
+
+/// A server application whose client connections get these limits (and, on TLS listeners, the TLS
+/// handshake) before it sees them.
 pub struct Guarded<A, P> {
     pub app: Arc<A>,
     pub policy: P,
+    pub tls: Option<TlsHandshake>,
+}
+
+/// Count a connection closed before a request.
+fn count_closed(reason: &str) {
+    METRICS
+        .connections_closed
+        .with_label_values(&[reason])
+        .inc();
 }
 
 /// Answer a connection over its address's cap, then drop it.
@@ -467,13 +528,11 @@ where
                 match acquire_connection(ip, limits.max_connections_per_ip) {
                     Some(slot) => Some(slot),
                     None => {
-                        METRICS
-                            .connections_closed
-                            .with_label_values(&["too_many_connections"])
-                            .inc();
+                        count_closed("too_many_connections");
                         log::debug!("{ip}: over max_connections_per_ip; connection refused");
-                        // HTTP/1 clients read this; an h2 client sees the connection close.
-                        if !matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                        // Plain HTTP clients read this; a TLS client (before its handshake, which is
+                        // not spent on it) and an h2c one see the connection close.
+                        if self.tls.is_none() {
                             use tokio::io::AsyncWriteExt;
                             let _ = stream.write_all(&TOO_MANY_CONNECTIONS).await;
                             let _ = stream.flush().await;
@@ -484,6 +543,25 @@ where
                 }
             }
             _ => None,
+        };
+        let stream: pingora::protocols::Stream = match &self.tls {
+            None => stream,
+            Some(tls) => {
+                match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => Box::new(tls_stream),
+                    Ok(Err(e)) => {
+                        // Scanners and clients that distrust the certificate: not an error of ours.
+                        count_closed("tls_handshake_failed");
+                        log::debug!("TLS handshake failed from {ip:?}: {e}");
+                        return None;
+                    }
+                    Err(_) => {
+                        count_closed("tls_handshake_timeout");
+                        log::debug!("TLS handshake from {ip:?} did not finish in time");
+                        return None;
+                    }
+                }
+            }
         };
         let guarded: pingora::protocols::Stream =
             Box::new(GuardedStream::new(stream, limits, slot));

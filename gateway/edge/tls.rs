@@ -1,12 +1,14 @@
 //! Downstream TLS: certificates loaded from PEM files, chosen by SNI (exact, then wildcard, then the
-//! default), swappable at run time for SIGHUP reloads; plus the development certificate generator.
+//! default), swappable at run time for SIGHUP reloads; the listener's rustls config (with rotating session
+//! ticket keys); plus the development certificate generator.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -82,6 +84,48 @@ impl ResolvesServerCert for SniResolver {
         };
         self.store.load().lookup(name)
     }
+}
+
+/// Sessions a listener without tickets remembers (about 1 KiB each).
+const SESSION_CACHE_SIZE: usize = 4096;
+
+/// The rustls config of one TLS listener: TLS 1.2 and 1.3 on ring, the certificate chosen by SNI, ALPN
+/// (`h2` then `http/1.1`, or `http/1.1` alone), an optional client certificate verifier, and resumption.
+///
+/// With `session_tickets`, resumption is stateless: tickets are sealed with keys that rustls rotates every
+/// 6 hours (a ticket lives 12), one key set per listener shared by all its threads, so a client resumes on
+/// any thread without a server-side cache entry (NGINX's `ssl_session_tickets on`). One key set per listener
+/// keeps a session of a listener without mTLS from resuming on one that asks for client certificates. The
+/// server keeps no session cache then (NGINX's default: tickets on, `ssl_session_cache` off). Without
+/// tickets, sessions are cached in memory instead (session ids for TLS 1.2, stateful tickets for 1.3).
+pub fn server_config(
+    resolver: Arc<SniResolver>,
+    client_verifier: Option<Arc<dyn ClientCertVerifier>>,
+    h2: bool,
+    session_tickets: bool,
+) -> Result<Arc<ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS versions: {e}"))?;
+    let builder = match client_verifier {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    if session_tickets {
+        config.ticketer = rustls::crypto::ring::Ticketer::new()
+            .map_err(|e| format!("session ticket keys: {e}"))?;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    } else {
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
+    }
+    Ok(Arc::new(config))
 }
 
 /// Load a PEM chain and key into a signing key, checking that they belong together.
