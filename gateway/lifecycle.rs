@@ -1,6 +1,15 @@
 //! Process lifecycle beyond Pingora's own signals: SIGHUP reloads the config in-process (routes, clusters
-//! and certificates swapped atomically; a bad file is rejected and the old config keeps serving), and the
-//! readiness flag follows Pingora's execution phases.
+//! and certificates swapped atomically; a bad file is rejected and the old config keeps serving), the
+//! readiness flag follows Pingora's execution phases, and shutdown drains:
+//!
+//! - SIGTERM: `/readyz` answers 503 at once and HTTP/1 answers close their connections; after
+//!   `server.shutdown_delay` (0 by default) the listeners stop accepting (Pingora's graceful shutdown);
+//!   keep-alive connections get `IDLE_DRAIN` to send one more request (answered with `Connection: close`,
+//!   HTTP/2 gets GOAWAY); the process exits as soon as no client connection is open, or after
+//!   `grace_period` at the latest.
+//! - SIGQUIT (upgrade): Pingora hands the listening sockets over and stops accepting 5 s later; then the
+//!   same drain and early exit. Readiness stays up until then: the sockets are being served.
+//! - SIGINT: fast stop.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,15 +18,17 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, watch};
 
 use crate::config::compile::{compile, Mode};
 use crate::config::{load_file, ConfigErrors};
+use crate::edge::connection::open_connections;
 use crate::edge::tls::SniResolver;
-use crate::observe::admin::READY;
+use crate::observe::access_log;
+use crate::observe::admin::{DRAINING, READY};
 use crate::observe::metrics::METRICS;
 use crate::runtime::{ProcessSettings, Runtime};
 use crate::server::ensure_dev_certificates;
@@ -91,25 +102,100 @@ impl BackgroundService for Reloader {
     }
 }
 
-/// Follow Pingora's phases: ready while running, not ready once shutdown or upgrade starts.
-pub fn watch_readiness(mut phases: broadcast::Receiver<ExecutionPhase>) {
+/// The shutdown signals, as Pingora's (SIGQUIT upgrade, SIGTERM graceful, SIGINT fast), with the drain
+/// announced before SIGTERM's listeners close.
+pub struct Signals {
+    /// `server.shutdown_delay`: how long SIGTERM keeps accepting with `/readyz` at 503.
+    pub shutdown_delay: std::time::Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let listen = |kind: SignalKind| match signal(kind) {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                log::error!("cannot listen for signal {}: {e}", kind.as_raw_value());
+                None
+            }
+        };
+        let (mut quit, mut term, mut int) = (
+            listen(SignalKind::quit()),
+            listen(SignalKind::terminate()),
+            listen(SignalKind::interrupt()),
+        );
+        async fn next(stream: &mut Option<tokio::signal::unix::Signal>) {
+            match stream {
+                Some(stream) => {
+                    stream.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = next(&mut quit) => ShutdownSignal::GracefulUpgrade,
+            _ = next(&mut int) => ShutdownSignal::FastShutdown,
+            _ = next(&mut term) => {
+                DRAINING.store(true, Ordering::Relaxed);
+                READY.store(false, Ordering::Relaxed);
+                if self.shutdown_delay.is_zero() {
+                    log::info!("SIGTERM: draining; /readyz answers 503");
+                    return ShutdownSignal::GracefulTerminate;
+                }
+                log::info!(
+                    "SIGTERM: draining; /readyz answers 503; listeners close in {:?}",
+                    self.shutdown_delay
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(self.shutdown_delay) => ShutdownSignal::GracefulTerminate,
+                    _ = next(&mut int) => ShutdownSignal::FastShutdown,
+                }
+            }
+        }
+    }
+}
+
+/// Follow Pingora's phases: ready while running, not ready once shutdown starts (an upgrade's old process
+/// stays ready while it hands over: its sockets are served throughout). Once the grace period begins
+/// (listeners closed), exit as soon as no client connection is left, instead of sleeping out the period.
+pub fn watch_phases(mut phases: broadcast::Receiver<ExecutionPhase>) {
     let spawned = std::thread::Builder::new()
-        .name("readiness".into())
+        .name("lifecycle".into())
         .spawn(move || loop {
             match phases.blocking_recv() {
                 Ok(ExecutionPhase::Running) => READY.store(true, Ordering::Relaxed),
-                Ok(
-                    ExecutionPhase::GracefulTerminate
-                    | ExecutionPhase::GracefulUpgradeTransferringFds
-                    | ExecutionPhase::ShutdownStarted,
-                ) => READY.store(false, Ordering::Relaxed),
+                Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownStarted) => {
+                    READY.store(false, Ordering::Relaxed)
+                }
+                Ok(ExecutionPhase::ShutdownGracePeriod) => exit_when_drained(),
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         });
     if let Err(e) = spawned {
-        log::error!("cannot start the readiness watcher: {e}");
+        log::error!("cannot start the lifecycle watcher: {e}");
     }
+}
+
+/// Wait until no client connection is open (seen twice, 50 ms apart, so a connection just accepted is
+/// counted), write out the access log and exit. Pingora's grace period ends the wait if work remains.
+fn exit_when_drained() {
+    let started = std::time::Instant::now();
+    let mut empty_before = false;
+    loop {
+        let empty = open_connections() == 0;
+        if empty && empty_before {
+            break;
+        }
+        empty_before = empty;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    log::info!(
+        "drained: no client connection left {:?} after the listeners closed; exiting",
+        started.elapsed()
+    );
+    access_log::flush(std::time::Duration::from_secs(1));
+    std::process::exit(0);
 }
 
 /// Run the tasks `spawn` starts for the current config generation; abort and restart them on every reload,

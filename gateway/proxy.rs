@@ -2,6 +2,7 @@
 //! (`edge/` for routing and client identity, `upstream/` for backend choice, `observe/` for logs/metrics).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +30,7 @@ use crate::edge::normalize::{declared_length, normalize_request, Malformed};
 use crate::edge::routes::{normalize_host, HeaderRewrite, PathRewrite, Route, RouteAction};
 use crate::error::{error_body, json_error, ErrorKind};
 use crate::observe::access_log::{self, AccessRecord};
+use crate::observe::admin::DRAINING;
 use crate::observe::metrics::METRICS;
 use crate::runtime::{ListenerSpec, Runtime};
 use crate::upstream::cluster::{Cluster, HashOn};
@@ -478,6 +480,10 @@ impl ProxyHttp for EdgeProxy {
                 .await?;
             return Ok(true);
         };
+        if DRAINING.load(Ordering::Relaxed) {
+            // SIGTERM: this connection takes no further request (HTTP/1 answers say `Connection: close`).
+            session.set_keepalive(None);
+        }
         match normalize_request(session.req_header_mut(), &runtime.normalize) {
             Ok(raw_target) => ctx.raw_target = raw_target,
             Err(malformed) => {

@@ -24,6 +24,7 @@ pub struct ProcessSettings {
     pub threads: usize,
     pub work_stealing: bool,
     pub grace_period: Duration,
+    pub shutdown_delay: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub pid_file: String,
     pub upgrade_sock: String,

@@ -12,7 +12,7 @@ use pingora::apps::HttpServerOptions;
 use pingora::prelude::Opt;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::sync::watch;
@@ -24,9 +24,9 @@ use crate::edge::jwks::JwksRefresher;
 use crate::edge::limits::{LimitSweeper, Limiter};
 use crate::edge::mtls::client_verifier;
 use crate::edge::tls::{generate_dev_certificate, server_config, SniResolver};
-use crate::lifecycle::{watch_readiness, Reloader};
+use crate::lifecycle::{watch_phases, Reloader, Signals};
 use crate::observe::access_log;
-use crate::observe::admin::AdminApp;
+use crate::observe::admin::{AdminApp, AdminService};
 use crate::proxy::EdgeProxy;
 use crate::upstream::health::UpstreamUpkeep;
 
@@ -101,6 +101,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         )
     })?;
     let settings = compiled.settings;
+    let settings_delay = settings.shutdown_delay;
 
     let server_conf = ServerConf {
         threads: settings.threads,
@@ -130,7 +131,7 @@ pub fn run(options: RunOptions) -> Result<(), String> {
     }
     access_log::init(&settings.access_log)
         .map_err(|e| format!("cannot open the access log {:?}: {e}", settings.access_log))?;
-    watch_readiness(phases);
+    watch_phases(phases);
 
     crate::ai::warm_up(&compiled.runtime.ai);
     let runtime = Arc::new(ArcSwap::from_pointee(compiled.runtime));
@@ -196,10 +197,14 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             .iter()
             .map(|l| (l.name.clone(), l.address.port()))
             .collect();
-        let mut service = Service::new("admin".to_string(), AdminApp { listeners });
-        service.add_tcp(&admin.to_string());
         log::info!("admin on {admin} (/healthz, /readyz, /metrics)");
-        server.add_service(service);
+        server.add_service(background_service(
+            "admin",
+            AdminService {
+                app: Arc::new(AdminApp { listeners }),
+                address: admin,
+            },
+        ));
     }
 
     let (generation, generation_watch) = watch::channel(0u64);
@@ -231,5 +236,12 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             generation,
         },
     ));
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            shutdown_delay: settings_delay,
+        }),
+    });
+    // The grace period ran out (an early exit after the drain does not come here).
+    access_log::flush(Duration::from_secs(1));
+    std::process::exit(0)
 }

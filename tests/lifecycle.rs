@@ -394,3 +394,271 @@ async fn gateway_upgrade_refuses_a_broken_file_and_hands_over_on_a_good_one() {
     assert!(served.load(Ordering::Relaxed) > 0);
     assert_eq!(failed.load(Ordering::Relaxed), 0);
 }
+
+/// Clients that count every request that fails while the gateway upgrades or drains: HTTP/1.1 keep-alive
+/// clients on raw sockets (a connection is reused until an answer says `Connection: close`; nothing is
+/// retried, so an EOF or reset on a reused connection counts), h2c clients multiplexing on one connection,
+/// and clients opening a new connection per request.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One request on a keep-alive connection: (status, the answer closes the connection).
+async fn keepalive_request(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> std::io::Result<(u16, bool)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    conn.get_mut()
+        .write_all(b"GET /?n=1 HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await?;
+    let (mut status, mut length, mut close) = (0u16, None, false);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if conn.read_line(&mut line).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a whole answer head",
+            ));
+        }
+        let lower = line.trim_end().to_ascii_lowercase();
+        if lower.is_empty() {
+            break;
+        }
+        if let Some(code) = lower.strip_prefix("http/1.1 ") {
+            status = code[..3].parse().unwrap_or(0);
+        } else if let Some(value) = lower.strip_prefix("content-length:") {
+            length = value.trim().parse::<usize>().ok();
+        } else if lower == "connection: close" {
+            close = true;
+        }
+    }
+    let length = length.ok_or_else(|| std::io::Error::other("answer without Content-Length"))?;
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body).await?;
+    Ok((status, close))
+}
+
+impl Load {
+    fn start(port: u16, keepalive: usize, h2: usize, fresh: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        let note = |failures: &Arc<std::sync::Mutex<Vec<String>>>, what: String| {
+            failures.lock().unwrap().push(what);
+        };
+        for _ in 0..keepalive {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut conn = None;
+                let mut served_on_conn = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if conn.is_none() {
+                        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                            Ok(stream) => conn = Some(tokio::io::BufReader::new(stream)),
+                            Err(e) => {
+                                note(&failures, format!("keep-alive connect: {e}"));
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        }
+                        served_on_conn = 0;
+                    }
+                    let stream = conn.as_mut().expect("connected above");
+                    match keepalive_request(stream).await {
+                        Ok((200, close)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            served_on_conn += 1;
+                            if close {
+                                conn = None;
+                            }
+                        }
+                        Ok((status, _)) => {
+                            note(&failures, format!("keep-alive: status {status}"));
+                            conn = None;
+                        }
+                        Err(e) => {
+                            note(
+                                &failures,
+                                format!("keep-alive after {served_on_conn} answers on the connection: {e}"),
+                            );
+                            conn = None;
+                        }
+                    }
+                }
+            }));
+        }
+        for _ in 0..h2 {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                let h2 = reqwest::Client::builder()
+                    .no_proxy()
+                    .http2_prior_knowledge()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                let url = format!("http://127.0.0.1:{port}/?n=2");
+                while !stop.load(Ordering::Relaxed) {
+                    match h2.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => match r.bytes().await {
+                            Ok(_) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => note(&failures, format!("h2 body: {e:?}")),
+                        },
+                        Ok(r) => note(&failures, format!("h2: status {}", r.status())),
+                        Err(e) => note(&failures, format!("h2: {e:?}")),
+                    }
+                }
+            }));
+        }
+        for _ in 0..fresh {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                let url = format!("http://127.0.0.1:{port}/?n=3");
+                while !stop.load(Ordering::Relaxed) {
+                    // A new connection per request: accepted by whichever process owns the socket.
+                    match client().get(&url).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(r) => note(&failures, format!("new connection: status {}", r.status())),
+                        Err(e) => note(&failures, format!("new connection: {e:?}")),
+                    }
+                }
+            }));
+        }
+        Load {
+            stop,
+            ok,
+            failures,
+            tasks,
+        }
+    }
+
+    /// Stop the clients: (requests served, what failed).
+    async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[tokio::test]
+async fn repeated_upgrades_lose_no_request_of_keepalive_h2_or_new_connection_clients() {
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let config = dir.plain_config_with(
+        &ports,
+        "",
+        ", h2c: true",
+        &format!(
+            "clusters:\n  - name: web\n    backends: [{{ address: \"{}\" }}]\nroutes:\n  - name: web\n    proxy: {{ cluster: web }}\n",
+            origin.addr
+        ),
+    );
+    let first = Gateway::start(&dir, ports, &config).await;
+    let load = Load::start(ports.http, 4, 2, 2);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut pids = vec![first.child.id().to_string()];
+    for round in 0..2 {
+        let (ok, printed) = upgrade_command(&dir).await;
+        assert!(ok, "upgrade {round}: {printed}");
+        let pid = std::fs::read_to_string(dir.path("gateway.pid"))
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(!pids.contains(&pid), "upgrade {round}: pid {pid} again");
+        pids.push(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (served, failures) = load.finish().await;
+    let _ = Command::new("kill").arg(pids.last().unwrap()).status();
+    drop(first);
+    assert!(served > 100, "served {served}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:#?}",
+        failures.len(),
+        served + failures.len()
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_readiness_first_keepalive_politely_and_exits_when_done() {
+    use tokio::io::BufReader;
+    use tokio::net::TcpStream;
+    let origin = MockOrigin::start("origin").await.unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let config = proxy_to(&dir, &ports, &origin).replace(
+        "grace_period: 1s",
+        "grace_period: 30s\n  shutdown_delay: 1s",
+    );
+    let mut gateway = Gateway::start(&dir, ports, &config).await;
+    let connect =
+        || async { BufReader::new(TcpStream::connect(("127.0.0.1", ports.http)).await.unwrap()) };
+    let (mut busy, mut idle) = (connect().await, connect().await);
+    assert_eq!(keepalive_request(&mut busy).await.unwrap(), (200, false));
+    assert_eq!(keepalive_request(&mut idle).await.unwrap(), (200, false));
+    let slow = tokio::spawn({
+        let url = gateway.url("/?delay_ms=1500");
+        async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            client().get(&url).send().await.map(|r| r.status().as_u16())
+        }
+    });
+
+    let signalled = std::time::Instant::now();
+    gateway.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Readiness goes first; the listeners still accept during `shutdown_delay`, and HTTP/1 answers close
+    // their connections.
+    assert_eq!(
+        get(&client(), &gateway.admin_url("/readyz")).await,
+        (503, "draining\n".to_string())
+    );
+    assert_eq!(get(&client(), &gateway.url("/")).await.0, 200);
+    assert_eq!(keepalive_request(&mut busy).await.unwrap(), (200, true));
+
+    // After the delay the listeners are closed; a keep-alive connection that sends within the idle drain
+    // is still served (and told to close), and readiness still answers.
+    tokio::time::sleep(Duration::from_millis(1300).saturating_sub(signalled.elapsed())).await;
+    assert!(
+        TcpStream::connect(("127.0.0.1", ports.http)).await.is_err(),
+        "the listener still accepts after shutdown_delay"
+    );
+    assert_eq!(keepalive_request(&mut idle).await.unwrap(), (200, true));
+    assert_eq!(get(&client(), &gateway.admin_url("/readyz")).await.0, 503);
+
+    // The in-flight request finishes, and the process exits once nothing is open: long before the 30 s
+    // grace period.
+    assert_eq!(slow.await.unwrap().unwrap(), 200);
+    let exited = eventually(Duration::from_secs(8), || {
+        let done = matches!(gateway.child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(
+        exited,
+        "still running {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        dir.gateway_log()
+            .contains("drained: no client connection left"),
+        "{}",
+        dir.gateway_log()
+    );
+}

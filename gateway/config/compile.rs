@@ -158,6 +158,7 @@ pub fn compile(
         threads,
         work_stealing: server.work_stealing.unwrap_or(false),
         grace_period: server.grace_period.or_secs(10),
+        shutdown_delay: server.shutdown_delay.or_secs(0),
         graceful_shutdown_timeout: server.graceful_shutdown_timeout.or_secs(5),
         pid_file: server
             .pid_file

@@ -16,8 +16,12 @@ pub struct ServerSection {
     /// Let idle threads steal work queued on busy ones (default `false`: each thread runs its own
     /// connections to completion, as NGINX workers do, which costs less CPU per request).
     pub work_stealing: Option<bool>,
-    /// On SIGTERM, how long in-flight requests get to finish (default `10s`).
+    /// Once the listeners closed, how long in-flight requests get to finish at most (default `10s`); the
+    /// process exits as soon as they have.
     pub grace_period: Option<HumanDuration>,
+    /// On SIGTERM, how long to keep accepting with `/readyz` answering 503 before the listeners close, so
+    /// load balancers take the instance out first (default `0s`).
+    pub shutdown_delay: Option<HumanDuration>,
     /// After the grace period, how long runtimes get to stop (default `5s`).
     pub graceful_shutdown_timeout: Option<HumanDuration>,
     /// PID file, also used by `--daemon` (default `/tmp/gateway.pid`).

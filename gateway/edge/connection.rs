@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -415,6 +415,36 @@ impl Peek for GuardedStream {
     }
 }
 
+/// Client connections open now, on every listener (from accept to close, the TLS handshake included).
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Client connections open now: the drain is over when this reaches zero.
+pub fn open_connections() -> usize {
+    OPEN.load(Ordering::Acquire)
+}
+
+/// Holds one count in `OPEN` for the life of a connection.
+struct Open;
+
+impl Open {
+    fn count() -> Open {
+        OPEN.fetch_add(1, Ordering::AcqRel);
+        Open
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long, once the listeners stop accepting, keep-alive connections waiting for their next request are
+/// left open. A request that arrives meanwhile is served and answered with `Connection: close` (Pingora
+/// ends keep-alive once shutdown began; HTTP/2 gets GOAWAY), so a busy client leaves politely and loses
+/// nothing; a connection idle this long is closed (Pingora's cleanup aborts those reads).
+pub const IDLE_DRAIN: Duration = Duration::from_secs(1);
+
 /// Connections open per client address, process-wide: the in-flight counter the rate limits use.
 static OPEN_BY_IP: LazyLock<Arc<InFlight>> = LazyLock::new(|| Arc::new(InFlight::default()));
 
@@ -519,6 +549,7 @@ where
         mut stream: pingora::protocols::Stream,
         shutdown: &pingora::server::ShutdownWatch,
     ) -> Option<pingora::protocols::Stream> {
+        let _open = Open::count();
         let limits = self.policy.limits();
         let ip = stream
             .get_socket_digest()
@@ -568,7 +599,13 @@ where
         pingora::apps::ServerApp::process_new(&self.app, guarded, shutdown).await
     }
 
+    /// The listener stopped accepting: drain its keep-alive connections politely (`IDLE_DRAIN`), then let
+    /// the application cut the ones still idle.
     async fn cleanup(&self) {
+        let deadline = tokio::time::Instant::now() + IDLE_DRAIN;
+        while open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.app.cleanup().await
     }
 }

@@ -198,16 +198,44 @@ pub fn log(record: &AccessRecord<'_>) {
 /// thread's CPU was 17% of the process at edge-full load when every line woke it).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Set by the writer when it has written everything queued before a flush request (an empty line).
+static FLUSHED: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+/// Write out every line queued so far, waiting up to `limit` (before the process exits).
+pub fn flush(limit: std::time::Duration) {
+    let Some(Some(sender)) = SENDER.get() else {
+        return;
+    };
+    let (done, wake) = &FLUSHED;
+    let mut flushed = done.lock().unwrap_or_else(|e| e.into_inner());
+    *flushed = false;
+    // The queue is first in, first out: the writer meets this request after every earlier line.
+    if sender.try_send(Vec::new()).is_err() {
+        return;
+    }
+    let _ = wake.wait_timeout_while(flushed, limit, |flushed| !*flushed);
+}
+
 fn write_lines(receiver: Receiver<Vec<u8>>, writer: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
+    let write = |out: &mut std::io::BufWriter<_>, line: Vec<u8>| {
+        if line.is_empty() {
+            // A flush request.
+            let _ = out.flush();
+            let (done, wake) = &FLUSHED;
+            *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            wake.notify_all();
+        } else {
+            let _ = out.write_all(&line);
+        }
+    };
     while let Ok(line) = receiver.recv() {
-        let _ = out.write_all(&line);
+        write(&mut out, line);
         // Drain what is queued, then flush once: batches under load, prompt (one wake-up) when idle.
         loop {
             match receiver.try_recv() {
-                Ok(line) => {
-                    let _ = out.write_all(&line);
-                }
+                Ok(line) => write(&mut out, line),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     let _ = out.flush();

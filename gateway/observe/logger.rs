@@ -2,26 +2,38 @@
 //! a request demoted to debug. Pingora logs `failed to acquire reusable stream` at ERROR when a pooled
 //! upstream connection is still held by its idle watcher at the moment a request wants it; the request
 //! then opens a new connection (pingora-core `connectors::reused_stream` returns `None`), so nothing
-//! failed, and under load the line came once per such request.
+//! failed, and under load the line came once per such request. The new process of an upgrade logs `No
+//! incoming socket transfer, sleep 1s and try again` at ERROR while it waits for the old one to hand its
+//! sockets over, which is the expected order: it becomes an info line.
 
 use log::{Level, Log, Metadata, Record};
 
-/// Messages (by target and exact text) that are logged at debug level instead of their own.
-const DEMOTED: &[(&str, &str)] = &[(
-    "pingora_core::connectors",
-    "failed to acquire reusable stream",
-)];
+/// Messages (by target and the start of their text) logged at a lower level than their own.
+const DEMOTED: &[(&str, &str, Level)] = &[
+    (
+        "pingora_core::connectors",
+        "failed to acquire reusable stream",
+        Level::Debug,
+    ),
+    (
+        "pingora_core::server::transfer_fd",
+        "No incoming socket transfer",
+        Level::Info,
+    ),
+];
 
-/// Whether `record` is one of the `DEMOTED` lines, at a level above debug.
-fn demoted(record: &Record) -> bool {
-    record.level() < Level::Debug
-        && DEMOTED.iter().any(|(target, text)| {
-            record.target() == *target
-                && record
-                    .args()
-                    .as_str()
-                    .is_some_and(|message| message == *text)
-        })
+/// The lower level of `record` if it is one of the `DEMOTED` lines at a level above it.
+fn demoted(record: &Record) -> Option<Level> {
+    DEMOTED.iter().find_map(|&(target, text, level)| {
+        let matches = record.level() < level
+            && record.target() == target
+            && match record.args().as_str() {
+                Some(message) => message.starts_with(text),
+                // Formatted only for the listed targets, which log rarely.
+                None => record.args().to_string().starts_with(text),
+            };
+        matches.then_some(level)
+    })
 }
 
 struct Demoting {
@@ -34,18 +46,18 @@ impl Log for Demoting {
     }
 
     fn log(&self, record: &Record) {
-        if !demoted(record) {
+        let Some(level) = demoted(record) else {
             self.inner.log(record);
             return;
-        }
-        let debug = Metadata::builder()
-            .level(Level::Debug)
+        };
+        let lower = Metadata::builder()
+            .level(level)
             .target(record.target())
             .build();
-        if self.inner.enabled(&debug) {
+        if self.inner.enabled(&lower) {
             self.inner.log(
                 &Record::builder()
-                    .metadata(debug)
+                    .metadata(lower)
                     .args(*record.args())
                     .module_path(record.module_path())
                     .file(record.file())
@@ -76,30 +88,53 @@ mod tests {
 
     #[test]
     fn only_the_listed_messages_are_demoted() {
-        let record = |level, target, args| {
-            let demoted = demoted(
+        fn record(level: Level, target: &str, args: std::fmt::Arguments) -> Option<Level> {
+            demoted(
                 &Record::builder()
                     .level(level)
                     .target(target)
                     .args(args)
                     .build(),
-            );
-            demoted
-        };
-        assert!(record(
+            )
+        }
+        assert_eq!(
+            record(
+                Level::Error,
+                "pingora_core::connectors",
+                format_args!("failed to acquire reusable stream")
+            ),
+            Some(Level::Debug)
+        );
+        let interval = std::time::Duration::from_secs(1);
+        let waiting = record(
             Level::Error,
-            "pingora_core::connectors",
-            format_args!("failed to acquire reusable stream")
-        ));
-        assert!(!record(
-            Level::Error,
-            "pingora_core::connectors",
-            format_args!("connect failed")
-        ));
-        assert!(!record(
-            Level::Error,
-            "gateway::proxy",
-            format_args!("failed to acquire reusable stream")
-        ));
+            "pingora_core::server::transfer_fd",
+            format_args!("No incoming socket transfer, sleep {interval:?} and try again"),
+        );
+        assert_eq!(waiting, Some(Level::Info));
+        assert_eq!(
+            record(
+                Level::Error,
+                "pingora_core::server::transfer_fd",
+                format_args!("Error accepting socket transfer: EBADF")
+            ),
+            None
+        );
+        assert_eq!(
+            record(
+                Level::Error,
+                "pingora_core::connectors",
+                format_args!("connect failed")
+            ),
+            None
+        );
+        assert_eq!(
+            record(
+                Level::Error,
+                "gateway::proxy",
+                format_args!("failed to acquire reusable stream")
+            ),
+            None
+        );
     }
 }
