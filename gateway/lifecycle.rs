@@ -23,15 +23,15 @@ use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, watch};
 
-use crate::config::compile::{compile, Mode};
-use crate::config::{load_file, ConfigErrors};
+use crate::config::compile::Mode;
+use crate::config::{self, ConfigErrors};
 use crate::edge::connection::open_connections;
 use crate::edge::tls::SniResolver;
 use crate::observe::access_log;
 use crate::observe::admin::{DRAINING, READY};
 use crate::observe::metrics::METRICS;
 use crate::runtime::{ProcessSettings, Runtime};
-use crate::server::ensure_dev_certificates;
+use crate::upstream::health::upkeep_cluster;
 
 /// Reloads the config file on SIGHUP.
 pub struct Reloader {
@@ -46,10 +46,8 @@ pub struct Reloader {
 impl Reloader {
     /// Load, validate and swap in the file; on any error keep the running config.
     pub fn reload(&self) -> Result<(), ConfigErrors> {
-        let config = load_file(&self.config_path)?;
-        ensure_dev_certificates(&config);
         let current = self.runtime.load_full();
-        let compiled = compile(&config, Mode::Run, Some(&current))?;
+        let compiled = config::build(&self.config_path, Mode::Run, Some(&current))?;
         if compiled.settings != self.settings {
             log::warn!(
                 "reload: listener, admin, access log or server process settings changed; \
@@ -64,7 +62,6 @@ impl Reloader {
                 ),
             }
         }
-        crate::ai::warm_up(&compiled.runtime.ai);
         self.runtime.store(Arc::new(compiled.runtime));
         self.generation.send_modify(|generation| *generation += 1);
         Ok(())
@@ -198,9 +195,36 @@ fn exit_when_drained() {
     std::process::exit(0);
 }
 
+/// The background work of each config generation, restarted on every reload: the upkeep of every cluster
+/// (names resolved, active health checks) and the key refresh of every JWKS issuer.
+pub struct Upkeep {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub generation: watch::Receiver<u64>,
+}
+
+#[async_trait]
+impl BackgroundService for Upkeep {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        per_generation(
+            &self.runtime,
+            &self.generation,
+            shutdown,
+            |runtime, tasks| {
+                for cluster in &runtime.clusters {
+                    tasks.spawn(upkeep_cluster(cluster.clone()));
+                }
+                for issuer in &runtime.auth.jwt.issuers {
+                    tasks.spawn(issuer.clone().keep_keys_fresh());
+                }
+            },
+        )
+        .await
+    }
+}
+
 /// Run the tasks `spawn` starts for the current config generation; abort and restart them on every reload,
-/// stop on shutdown. Shared by the background services that follow the config (upstream upkeep, JWKS).
-pub async fn per_generation(
+/// stop on shutdown.
+async fn per_generation(
     runtime: &ArcSwap<Runtime>,
     generation: &watch::Receiver<u64>,
     mut shutdown: ShutdownWatch,
@@ -266,8 +290,7 @@ pub fn upgrade(config_path: &std::path::Path, daemon: bool) -> Result<String, St
             config_path.display()
         )
     };
-    let config = load_file(config_path).map_err(invalid)?;
-    let settings = compile(&config, Mode::Validate, None)
+    let settings = config::build(config_path, Mode::Validate, None)
         .map_err(invalid)?
         .settings;
     let old = read_pid(&settings.pid_file)

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gateway::config::compile::{compile, Mode};
-use gateway::config::load_file;
+use gateway::config::compile::Mode;
 use gateway::edge::consumers::{digest_hex, key_digest};
 use gateway::lifecycle::upgrade;
 use gateway::server::{run, RunOptions};
@@ -70,8 +69,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { config } => {
-            let result = load_file(&config)
-                .and_then(|parsed| compile(&parsed, Mode::Validate, None).map(|_| ()));
+            let result = gateway::config::build(&config, Mode::Validate, None).map(|_| ());
             match result {
                 Ok(()) => {
                     println!("{}: configuration is valid", config.display());

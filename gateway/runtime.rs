@@ -15,6 +15,7 @@ use crate::edge::ip_rules::IpRules;
 use crate::edge::normalize::NormalizeSettings;
 use crate::edge::routes::RouteTable;
 use crate::edge::tls::CertStore;
+use crate::observe::access_log::AccessLogTarget;
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::cluster::Cluster;
 
@@ -32,13 +33,6 @@ pub struct ProcessSettings {
     pub access_log: AccessLogTarget,
     pub admin: Option<SocketAddr>,
     pub listeners: Vec<ListenerSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AccessLogTarget {
-    Off,
-    Stdout,
-    File(String),
 }
 
 /// One listener as bound at start.

@@ -3,7 +3,7 @@
 //! upkeep, SIGHUP reload).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,18 +17,16 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use tokio::sync::watch;
 
-use crate::config::compile::{compile, Mode};
-use crate::config::{load_file, GatewayConfig};
+use crate::config;
+use crate::config::compile::Mode;
 use crate::edge::connection::{ClientLimits, ConnectionPolicy, Guarded, TlsHandshake};
-use crate::edge::jwks::JwksRefresher;
 use crate::edge::limits::{LimitSweeper, Limiter};
 use crate::edge::mtls::client_verifier;
-use crate::edge::tls::{generate_dev_certificate, server_config, SniResolver};
-use crate::lifecycle::{watch_phases, Reloader, Signals};
+use crate::edge::tls::{server_config, SniResolver};
+use crate::lifecycle::{watch_phases, Reloader, Signals, Upkeep};
 use crate::observe::access_log;
 use crate::observe::admin::{AdminApp, AdminService};
 use crate::proxy::EdgeProxy;
-use crate::upstream::health::UpstreamUpkeep;
 
 /// The connection limits of the config in force (they change on reload).
 struct LiveLimits(Arc<ArcSwap<crate::runtime::Runtime>>);
@@ -53,28 +51,6 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
-/// For certificates marked `self_signed_if_missing` whose files are absent, generate a dev certificate.
-pub fn ensure_dev_certificates(config: &GatewayConfig) {
-    for listener in &config.listeners {
-        let Some(tls) = &listener.tls else { continue };
-        for cert in tls.certificates.iter().filter(|c| c.self_signed_if_missing) {
-            let (cert_path, key_path) = (Path::new(&cert.cert), Path::new(&cert.key));
-            if cert_path.exists() && key_path.exists() {
-                continue;
-            }
-            match generate_dev_certificate(cert_path, key_path) {
-                Ok(()) => log::warn!(
-                    "listener {}: {} was missing, so a SELF-SIGNED DEVELOPMENT certificate for localhost was \
-                     generated there. Clients will not trust it. Use real certificates in production (see certs/README.md).",
-                    listener.name,
-                    cert.cert
-                ),
-                Err(e) => log::error!("listener {}: cannot generate a development certificate: {e}", listener.name),
-            }
-        }
-    }
-}
-
 fn write_pid_file(path: &str) {
     if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
         log::warn!("cannot write the pid file {path}: {e}");
@@ -87,14 +63,7 @@ fn whole_seconds(duration: Duration) -> u64 {
 
 /// Load, compile and serve until shutdown. Returns only on a config or start-up error.
 pub fn run(options: RunOptions) -> Result<(), String> {
-    let config = load_file(&options.config_path).map_err(|errors| {
-        format!(
-            "{}: invalid configuration:\n{errors}",
-            options.config_path.display()
-        )
-    })?;
-    ensure_dev_certificates(&config);
-    let compiled = compile(&config, Mode::Run, None).map_err(|errors| {
+    let compiled = config::build(&options.config_path, Mode::Run, None).map_err(|errors| {
         format!(
             "{}: invalid configuration:\n{errors}",
             options.config_path.display()
@@ -133,7 +102,6 @@ pub fn run(options: RunOptions) -> Result<(), String> {
         .map_err(|e| format!("cannot open the access log {:?}: {e}", settings.access_log))?;
     watch_phases(phases);
 
-    crate::ai::warm_up(&compiled.runtime.ai);
     let runtime = Arc::new(ArcSwap::from_pointee(compiled.runtime));
     let limiter = Arc::new(Limiter::default());
     let mut resolvers = HashMap::new();
@@ -209,15 +177,8 @@ pub fn run(options: RunOptions) -> Result<(), String> {
 
     let (generation, generation_watch) = watch::channel(0u64);
     server.add_service(background_service(
-        "upstream upkeep",
-        UpstreamUpkeep {
-            runtime: runtime.clone(),
-            generation: generation_watch.clone(),
-        },
-    ));
-    server.add_service(background_service(
-        "jwks refresh",
-        JwksRefresher {
+        "upkeep",
+        Upkeep {
             runtime: runtime.clone(),
             generation: generation_watch,
         },

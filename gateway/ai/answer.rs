@@ -10,7 +10,12 @@ use serde::de::IgnoredAny;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::usage::Usage;
+/// Tokens of one answer (read here from a parsed answer, and by `usage` from streams and other shapes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
 
 #[derive(Debug, Deserialize)]
 pub struct AnswerView<'a> {

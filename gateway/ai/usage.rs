@@ -7,15 +7,9 @@ use std::sync::LazyLock;
 use memchr::memmem;
 use serde_json::Value;
 
+pub use super::answer::Usage;
 use super::answer::{usage_in_tail, AnswerView};
 use super::sse::{event_data, EventBuffer};
-
-/// Tokens of one answer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-}
 
 impl Usage {
     fn from_value(value: &Value) -> Option<Usage> {

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
-use super::compile::Compiler;
+use super::cluster::{self, BackendInput, ClusterInput};
+use super::context::Compiler;
 use super::schema::*;
 use super::units::DurationOr;
 use regex::Regex;
@@ -21,11 +22,7 @@ use crate::ai::guard::{
 };
 use crate::ai::heuristics::{words_regex, Condition, Rule};
 use crate::ai::secrets::SecretMasker;
-use crate::observe::metrics::{upstream_ejection_counter, upstream_health_gauge};
-use crate::upstream::cluster::{
-    Backend, Cluster, ClusterSettings, ClusterTimeouts, HealthCheckSpec, HttpCheck, PassiveHealth,
-    UpstreamTls,
-};
+use crate::upstream::cluster::UpstreamTls;
 use crate::upstream::url::HttpUrl;
 
 const DEFAULT_AI_MAX_BODY: u64 = 10 * 1024 * 1024;
@@ -341,8 +338,14 @@ fn compile_guards(c: &mut Compiler, guards: &GuardsSection) -> Guards {
 fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> Option<Provider> {
     let errors_before = c.errors.len();
     let timeouts = AiTimeouts {
-        connect: section.timeouts.connect.or_secs(5),
-        first_byte: section.timeouts.first_byte.or_secs(60),
+        connect: section
+            .timeouts
+            .connect
+            .map_or(cluster::PROVIDER.connect, |d| d.0),
+        first_byte: section
+            .timeouts
+            .first_byte
+            .map_or(cluster::PROVIDER.read, |d| d.0),
         total: section.timeouts.total.or_secs(600),
     };
     let mock = MockSettings {
@@ -376,7 +379,10 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             ),
         }
     }
-    let cooldown = section.circuit_breaker.cooldown.or_secs(30);
+    let cooldown = section
+        .circuit_breaker
+        .cooldown
+        .map_or(cluster::PROVIDER.cooldown, |d| d.0);
     let header = name_header(c, format!("{path}.name"), &section.name);
     if section.kind == ProviderKindSection::Mock {
         return (c.errors.len() == errors_before).then(|| Provider {
@@ -472,15 +478,11 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         } else {
             format!("{}:{}", url.host, url.port)
         };
-        let label = format!("ai:{}", section.name);
-        backends.push(Backend::new(
-            &address,
-            url.host.clone(),
-            url.port,
-            weight.max(1),
-            upstream_health_gauge(&label, &address),
-            upstream_ejection_counter(&label, &address),
-        ));
+        backends.push(BackendInput {
+            address,
+            weight,
+            path: dpath.clone(),
+        });
         deployments.push(Deployment {
             // The API prefix, e.g. `/v1`; a query in a base URL is not meaningful and is dropped.
             base_path: url
@@ -511,64 +513,42 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             "AI provider `{}` is disabled: its API key is empty; {fix} to enable it",
             section.name
         );
-        // Not checked and not used: it is not reported healthy either.
-        for backend in &backends {
-            backend.health_gauge.set(0);
-        }
     }
-    let health_check = section.health_check.as_ref().map(|hc| HealthCheckSpec {
-        http: (hc.kind == HealthCheckKind::Http).then(|| HttpCheck {
-            // The check path is under the deployment's base URL (first deployment's prefix).
-            path: format!(
-                "{}{}",
-                deployments.first().map_or("", |d| d.base_path.as_str()),
-                hc.path
-            ),
-            host: None,
-            expected_status: hc.expected_status.clone(),
-        }),
-        interval: hc.interval.or_secs(15),
-        timeout: hc.timeout.or_secs(2),
-        healthy_threshold: hc.healthy_threshold.max(1),
-        unhealthy_threshold: hc.unhealthy_threshold.max(1),
+    let name = format!("ai:{}", section.name);
+    let tls = (tls == Some(true)).then_some(UpstreamTls {
+        sni: None,
+        verify: true,
+        ca: None,
     });
+    let built = cluster::compile_cluster(
+        c,
+        ClusterInput {
+            name: &name,
+            path,
+            backends,
+            consistent_hash: false,
+            hash_on: None,
+            tls,
+            health_check: section.health_check.as_ref(),
+            // The check path is under the deployment's base URL (the first deployment's prefix).
+            health_path_prefix: deployments.first().map_or("", |d| d.base_path.as_str()),
+            passive: &section.circuit_breaker,
+            retries: None,
+            connect: section.timeouts.connect,
+            read: section.timeouts.first_byte,
+            idle: None,
+            dns_refresh: None,
+            defaults: &cluster::PROVIDER,
+        },
+    );
     if c.errors.len() > errors_before {
         return None;
     }
-    let settings = ClusterSettings {
-        hash_on: None,
-        tls: (tls == Some(true)).then_some(UpstreamTls {
-            sni: None,
-            verify: true,
-            ca: None,
-        }),
-        health_check,
-        passive: PassiveHealth {
-            consecutive_failures: section.circuit_breaker.consecutive_failures,
-            cooldown,
-        },
-        retries: 0,
-        timeouts: ClusterTimeouts {
-            connect: timeouts.connect,
-            read: timeouts.first_byte,
-            idle: Duration::from_secs(30),
-        },
-        dns_refresh: Duration::from_secs(60),
-    };
-    let cluster = Cluster::new(
-        Arc::from(format!("ai:{}", section.name).as_str()),
-        backends,
-        false,
-        settings,
-    );
-    if let Some(old) = c
-        .previous
-        .and_then(|rt| rt.clusters.iter().find(|old| *old.name == *cluster.name))
-    {
+    let cluster = built?;
+    if !enabled {
+        // Not checked and not used: it is not reported healthy either.
         for backend in &cluster.backends {
-            if let Some(previous) = old.backends.iter().find(|b| b.address == backend.address) {
-                backend.inherit(previous);
-            }
+            backend.health_gauge.set(0);
         }
     }
     Some(Provider {

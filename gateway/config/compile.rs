@@ -10,10 +10,11 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
+use super::cluster::{self, BackendInput, ClusterInput};
 use super::schema::*;
 use super::security;
-use super::units::DurationOr;
-use super::{ConfigError, ConfigErrors, GatewayConfig};
+use super::units::{check_host_pattern, DurationOr};
+use super::{ConfigErrors, GatewayConfig};
 use crate::edge::auth::{AuthRuntime, RouteAuth};
 use crate::edge::client::TrustedProxies;
 use crate::edge::connection::ClientLimits;
@@ -25,43 +26,16 @@ use crate::edge::routes::{
     RouteTable, RouteTimeouts,
 };
 use crate::edge::tls::{load_ca_bundle, load_certified_key, CertStore};
-use crate::observe::metrics::{
-    init_fixed_counters, init_refusal_counters, upstream_ejection_counter, upstream_health_gauge,
-    RouteMetrics,
-};
+use crate::observe::access_log::AccessLogTarget;
+use crate::observe::metrics::{init_fixed_counters, init_refusal_counters, RouteMetrics};
 use crate::runtime::*;
-use crate::upstream::cluster::{
-    Backend, Cluster, ClusterSettings, ClusterTimeouts, HashOn, HealthCheckSpec, HttpCheck,
-    PassiveHealth, UpstreamTls,
-};
+use crate::upstream::cluster::{Cluster, HashOn, UpstreamTls};
 use crate::upstream::peer::ca_list;
 
-/// Why the config is being compiled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `gateway validate`: a missing certificate marked `self_signed_if_missing` is fine (it would be generated).
-    Validate,
-    /// Serving: every certificate must load.
-    Run,
-}
+use super::context::Compiler;
+pub use super::context::Mode;
 
 const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
-/// Largest backend weight (bounds the round-robin table and the hash ring).
-const MAX_WEIGHT: u32 = 1000;
-
-pub(super) struct Compiler<'a> {
-    pub(super) errors: Vec<ConfigError>,
-    pub(super) mode: Mode,
-    pub(super) previous: Option<&'a Runtime>,
-    /// The file as parsed: for what compiling alone cannot tell (which variable an empty value came from).
-    pub(super) config: &'a GatewayConfig,
-}
-
-impl Compiler<'_> {
-    pub(super) fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError::new(path, message));
-    }
-}
 
 /// Compile a parsed config. `previous` lends live backend state (DNS, health) to unchanged backends.
 pub fn compile(
@@ -225,7 +199,7 @@ pub fn compile(
         clusters: all_clusters,
         unmatched_metrics: RouteMetrics::for_route("_unmatched"),
     };
-    init_fixed_counters();
+    init_fixed_counters(&crate::edge::connection::CLOSED_REASONS);
     if !runtime.listener_ip_rules.is_empty() {
         init_refusal_counters("_unmatched", &["ip_denied"], &[]);
     }
@@ -395,26 +369,6 @@ fn compile_certificates(c: &mut Compiler, tls: &TlsSection, path: &str) -> CertS
     store
 }
 
-/// `api.example.com` or `*.example.com`, lowercase-insensitive, no ports.
-fn check_host_pattern(pattern: &str) -> Result<(), String> {
-    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
-    let valid = !name.is_empty()
-        && !name.contains('*')
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{pattern}` is not a host name or a `*.example.com` wildcard"
-        ))
-    }
-}
-
 fn compile_clusters(
     c: &mut Compiler,
     clusters: &[ClusterSection],
@@ -438,56 +392,6 @@ fn compile_clusters(
 
 fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Option<Cluster> {
     let errors_before = c.errors.len();
-    if cluster.backends.is_empty() {
-        c.error(
-            format!("{path}.backends"),
-            "a cluster needs at least one backend",
-        );
-    }
-    if cluster.backends.len() > usize::from(u16::MAX) {
-        c.error(
-            format!("{path}.backends"),
-            "at most 65535 backends per cluster",
-        );
-    }
-    let previous = c
-        .previous
-        .and_then(|rt| rt.clusters.iter().find(|old| *old.name == *cluster.name))
-        .cloned();
-    let mut backends = Vec::with_capacity(cluster.backends.len());
-    for (j, backend) in cluster.backends.iter().enumerate() {
-        let bpath = format!("{path}.backends[{j}]");
-        if backend.weight == 0 || backend.weight > MAX_WEIGHT {
-            c.error(
-                format!("{bpath}.weight"),
-                format!(
-                    "must be between 1 and {MAX_WEIGHT} (remove the backend to send it nothing)"
-                ),
-            );
-        }
-        let Some((host, port)) = split_host_port(&backend.address) else {
-            c.error(
-                format!("{bpath}.address"),
-                format!("`{}` is not `host:port` or `ip:port`", backend.address),
-            );
-            continue;
-        };
-        let built = Backend::new(
-            &backend.address,
-            host,
-            port,
-            backend.weight,
-            upstream_health_gauge(&cluster.name, &backend.address),
-            upstream_ejection_counter(&cluster.name, &backend.address),
-        );
-        if let Some(old) = previous
-            .as_ref()
-            .and_then(|p| p.backends.iter().find(|b| *b.address == *backend.address))
-        {
-            built.inherit(old);
-        }
-        backends.push(built);
-    }
     let consistent_hash = cluster.load_balancing == LoadBalancingSection::ConsistentHash;
     let hash_on = match (&cluster.hash_on, consistent_hash) {
         (Some(_), false) => {
@@ -534,79 +438,38 @@ fn compile_cluster(c: &mut Compiler, cluster: &ClusterSection, path: &str) -> Op
                 }
             }),
     });
-    let health_check = cluster.health_check.as_ref().map(|hc| {
-        let hpath = format!("{path}.health_check");
-        if !hc.path.starts_with('/') {
-            c.error(format!("{hpath}.path"), "must start with `/`");
-        }
-        if hc.expected_status.is_empty()
-            || hc.expected_status.iter().any(|s| !(100..=599).contains(s))
-        {
-            c.error(
-                format!("{hpath}.expected_status"),
-                "list status codes between 100 and 599",
-            );
-        }
-        if hc.healthy_threshold == 0 || hc.unhealthy_threshold == 0 {
-            c.error(
-                hpath.clone(),
-                "healthy_threshold and unhealthy_threshold must be at least 1",
-            );
-        }
-        let interval = hc.interval.or_secs(5);
-        if interval.is_zero() {
-            c.error(format!("{hpath}.interval"), "must be more than 0");
-        }
-        HealthCheckSpec {
-            http: (hc.kind == HealthCheckKind::Http).then(|| HttpCheck {
-                path: hc.path.clone(),
-                host: hc.host.clone(),
-                expected_status: hc.expected_status.clone(),
-            }),
-            interval,
-            timeout: hc.timeout.or_secs(1),
-            healthy_threshold: hc.healthy_threshold,
-            unhealthy_threshold: hc.unhealthy_threshold,
-        }
-    });
-    if c.errors.len() > errors_before {
-        return None;
-    }
-    let settings = ClusterSettings {
-        hash_on,
-        tls,
-        health_check,
-        passive: PassiveHealth {
-            consecutive_failures: cluster.passive_health.consecutive_failures,
-            cooldown: cluster.passive_health.cooldown.or_secs(10),
+    let backends = cluster
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(j, backend)| BackendInput {
+            address: backend.address.clone(),
+            weight: backend.weight,
+            path: format!("{path}.backends[{j}]"),
+        })
+        .collect();
+    let built = cluster::compile_cluster(
+        c,
+        ClusterInput {
+            name: &cluster.name,
+            path,
+            backends,
+            consistent_hash,
+            hash_on,
+            tls,
+            health_check: cluster.health_check.as_ref(),
+            health_path_prefix: "",
+            passive: &cluster.passive_health,
+            retries: cluster.retries,
+            connect: cluster.connect_timeout,
+            read: cluster.read_timeout,
+            idle: cluster.idle_timeout,
+            dns_refresh: cluster.dns_refresh,
+            defaults: &cluster::CLUSTER,
         },
-        retries: cluster.retries.unwrap_or(1),
-        timeouts: ClusterTimeouts {
-            connect: cluster.connect_timeout.or_secs(3),
-            read: cluster.read_timeout.or_secs(60),
-            idle: cluster.idle_timeout.or_secs(60),
-        },
-        dns_refresh: cluster.dns_refresh.or_secs(30),
-    };
-    Some(Cluster::new(
-        Arc::from(cluster.name.as_str()),
-        backends,
-        consistent_hash,
-        settings,
-    ))
-}
-
-/// `host:port`, `1.2.3.4:80` or `[::1]:80`.
-fn split_host_port(address: &str) -> Option<(String, u16)> {
-    if let Ok(addr) = address.parse::<SocketAddr>() {
-        return Some((addr.ip().to_string(), addr.port()));
-    }
-    let (host, port) = address.rsplit_once(':')?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    check_host_pattern(host)
-        .ok()
-        .filter(|_| !host.starts_with('*'))?;
-    Some((host.to_string(), port))
+    );
+    // Hash and TLS problems are reported too, but leave no cluster.
+    built.filter(|_| c.errors.len() == errors_before)
 }
 
 /// What routes may refer to.
@@ -1065,6 +928,39 @@ routes:
                 .any(|e| e.starts_with("routes[3]: a route has exactly one action")),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn clusters_and_provider_deployments_are_checked_by_one_compiler() {
+        let errors = errors_of(
+            r#"
+listeners:
+  - { name: http, address: "127.0.0.1:8080" }
+clusters:
+  - name: web
+    backends: [{ address: "127.0.0.1:9000", weight: 0 }]
+    health_check: { healthy_threshold: 0 }
+ai:
+  providers:
+    - name: local
+      type: openai
+      deployments:
+        - { base_url: "http://127.0.0.1:8000/v1", weight: 0 }
+      health_check: { unhealthy_threshold: 0, path: models }
+"#,
+        );
+        for expected in [
+            "clusters[0].backends[0].weight: must be between 1 and 1000",
+            "clusters[0].health_check: healthy_threshold and unhealthy_threshold must be at least 1",
+            "ai.providers[0].deployments[0].weight: must be between 1 and 1000",
+            "ai.providers[0].health_check: healthy_threshold and unhealthy_threshold must be at least 1",
+            "ai.providers[0].health_check.path: must start with `/`",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "{expected}: {errors:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! collect every error with its YAML path. `compile` then builds the runtime model from the parsed file.
 
 mod ai;
+mod cluster;
 pub mod compile;
+mod context;
 pub mod schema;
 mod security;
 pub mod units;
@@ -89,6 +91,48 @@ impl GatewayConfig {
 
 const SECTIONS: &str =
     "`server`, `admin`, `listeners`, `clusters`, `routes`, `consumers`, `auth`, `limits`, `ai`";
+
+/// The one way a config file becomes what serves: read and parse it, then (to serve) generate missing
+/// development certificates, compile (`previous` lends live backend state to unchanged backends), and warm
+/// up what the first request would otherwise build. `gateway validate` and `upgrade` build with
+/// `Mode::Validate`, which binds, writes and warms nothing.
+pub fn build(
+    path: &Path,
+    mode: compile::Mode,
+    previous: Option<&crate::runtime::Runtime>,
+) -> Result<crate::runtime::Compiled, ConfigErrors> {
+    let config = load_file(path)?;
+    if mode == compile::Mode::Run {
+        ensure_dev_certificates(&config);
+    }
+    let compiled = compile::compile(&config, mode, previous)?;
+    if mode == compile::Mode::Run {
+        crate::ai::warm_up(&compiled.runtime.ai);
+    }
+    Ok(compiled)
+}
+
+/// For certificates marked `self_signed_if_missing` whose files are absent, generate a dev certificate.
+fn ensure_dev_certificates(config: &GatewayConfig) {
+    for listener in &config.listeners {
+        let Some(tls) = &listener.tls else { continue };
+        for cert in tls.certificates.iter().filter(|c| c.self_signed_if_missing) {
+            let (cert_path, key_path) = (Path::new(&cert.cert), Path::new(&cert.key));
+            if cert_path.exists() && key_path.exists() {
+                continue;
+            }
+            match crate::edge::tls::generate_dev_certificate(cert_path, key_path) {
+                Ok(()) => log::warn!(
+                    "listener {}: {} was missing, so a SELF-SIGNED DEVELOPMENT certificate for localhost was \
+                     generated there. Clients will not trust it. Use real certificates in production (see certs/README.md).",
+                    listener.name,
+                    cert.cert
+                ),
+                Err(e) => log::error!("listener {}: cannot generate a development certificate: {e}", listener.name),
+            }
+        }
+    }
+}
 
 /// Read and parse a config file; every error found is returned at once.
 pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigErrors> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderName;
 
-use super::compile::{Compiler, Mode};
+use super::context::{Compiler, Mode};
 use super::schema::*;
 use super::units::DurationOr;
 use crate::edge::auth::{AuthRuntime, AuthSettings, RouteAuth};

@@ -80,6 +80,26 @@ impl DurationOr for Option<HumanDuration> {
     }
 }
 
+/// `api.example.com` or `*.example.com`, lowercase-insensitive, no ports.
+pub fn check_host_pattern(pattern: &str) -> Result<(), String> {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    let valid = !name.is_empty()
+        && !name.contains('*')
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{pattern}` is not a host name or a `*.example.com` wildcard"
+        ))
+    }
+}
+
 /// A size in bytes written as `512KiB`, `10MiB`, `1GB` or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteSize(pub u64);

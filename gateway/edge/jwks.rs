@@ -1,23 +1,16 @@
 //! JWKS sources of JWT issuers: a file, or a URL fetched with Pingora's HTTP client (DNS resolved
-//! asynchronously, TLS verified with SNI). A background service refreshes each issuer every cache TTL and
+//! asynchronously, TLS verified with SNI). `JwtIssuer::keep_keys_fresh` reloads them every cache TTL and
 //! keeps the last good key set when a fetch fails.
 
 use std::path::PathBuf;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
-use tokio::sync::watch;
 
-use super::jwt::{keys_from_jwks, VerifyKey};
-use crate::lifecycle::per_generation;
-use crate::runtime::Runtime;
+use super::keys::{keys_from_jwks, VerifyKey};
 use crate::upstream::url::HttpUrl;
 
 /// Largest JWKS document accepted.
@@ -128,42 +121,4 @@ async fn fetch(jwks: &JwksUrl) -> Result<String, String> {
         }
     }
     String::from_utf8(body).map_err(|_| format!("{} sent a body that is not UTF-8", text))
-}
-
-/// Refreshes every issuer's JWKS once per cache TTL; restarted on each reload.
-pub struct JwksRefresher {
-    pub runtime: Arc<ArcSwap<Runtime>>,
-    pub generation: watch::Receiver<u64>,
-}
-
-#[async_trait]
-impl BackgroundService for JwksRefresher {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        per_generation(
-            &self.runtime,
-            &self.generation,
-            shutdown,
-            |runtime, tasks| {
-                for issuer in &runtime.auth.jwt.issuers {
-                    let Some(source) = issuer.jwks.clone() else {
-                        continue;
-                    };
-                    let issuer = issuer.clone();
-                    tasks.spawn(async move {
-                        loop {
-                            match source.load().await {
-                                Ok(keys) => issuer.fetched.store(Arc::new(keys)),
-                                Err(e) => log::warn!(
-                                    "JWT issuer {}: keeping the last good keys: {e}",
-                                    issuer.name
-                                ),
-                            }
-                            tokio::time::sleep(issuer.cache_ttl).await;
-                        }
-                    });
-                }
-            },
-        )
-        .await
-    }
 }

@@ -8,6 +8,7 @@ pub mod consumers;
 pub mod ip_rules;
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod limits;
 pub mod mtls;
 pub mod normalize;

@@ -10,7 +10,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
 use super::metrics::METRICS;
-use crate::runtime::AccessLogTarget;
 
 /// One access log line. Written by hand into the line buffer (see [`AccessRecord::write`]); the field
 /// order here is the order of the JSON keys.
@@ -146,6 +145,14 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
 /// A number as serde_json writes it (`null` when not finite).
 fn json_f64(out: &mut Vec<u8>, value: f64) {
     let _ = serde_json::to_writer(&mut *out, &value);
+}
+
+/// Where access log lines go (`server.access_log.target`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Off,
+    Stdout,
+    File(String),
 }
 
 const QUEUE_LINES: usize = 16 * 1024;

@@ -191,12 +191,13 @@ pub fn init_refusal_counters(route: &str, reasons: &[&str], policies: &[&str]) {
     }
 }
 
-/// Counters whose every label value is known up front, created at zero at start.
-pub fn init_fixed_counters() {
+/// Counters whose every label value is known up front, created at zero at start (`closed_reasons`: why
+/// the connection layer closes connections before a request).
+pub fn init_fixed_counters(closed_reasons: &[&str]) {
     for result in ["ok", "rejected"] {
         METRICS.config_reloads.with_label_values(&[result]);
     }
-    for reason in crate::edge::connection::CLOSED_REASONS {
+    for reason in closed_reasons {
         METRICS.connections_closed.with_label_values(&[reason]);
     }
 }

@@ -1,48 +1,20 @@
-//! Background upkeep of every cluster of the current config generation: resolve backend host names and
-//! run active health checks (HTTP status or TCP connect) with healthy/unhealthy thresholds. Restarted
-//! whole on every reload; runs as a Pingora background service.
+//! Upkeep of a cluster: resolve backend host names and run active health checks (HTTP status or TCP
+//! connect) with healthy/unhealthy thresholds. `lifecycle` runs it for every cluster of the current config
+//! generation and restarts it on reload.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::Backend as LbBackend;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::cluster::{Backend, Cluster, HealthCheckSpec};
 use super::peer::{http_peer, PeerTimeouts};
-use crate::lifecycle::per_generation;
-use crate::runtime::Runtime;
 
-/// Runs the upkeep of the current generation; a new `generation` restarts it on the new config.
-pub struct UpstreamUpkeep {
-    pub runtime: Arc<ArcSwap<Runtime>>,
-    pub generation: watch::Receiver<u64>,
-}
-
-#[async_trait]
-impl BackgroundService for UpstreamUpkeep {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        per_generation(
-            &self.runtime,
-            &self.generation,
-            shutdown,
-            |runtime, tasks| {
-                for cluster in &runtime.clusters {
-                    tasks.spawn(upkeep_cluster(cluster.clone()));
-                }
-            },
-        )
-        .await
-    }
-}
-
-async fn upkeep_cluster(cluster: Arc<Cluster>) {
+/// Keep one cluster's backends current for as long as the config generation lives: resolve names every
+/// `dns_refresh`, run the active health check every `interval`. Returns at once when there is nothing to do.
+pub async fn upkeep_cluster(cluster: Arc<Cluster>) {
     let mut streaks = vec![Streak::default(); cluster.backends.len()];
     let needs_dns = cluster.backends.iter().any(Backend::needs_dns);
     let mut next_dns = Instant::now();
