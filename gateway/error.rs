@@ -1,7 +1,117 @@
-//! The gateway's own error responses: one kind per failure, mapped in one place to a status, a stable
-//! code and a JSON body (`{"error":{"status","code","message","request_id"}}`).
+//! The gateway's own error responses. Every refusal and error, edge or AI, becomes one `Rejection`
+//! (status, stable code, message, and its challenge or retry headers), written by `respond::reject` in the
+//! dialect of the route: the gateway's JSON (`{"error":{"status","code","message","request_id"}}`) or
+//! OpenAI's (`{"error":{"message","type","param","code"}}`). `ErrorKind` names the failures of proxying.
 
+use std::borrow::Cow;
 use std::fmt::Write;
+
+/// The format a route answers its errors in, fixed when the config compiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dialect {
+    /// Edge routes: the gateway's JSON error.
+    #[default]
+    Gateway,
+    /// AI routes: OpenAI's error object, which the OpenAI SDKs read.
+    OpenAi,
+}
+
+/// A refusal or error the gateway answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// Stable machine-readable code: the error body's `code` and the access log's `error`.
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    /// The error class OpenAI's format names (`type`); by default derived from the status.
+    pub kind: &'static str,
+    /// The request parameter at fault (OpenAI's `param`).
+    pub param: Option<&'static str>,
+    /// `WWW-Authenticate` of a 401.
+    pub challenge: Option<&'static str>,
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<u64>,
+}
+
+/// OpenAI's error class for a status.
+fn kind_for(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+impl Rejection {
+    pub fn new(status: u16, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Rejection {
+            status,
+            code,
+            message: message.into(),
+            kind: kind_for(status),
+            param: None,
+            challenge: None,
+            retry_after: None,
+        }
+    }
+
+    /// With an explicit OpenAI error class.
+    pub fn typed(
+        status: u16,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Rejection {
+            kind,
+            ..Rejection::new(status, code, message)
+        }
+    }
+
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn with_challenge(mut self, challenge: &'static str) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// The error body in `dialect`.
+    pub fn body(&self, dialect: Dialect, request_id: &str) -> bytes::Bytes {
+        match dialect {
+            Dialect::Gateway => json_error(self.status, self.code, &self.message, request_id),
+            Dialect::OpenAi => {
+                let mut body = self.openai_object().to_string().into_bytes();
+                body.push(b'\n');
+                bytes::Bytes::from(body)
+            }
+        }
+    }
+
+    /// The error as one SSE event of an OpenAI stream, for failures after the stream started.
+    pub fn sse_event(&self) -> bytes::Bytes {
+        bytes::Bytes::from(format!("data: {}\n\n", self.openai_object()))
+    }
+
+    fn openai_object(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+}
+
+impl From<ErrorKind> for Rejection {
+    fn from(kind: ErrorKind) -> Self {
+        Rejection::new(kind.status(), kind.code(), kind.message())
+    }
+}
 
 /// Why the gateway answered instead of an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,12 +203,13 @@ pub fn error_body(kind: ErrorKind, request_id: &str) -> bytes::Bytes {
     json_error(kind.status(), kind.code(), kind.message(), request_id)
 }
 
-/// A JSON error body; `code` and `message` are the gateway's own static texts, never request data.
+/// The gateway's JSON error body; `code` is one of the gateway's own static codes.
 pub fn json_error(status: u16, code: &str, message: &str, request_id: &str) -> bytes::Bytes {
     let mut body = String::with_capacity(160);
     let _ = write!(
         body,
-        r#"{{"error":{{"status":{status},"code":"{code}","message":"{message}","request_id":{}}}}}"#,
+        r#"{{"error":{{"status":{status},"code":"{code}","message":{},"request_id":{}}}}}"#,
+        serde_json::Value::String(message.to_string()),
         serde_json::Value::String(request_id.to_string())
     );
     body.push('\n');

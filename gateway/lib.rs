@@ -10,6 +10,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod observe;
 pub mod proxy;
+pub mod respond;
 pub mod runtime;
 pub mod server;
 pub mod upstream;

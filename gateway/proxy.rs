@@ -9,9 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use http::header::{CONTENT_TYPE, COOKIE, HOST, LOCATION};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -27,11 +25,12 @@ use crate::edge::limits::{
 };
 use crate::edge::mtls::ClientIdentity;
 use crate::edge::normalize::{declared_length, normalize_request, Malformed};
-use crate::edge::routes::{normalize_host, HeaderRewrite, PathRewrite, Route, RouteAction};
-use crate::error::{error_body, json_error, ErrorKind};
+use crate::edge::routes::{normalize_host, PathRewrite, Route, RouteAction};
+use crate::error::{Dialect, ErrorKind, Rejection};
 use crate::observe::access_log::{self, AccessRecord};
 use crate::observe::admin::DRAINING;
 use crate::observe::metrics::METRICS;
+use crate::respond::{self, drain_small_h2_body, Decor};
 use crate::runtime::{ListenerSpec, Runtime};
 use crate::upstream::cluster::{Cluster, HashOn};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
@@ -43,14 +42,10 @@ const X_REQUEST_ID_NAME: &str = "x-request-id";
 const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
 const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
 const X_FORWARDED_HOST_NAME: &str = "x-forwarded-host";
-const RATELIMIT_LIMIT: &str = "ratelimit-limit";
-const RATELIMIT_REMAINING: &str = "ratelimit-remaining";
-const RATELIMIT_RESET: &str = "ratelimit-reset";
 static X_REQUEST_ID: HeaderName = HeaderName::from_static(X_REQUEST_ID_NAME);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED_FOR_NAME);
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO_NAME);
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED_HOST_NAME);
-static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// The proxy of one listener.
 pub struct EdgeProxy {
@@ -103,6 +98,19 @@ impl Refusal {
             Refusal::Concurrency { .. } => "too many requests in flight for this caller",
         }
     }
+
+    /// The answer: status, code, message, and the challenge of a 401 or the wait of a 429.
+    fn rejection(&self) -> Rejection {
+        let rejection = Rejection::new(self.status(), self.code(), self.message());
+        match self {
+            Refusal::Auth(failure) if failure.status() == 401 => {
+                rejection.with_challenge(failure.challenge())
+            }
+            Refusal::Rate { decision, .. } => rejection.with_retry_after(decision.retry_after_secs),
+            Refusal::Concurrency { .. } => rejection.with_retry_after(1),
+            _ => rejection,
+        }
+    }
 }
 
 /// Per-request state, kept across retries.
@@ -123,8 +131,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     deadline: Option<Instant>,
     error: Option<ErrorKind>,
-    /// Code of a refusal (auth, IP rules, limits), for the access log.
-    refusal: Option<&'static str>,
+    /// The code of the error or refusal the gateway answered (or the AI path reported), for the access log.
+    error_code: Option<&'static str>,
     consumer: Option<Authenticated>,
     /// The tightest rate decision, reported in RateLimit-* headers.
     limit_decision: Option<Decision>,
@@ -135,6 +143,17 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// What every answer to this request carries.
+    fn decor(&self) -> Decor<'_> {
+        let route = self.route.as_deref();
+        Decor {
+            request_id: &self.request_id,
+            limit: self.limit_decision.as_ref(),
+            response_headers: route.map(|r| &r.response_headers),
+            dialect: route.map_or(Dialect::Gateway, |r| r.dialect),
+        }
+    }
+
     fn cluster(&self) -> Option<&Arc<Cluster>> {
         match &self.route.as_deref()?.action {
             RouteAction::Proxy { cluster, .. } => Some(cluster),
@@ -153,7 +172,7 @@ fn request_host(req: &RequestHeader) -> &str {
 }
 
 impl EdgeProxy {
-    /// Answer from the gateway itself; the request id and the route's response headers are added.
+    /// Answer from the gateway itself (through the one writer, `respond`).
     async fn respond(
         &self,
         session: &mut Session,
@@ -166,29 +185,10 @@ impl EdgeProxy {
         if ctx.error != Some(ErrorKind::RequestTimeout) {
             drain_small_h2_body(session).await;
         }
-        let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
-        for (name, value) in extra {
-            header.insert_header((*name).clone(), (*value).clone())?;
-        }
-        header.insert_header(CONTENT_LENGTH, body.len())?;
-        header.insert_header(X_REQUEST_ID_NAME, ctx.request_id.clone())?;
-        if let Some(decision) = &ctx.limit_decision {
-            insert_rate_limit_headers(&mut header, decision)?;
-        }
-        if let Some(route) = &ctx.route {
-            apply_rewrite(&route.response_headers, &mut header)?;
-        }
-        let head_only = body.is_empty() || session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(header), head_only)
-            .await?;
-        if !head_only {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
+        respond::answer(session, &ctx.decor(), status, extra, body).await
     }
 
-    /// Refuse with the refusal's status, a JSON error, and its challenge or retry headers.
+    /// Refuse: count it, note its code, answer it in the route's dialect.
     async fn refuse(
         &self,
         session: &mut Session,
@@ -209,34 +209,24 @@ impl EdgeProxy {
                 .with_label_values(&[route, other.code()])
                 .inc(),
         }
-        ctx.refusal = Some(refusal.code());
-        let body = json_error(
-            refusal.status(),
-            refusal.code(),
-            refusal.message(),
-            ctx.request_id.to_str().unwrap_or(""),
-        );
-        let challenge;
-        let retry_after;
-        let mut extra: Vec<(&HeaderName, &HeaderValue)> = vec![(&CONTENT_TYPE, &APPLICATION_JSON)];
-        match &refusal {
-            Refusal::Auth(failure) if failure.status() == 401 => {
-                challenge = HeaderValue::from_static(failure.challenge());
-                extra.push((&WWW_AUTHENTICATE, &challenge));
-            }
-            Refusal::Rate { decision, .. } => {
-                retry_after = HeaderValue::from(decision.retry_after_secs);
-                extra.push((&RETRY_AFTER, &retry_after));
-                ctx.limit_decision = Some(*decision);
-            }
-            Refusal::Concurrency { .. } => {
-                retry_after = HeaderValue::from_static("1");
-                extra.push((&RETRY_AFTER, &retry_after));
-            }
-            _ => {}
+        if let Refusal::Rate { decision, .. } = &refusal {
+            ctx.limit_decision = Some(*decision);
         }
-        self.respond(session, ctx, refusal.status(), &extra, body)
-            .await
+        self.reject(session, ctx, &refusal.rejection()).await
+    }
+
+    /// Answer a rejection through the one writer; its code goes to the access log.
+    async fn reject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rejection: &Rejection,
+    ) -> Result<()> {
+        ctx.error_code = Some(rejection.code);
+        if ctx.error != Some(ErrorKind::RequestTimeout) {
+            drain_small_h2_body(session).await;
+        }
+        respond::reject(session, &ctx.decor(), rejection).await
     }
 
     /// Take a token from every rate policy of the route and a slot from every concurrency policy.
@@ -284,82 +274,8 @@ impl EdgeProxy {
         kind: ErrorKind,
     ) -> Result<()> {
         ctx.error = Some(kind);
-        let body = error_body(kind, ctx.request_id.to_str().unwrap_or(""));
-        self.respond(
-            session,
-            ctx,
-            kind.status(),
-            &[(&CONTENT_TYPE, &APPLICATION_JSON)],
-            body,
-        )
-        .await
+        self.reject(session, ctx, &Rejection::from(kind)).await
     }
-}
-
-/// Largest HTTP/2 request body read and dropped before an answer that does not need it, and how long that
-/// may take.
-const H2_DRAIN_LIMIT: usize = 1024 * 1024;
-const H2_DRAIN_TIME: Duration = Duration::from_secs(2);
-
-/// Before answering an HTTP/2 request whose body the gateway will not use (a refusal, a fixed response),
-/// read and drop that body when it is small, as NGINX does: answered first, the stream ends with
-/// `RST_STREAM(NO_ERROR)` while the client is still sending, which some clients (curl 7.88) report as
-/// an error instead of showing the answer. Larger bodies are not waited for.
-async fn drain_small_h2_body(session: &mut Session) {
-    if !session.as_downstream().is_http2() || session.is_body_done() {
-        return;
-    }
-    if declared_length(session.req_header()).is_some_and(|length| length > H2_DRAIN_LIMIT as u64) {
-        return;
-    }
-    let _ = tokio::time::timeout(H2_DRAIN_TIME, async {
-        let mut read = 0;
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            read += chunk.len();
-            if read > H2_DRAIN_LIMIT {
-                return;
-            }
-        }
-    })
-    .await;
-}
-
-/// Request and response heads take the same header edits.
-trait HeaderEdits {
-    fn remove(&mut self, name: &HeaderName);
-    fn set(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()>;
-    fn add(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()>;
-}
-
-macro_rules! header_edits_for {
-    ($head:ty) => {
-        impl HeaderEdits for $head {
-            fn remove(&mut self, name: &HeaderName) {
-                self.remove_header(name);
-            }
-            fn set(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()> {
-                self.insert_header(name.clone(), value.clone())
-            }
-            fn add(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<()> {
-                self.append_header(name.clone(), value.clone()).map(|_| ())
-            }
-        }
-    };
-}
-
-header_edits_for!(RequestHeader);
-header_edits_for!(ResponseHeader);
-
-/// Apply a route's edits in order: remove, set, add.
-fn apply_rewrite(rewrite: &HeaderRewrite, head: &mut impl HeaderEdits) -> Result<()> {
-    rewrite.remove.iter().for_each(|name| head.remove(name));
-    for (name, value) in &rewrite.set {
-        head.set(name, value)?;
-    }
-    for (name, value) in &rewrite.add {
-        head.add(name, value)?;
-    }
-    Ok(())
 }
 
 /// The counter of `policy` this request counts against.
@@ -382,12 +298,6 @@ fn limit_key(policy: &LimitPolicy, ctx: &RequestCtx, route: &Route, req: &Reques
             None => by_ip(&mut buf),
         },
     }
-}
-
-fn insert_rate_limit_headers(header: &mut ResponseHeader, decision: &Decision) -> Result<()> {
-    header.insert_header(RATELIMIT_LIMIT, HeaderValue::from(decision.limit))?;
-    header.insert_header(RATELIMIT_REMAINING, HeaderValue::from(decision.remaining))?;
-    header.insert_header(RATELIMIT_RESET, HeaderValue::from(decision.reset_secs))
 }
 
 /// The value of cookie `name` in the request's Cookie headers.
@@ -435,7 +345,7 @@ impl ProxyHttp for EdgeProxy {
             body_bytes: 0,
             deadline: None,
             error: None,
-            refusal: None,
+            error_code: None,
             consumer: None,
             limit_decision: None,
             in_flight: Vec::new(),
@@ -602,10 +512,12 @@ impl ProxyHttp for EdgeProxy {
                     catalog: &runtime.ai,
                     policy,
                     request_id: &ctx.request_id,
+                    decor: ctx.decor(),
                 };
                 // Boxed: the AI path's state (body, plan, provider session) is several KiB, and inline it
                 // would be allocated and copied for every request this filter sees, edge requests included.
                 let outcome = Box::pin(serve_ai(session, request)).await?;
+                ctx.error_code = outcome.error;
                 ctx.ai = Some(outcome);
                 Ok(true)
             }
@@ -822,7 +734,7 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
         }
-        apply_rewrite(&route.request_headers, upstream)
+        route.request_headers.apply(upstream)
     }
 
     async fn request_body_filter(
@@ -868,15 +780,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(route) = ctx.route.as_deref() {
-            if !route.response_headers.is_empty() {
-                apply_rewrite(&route.response_headers, upstream_response)?;
-            }
-        }
-        if let Some(decision) = &ctx.limit_decision {
-            insert_rate_limit_headers(upstream_response, decision)?;
-        }
-        upstream_response.insert_header(X_REQUEST_ID_NAME, ctx.request_id.clone())
+        ctx.decor().apply(upstream_response)
     }
 
     fn upstream_response_body_filter(
@@ -1049,10 +953,7 @@ impl ProxyHttp for EdgeProxy {
             route: ctx.route.as_deref().map(|r| &*r.name),
             upstream: ctx.upstream,
             consumer: ctx.consumer.as_ref().map(|c| &*c.consumer),
-            error: ctx
-                .refusal
-                .or(ctx.error.map(ErrorKind::code))
-                .or(ai.and_then(|a| a.error)),
+            error: ctx.error_code.or(ctx.error.map(ErrorKind::code)),
             model: model.map(|m| &*m.name),
             provider: model.map(|m| &*m.provider.name),
             decision: ai.and_then(|a| a.decision.as_deref()),

@@ -974,10 +974,11 @@ async fn a_plain_answer_that_stops_mid_body_is_not_retried_after_its_timeout() {
         json!({"model": "auto", "messages": [{"role": "user", "content": "q"}]}),
     )
     .await;
-    // The answer stalled after its head: the wait is spent, so no second attempt starts it over.
-    assert_eq!(response.status(), 502);
+    // The answer stalled after its head: the wait is spent, so no second attempt starts it over. Out of
+    // time is 504 `upstream_timeout`, as on proxy routes.
+    assert_eq!(response.status(), 504);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "upstream_stream_error");
+    assert_eq!(body["error"]["code"], "upstream_timeout");
     assert_eq!(spare.calls(), 0);
     assert_eq!(slow.calls(), 1);
 }
@@ -1237,4 +1238,108 @@ async fn a_stream_that_ends_without_its_final_event_is_a_provider_failure() {
     })
     .await;
     assert!(logged, "{}", dir.access_log());
+}
+
+/// Every refusal goes through one writer: the same 401 and 429 on an edge route and an AI route, each in
+/// its route's dialect (the gateway's JSON error, OpenAI's error object), each with its challenge or
+/// retry header, the request id, the RateLimit-* headers and the route's response headers; AI answers
+/// carry the last two as well.
+#[tokio::test]
+async fn refusals_answer_in_the_dialect_of_the_route_with_the_same_headers() {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let key = "dialect-key-0000000000000";
+    let body = format!(
+        r#"
+consumers:
+  - {{ name: c, api_keys: [{{ sha256: "{hash}" }}] }}
+limits:
+  - {{ name: two, rate: 2/hour, burst: 2, key: route }}
+ai:
+  providers:
+    - {{ name: local-mock, type: mock }}
+  models:
+    - {{ name: mock-echo, provider: local-mock }}
+  profiles:
+    default: [mock-echo]
+routes:
+  - name: edge
+    match: {{ path: {{ prefix: /edge }} }}
+    auth: {{ methods: [api_key] }}
+    limits: [two]
+    response_headers: {{ set: {{ x-route: edge }} }}
+    respond: {{ status: 200, body: ok }}
+  - name: ai
+    match: {{ path: {{ prefix: /v1 }} }}
+    auth: {{ methods: [api_key] }}
+    limits: [two]
+    response_headers: {{ set: {{ x-route: ai }} }}
+    ai: {{}}
+"#,
+        hash = hash_key(key)
+    );
+    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let client = client();
+    let message = json!({"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}]});
+    let send = |route: &str, with_key: bool| {
+        let request = if route == "ai" {
+            client
+                .post(gateway.url("/v1/chat/completions"))
+                .json(&message)
+        } else {
+            client.get(gateway.url("/edge"))
+        };
+        let request = if with_key {
+            request.bearer_auth(key)
+        } else {
+            request
+        };
+        async move { request.send().await.unwrap() }
+    };
+    for route in ["edge", "ai"] {
+        // 401: the challenge, the request id and the route's header; the body in the route's dialect.
+        let refused = send(route, false).await;
+        assert_eq!(refused.status(), 401, "{route}");
+        assert!(
+            header(&refused, "www-authenticate").starts_with("Bearer realm="),
+            "{route}"
+        );
+        assert!(!header(&refused, "x-request-id").is_empty(), "{route}");
+        assert_eq!(header(&refused, "x-route"), route);
+        let error = refused.json::<Value>().await.unwrap()["error"].clone();
+        assert_eq!(error["code"], "missing_credentials", "{route}: {error}");
+        if route == "ai" {
+            assert_eq!(error["type"], "authentication_error", "{error}");
+            assert!(
+                error.get("param").is_some() && error.get("status").is_none(),
+                "{error}"
+            );
+        } else {
+            assert_eq!(error["status"], 401, "{error}");
+            assert!(error.get("type").is_none(), "{error}");
+        }
+
+        // Two answers within the limit carry the RateLimit headers and the route's header.
+        for remaining in ["1", "0"] {
+            let served = send(route, true).await;
+            assert_eq!(served.status(), 200, "{route}");
+            assert_eq!(header(&served, "ratelimit-limit"), "2", "{route}");
+            assert_eq!(header(&served, "ratelimit-remaining"), remaining, "{route}");
+            assert_eq!(header(&served, "x-route"), route);
+            assert!(!header(&served, "x-request-id").is_empty(), "{route}");
+        }
+
+        // 429: Retry-After and the RateLimit headers, in the route's dialect.
+        let limited = send(route, true).await;
+        assert_eq!(limited.status(), 429, "{route}");
+        assert!(header(&limited, "retry-after").parse::<u64>().unwrap() > 0);
+        assert_eq!(header(&limited, "ratelimit-remaining"), "0", "{route}");
+        assert_eq!(header(&limited, "x-route"), route);
+        let error = limited.json::<Value>().await.unwrap()["error"].clone();
+        assert_eq!(error["code"], "rate_limited", "{route}: {error}");
+        if route == "ai" {
+            assert_eq!(error["type"], "rate_limit_error", "{error}");
+        } else {
+            assert_eq!(error["status"], 429, "{error}");
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::openai::OpenAiError;
+use crate::error::Rejection;
 
 /// What to do when a detector fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +177,7 @@ fn for_each_text(body: &mut Map<String, Value>, mut f: impl FnMut(&mut String)) 
 
 impl Guards {
     /// Run every guard on a request body, masking in place; an `Err` refuses the request.
-    pub fn inspect(&self, body: &mut Map<String, Value>) -> Result<GuardReport, OpenAiError> {
+    pub fn inspect(&self, body: &mut Map<String, Value>) -> Result<GuardReport, Rejection> {
         let mut report = GuardReport::default();
         if !self.deny.is_empty() {
             let mut denied = false;
@@ -185,7 +185,7 @@ impl Guards {
                 denied |= self.deny.iter().any(|d| d.is_match(text))
             });
             if denied {
-                return Err(OpenAiError::new(
+                return Err(Rejection::typed(
                     400,
                     "invalid_request_error",
                     "prompt_denied",
@@ -226,7 +226,7 @@ impl Guards {
             }
         });
         if let Some(name) = rejected {
-            return Err(OpenAiError::new(
+            return Err(Rejection::typed(
                 400,
                 "invalid_request_error",
                 "pii_rejected",
@@ -245,7 +245,7 @@ impl Guards {
         &self,
         body: &mut Map<String, Value>,
         policy: &ToolPolicy,
-    ) -> Result<(), OpenAiError> {
+    ) -> Result<(), Rejection> {
         let Some(Value::Array(tools)) = body.get_mut("tools") else {
             return Ok(());
         };
@@ -264,7 +264,7 @@ impl Guards {
             return Ok(());
         }
         match policy.on_violation {
-            ToolViolation::Reject => Err(OpenAiError::new(
+            ToolViolation::Reject => Err(Rejection::typed(
                 403,
                 "permission_error",
                 "tool_not_allowed",

@@ -1,8 +1,10 @@
-//! OpenAI wire-format pieces the gateway produces itself: the error object
-//! `{"error":{"message","type","param","code"}}` with its status, and the endpoint a path names.
+//! OpenAI wire-format pieces the gateway produces itself: the endpoint a path names, the checks of a
+//! request's shape, and the rejections OpenAI's API would answer (written in OpenAI's error format by
+//! `crate::error::Rejection`).
 
-use bytes::Bytes;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
+
+use crate::error::Rejection;
 
 /// Which OpenAI endpoint a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,77 +43,35 @@ impl Endpoint {
     }
 }
 
-/// An error answered in OpenAI's format.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenAiError {
-    pub status: u16,
-    pub kind: &'static str,
-    pub code: &'static str,
-    pub message: String,
-    pub param: Option<&'static str>,
+/// The request body is not JSON.
+pub fn invalid_json(detail: &str) -> Rejection {
+    Rejection::typed(
+        400,
+        "invalid_request_error",
+        "invalid_json",
+        format!("the request body is not valid JSON: {detail}"),
+    )
 }
 
-impl OpenAiError {
-    pub fn new(
-        status: u16,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        OpenAiError {
-            status,
-            kind,
-            code,
-            message: message.into(),
-            param: None,
-        }
-    }
+/// The requested model is not in the catalog, or not allowed to this caller.
+pub fn model_not_found(model: &str) -> Rejection {
+    Rejection::typed(
+        404,
+        "invalid_request_error",
+        "model_not_found",
+        format!("the model `{model}` does not exist or is not available here"),
+    )
+    .with_param("model")
+}
 
-    pub fn with_param(mut self, param: &'static str) -> Self {
-        self.param = Some(param);
-        self
-    }
-
-    pub fn invalid_json(detail: &str) -> Self {
-        Self::new(
-            400,
-            "invalid_request_error",
-            "invalid_json",
-            format!("the request body is not valid JSON: {detail}"),
-        )
-    }
-
-    pub fn model_not_found(model: &str) -> Self {
-        Self::new(
-            404,
-            "invalid_request_error",
-            "model_not_found",
-            format!("the model `{model}` does not exist or is not available here"),
-        )
-        .with_param("model")
-    }
-
-    pub fn body_too_large(limit: u64) -> Self {
-        Self::new(
-            413,
-            "invalid_request_error",
-            "request_too_large",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    }
-
-    pub fn body(&self) -> Bytes {
-        let value = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
-        let mut body = value.to_string().into_bytes();
-        body.push(b'\n');
-        Bytes::from(body)
-    }
-
-    /// The same error as one SSE event, for failures after a stream has started.
-    pub fn sse_event(&self) -> Bytes {
-        let value = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
-        Bytes::from(format!("data: {value}\n\n"))
-    }
+/// The request body is over the AI layer's limit.
+pub fn body_too_large(limit: u64) -> Rejection {
+    Rejection::typed(
+        413,
+        "invalid_request_error",
+        "request_too_large",
+        format!("the request body is larger than {limit} bytes"),
+    )
 }
 
 /// JSON's name for the kind of `value`, as OpenAI's errors write it.
@@ -126,8 +86,8 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-fn missing(param: &'static str, name: &str) -> OpenAiError {
-    OpenAiError::new(
+fn missing(param: &'static str, name: &str) -> Rejection {
+    Rejection::typed(
         400,
         "invalid_request_error",
         "missing_required_parameter",
@@ -136,8 +96,8 @@ fn missing(param: &'static str, name: &str) -> OpenAiError {
     .with_param(param)
 }
 
-fn invalid_type(param: &'static str, name: &str, expected: &str, got: &Value) -> OpenAiError {
-    OpenAiError::new(
+fn invalid_type(param: &'static str, name: &str, expected: &str, got: &Value) -> Rejection {
+    Rejection::typed(
         400,
         "invalid_request_error",
         "invalid_type",
@@ -162,10 +122,7 @@ const ROLES: [&str; 6] = [
 /// `messages` a non-empty array of messages with a known role and a string, array (or, for the
 /// assistant, null) content; `prompt` and `input` present; `model` a string and `stream` a boolean when
 /// given. A request that breaks them gets 400 here instead of travelling to a provider.
-pub fn check_request_shape(
-    endpoint: Endpoint,
-    body: &Map<String, Value>,
-) -> Result<(), OpenAiError> {
+pub fn check_request_shape(endpoint: Endpoint, body: &Map<String, Value>) -> Result<(), Rejection> {
     if let Some(model) = body.get("model").filter(|m| !m.is_string()) {
         return Err(invalid_type("model", "model", "a string", model));
     }
@@ -189,7 +146,7 @@ pub fn check_request_shape(
         },
         Endpoint::Embeddings => match body.get("input") {
             None | Some(Value::Null) => Err(missing("input", "input")),
-            Some(Value::Array(items)) if items.is_empty() => Err(OpenAiError::new(
+            Some(Value::Array(items)) if items.is_empty() => Err(Rejection::typed(
                 400,
                 "invalid_request_error",
                 "empty_array",
@@ -208,7 +165,7 @@ pub fn check_request_shape(
     }
 }
 
-fn check_messages(messages: Option<&Value>) -> Result<(), OpenAiError> {
+fn check_messages(messages: Option<&Value>) -> Result<(), Rejection> {
     let messages = match messages {
         None | Some(Value::Null) => return Err(missing("messages", "messages")),
         Some(Value::Array(messages)) => messages,
@@ -222,7 +179,7 @@ fn check_messages(messages: Option<&Value>) -> Result<(), OpenAiError> {
         }
     };
     if messages.is_empty() {
-        return Err(OpenAiError::new(
+        return Err(Rejection::typed(
             400,
             "invalid_request_error",
             "empty_array",
@@ -254,7 +211,7 @@ fn check_messages(messages: Option<&Value>) -> Result<(), OpenAiError> {
             }
         };
         if !ROLES.contains(&role) {
-            return Err(OpenAiError::new(
+            return Err(Rejection::typed(
                 400,
                 "invalid_request_error",
                 "invalid_value",
@@ -310,7 +267,7 @@ mod tests {
 
     #[test]
     fn errors_have_the_openai_shape() {
-        let body = OpenAiError::model_not_found("gpt-9").body();
+        let body = model_not_found("gpt-9").body(crate::error::Dialect::OpenAi, "id");
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["error"]["type"], "invalid_request_error");
         assert_eq!(value["error"]["code"], "model_not_found");

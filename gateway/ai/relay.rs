@@ -26,16 +26,17 @@ use super::answer::AnswerView;
 use super::catalog::{Catalog, Model, Provider, ProviderKind};
 use super::guard::apply_system_prompt;
 use super::mock;
-use super::openai::{check_request_shape, Endpoint, OpenAiError};
+use super::openai::{self, check_request_shape, Endpoint};
 use super::routing::{decide, AiPolicy, Plan};
 use super::secrets::{SecretMasker, StreamMasker};
 use super::usage::{Usage, UsageScanner};
 use crate::edge::normalize::declared_length;
+use crate::error::Rejection;
 use crate::observe::metrics::METRICS;
+use crate::respond::{self, Decor};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_GATEWAY_MODEL: HeaderName = HeaderName::from_static("x-gateway-model");
 static X_GATEWAY_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
 static X_GATEWAY_PROFILE: HeaderName = HeaderName::from_static("x-gateway-profile");
@@ -81,6 +82,8 @@ pub struct AiRequest<'a> {
     pub catalog: &'a Catalog,
     pub policy: &'a AiPolicy,
     pub request_id: &'a HeaderValue,
+    /// What every answer carries (request id, rate-limit headers, the route's response edits, dialect).
+    pub decor: Decor<'a>,
 }
 
 /// Answer an AI request completely (the proxy phase then only logs).
@@ -99,7 +102,7 @@ pub async fn serve(session: &mut Session, request: AiRequest<'_>) -> pingora::Re
 
 enum Failure {
     /// Answer the client with this error (nothing was sent yet).
-    Answer(OpenAiError),
+    Answer(Rejection),
     /// Writing to the client failed.
     Io(Box<pingora::Error>),
 }
@@ -112,8 +115,8 @@ enum Relayed {
     BrokeOff(String),
 }
 
-impl From<OpenAiError> for Failure {
-    fn from(error: OpenAiError) -> Self {
+impl From<Rejection> for Failure {
+    fn from(error: Rejection) -> Self {
         Failure::Answer(error)
     }
 }
@@ -131,7 +134,7 @@ async fn prepare_and_relay(
 ) -> Result<(), Failure> {
     let req = session.req_header();
     let endpoint = Endpoint::from_path(req.uri.path()).ok_or_else(|| {
-        OpenAiError::new(
+        Rejection::typed(
             404,
             "invalid_request_error",
             "unknown_endpoint",
@@ -140,7 +143,7 @@ async fn prepare_and_relay(
     })?;
     if endpoint == Endpoint::Models {
         if req.method != Method::GET {
-            return Err(OpenAiError::new(
+            return Err(Rejection::typed(
                 405,
                 "invalid_request_error",
                 "method_not_allowed",
@@ -152,7 +155,7 @@ async fn prepare_and_relay(
         return write_json(session, request, outcome, 200, body).await;
     }
     if req.method != Method::POST {
-        return Err(OpenAiError::new(
+        return Err(Rejection::typed(
             405,
             "invalid_request_error",
             "method_not_allowed",
@@ -175,7 +178,7 @@ async fn prepare_and_relay(
         }
     };
     if !json_content {
-        return Err(OpenAiError::new(
+        return Err(Rejection::typed(
             415,
             "invalid_request_error",
             "unsupported_media_type",
@@ -185,7 +188,7 @@ async fn prepare_and_relay(
     }
     let raw = read_body(session, request.catalog.max_body_size).await?;
     let mut body: Map<String, Value> =
-        serde_json::from_slice(&raw).map_err(|e| OpenAiError::invalid_json(&e.to_string()))?;
+        serde_json::from_slice(&raw).map_err(|e| openai::invalid_json(&e.to_string()))?;
     check_request_shape(endpoint, &body)?;
     let report = request.catalog.guards.inspect(&mut body)?;
     let plan = decide(
@@ -218,13 +221,13 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Failure> 
     let declared = declared_length(session.req_header());
     if declared.is_some_and(|len| len > limit) {
         session.set_keepalive(None);
-        return Err(OpenAiError::body_too_large(limit).into());
+        return Err(openai::body_too_large(limit).into());
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(limit) as usize);
     while let Some(chunk) = session.read_request_body().await? {
         if (body.len() + chunk.len()) as u64 > limit {
             session.set_keepalive(None);
-            return Err(OpenAiError::body_too_large(limit).into());
+            return Err(openai::body_too_large(limit).into());
         }
         body.extend_from_slice(&chunk);
     }
@@ -300,7 +303,7 @@ async fn relay(
             Value::String(model.upstream_model.to_string()),
         );
         let payload = Bytes::from(
-            serde_json::to_vec(&body).map_err(|e| OpenAiError::invalid_json(&e.to_string()))?,
+            serde_json::to_vec(&body).map_err(|e| openai::invalid_json(&e.to_string()))?,
         );
         let timeouts = PeerTimeouts {
             connect: provider.timeouts.connect,
@@ -362,7 +365,7 @@ async fn relay(
     } else {
         (503, "no_available_candidate")
     };
-    Err(OpenAiError::new(
+    Err(Rejection::typed(
         status,
         "server_error",
         code,
@@ -488,7 +491,7 @@ async fn write_h1<'a>(
 /// session only once its head is read, so the error is a guard, the one place that handles its absence.
 fn response_head(upstream: &HttpSession) -> Result<&ResponseHeader, Failure> {
     upstream.resp_header().ok_or_else(|| {
-        OpenAiError::new(
+        Rejection::typed(
             502,
             "server_error",
             "upstream_stream_error",
@@ -520,7 +523,7 @@ async fn read_small_body(mut upstream: HttpSession) -> (HttpSession, String) {
     (upstream, String::from_utf8_lossy(&text).into_owned())
 }
 
-/// Response head for the client, with the decision headers.
+/// Response head for the client: the decision headers, through the one writer's decor.
 fn client_head(
     status: u16,
     request: &AiRequest<'_>,
@@ -528,22 +531,26 @@ fn client_head(
     plan: Option<&Plan>,
     content_type: Option<&HeaderValue>,
 ) -> pingora::Result<ResponseHeader> {
-    // Built as plain `http` parts: Pingora's `insert_header` re-parses every name and keeps a second map
-    // of name spellings, about a tenth of the gateway's own instructions per AI request. Without that map
-    // Pingora writes standard names title-cased (`Content-Type`) and the gateway's own in lower case.
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = http::StatusCode::from_u16(status).map_err(|e| {
-        pingora::Error::because(pingora::ErrorType::InternalError, "response status", e)
+    let mut result = Ok(());
+    let head = respond::head(status, &request.decor, |headers| {
+        headers.insert(
+            CONTENT_TYPE,
+            content_type
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("application/json")),
+        );
+        result = decision_headers(headers, outcome, plan);
     })?;
-    let headers = &mut parts.headers;
-    headers.reserve(8);
-    headers.insert(
-        CONTENT_TYPE,
-        content_type
-            .cloned()
-            .unwrap_or(HeaderValue::from_static("application/json")),
-    );
-    headers.insert(X_REQUEST_ID.clone(), request.request_id.clone());
+    result.map(|()| head)
+}
+
+/// The gateway's `x-gateway-*` headers: which model and provider answered, the profile, the decision and
+/// the number of attempts.
+fn decision_headers(
+    headers: &mut http::HeaderMap,
+    outcome: &AiOutcome,
+    plan: Option<&Plan>,
+) -> pingora::Result<()> {
     if let Some(model) = &outcome.model {
         headers.insert(X_GATEWAY_MODEL.clone(), model.name_header.clone());
         headers.insert(
@@ -577,20 +584,21 @@ fn client_head(
         X_GATEWAY_ATTEMPTS.clone(),
         HeaderValue::from(outcome.attempts),
     );
-    Ok(ResponseHeader::from(parts))
+    Ok(())
 }
 
 async fn write_error(
     session: &mut Session,
     request: &AiRequest<'_>,
     outcome: &AiOutcome,
-    error: &OpenAiError,
+    error: &Rejection,
 ) -> pingora::Result<()> {
-    let body = error.body();
-    let mut head = client_head(error.status, request, outcome, None, None)?;
-    head.insert_header(CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(head), false).await?;
-    session.write_response_body(Some(body), true).await
+    let mut result = Ok(());
+    respond::reject_with(session, &request.decor, error, |headers| {
+        result = decision_headers(headers, outcome, None);
+    })
+    .await?;
+    result
 }
 
 async fn write_json(
@@ -709,7 +717,7 @@ async fn stream_back(
                 "AI provider {} answered more than ai.max_answer_size ({limit} bytes); refused",
                 provider.name
             );
-            Failure::from(OpenAiError::new(
+            Failure::from(Rejection::typed(
                 502,
                 "server_error",
                 "upstream_answer_too_large",
@@ -734,13 +742,7 @@ async fn stream_back(
                 );
                 // Out of time: another attempt would start the whole wait again.
                 if matches!(e.etype(), pingora::ErrorType::ReadTimedout) {
-                    return Err(OpenAiError::new(
-                        502,
-                        "server_error",
-                        "upstream_stream_error",
-                        "the provider did not finish the answer in time",
-                    )
-                    .into());
+                    return Err(timed_out("the provider did not finish the answer in time").into());
                 }
                 // Nothing reached the client yet: the next candidate may still answer.
                 let reason = format!("answer broke off: {}", e.etype().as_str());
@@ -870,13 +872,7 @@ async fn stream_back(
                     // Nothing reached the client: out of time is final (another attempt would start the
                     // whole wait again), anything else goes to the next candidate.
                     if matches!(e.etype(), pingora::ErrorType::ReadTimedout) {
-                        return Err(OpenAiError::new(
-                            502,
-                            "server_error",
-                            "upstream_stream_error",
-                            "the provider did not answer in time",
-                        )
-                        .into());
+                        return Err(timed_out("the provider did not answer in time").into());
                     }
                     return Ok(Relayed::BrokeOff(format!(
                         "failed before its first event: {}",
@@ -906,7 +902,13 @@ async fn stream_back(
 
 /// The SSE error event that ends a stream the provider broke.
 fn stream_error(message: &'static str) -> Bytes {
-    OpenAiError::new(502, "server_error", "upstream_stream_error", message).sse_event()
+    Rejection::typed(502, "server_error", "upstream_stream_error", message).sse_event()
+}
+
+/// A provider out of time: 504 `upstream_timeout`, as on proxy routes (`ErrorKind::UpstreamTimeout`).
+fn timed_out(message: &'static str) -> Rejection {
+    let kind = crate::error::ErrorKind::UpstreamTimeout;
+    Rejection::typed(kind.status(), "server_error", kind.code(), message)
 }
 
 /// Send a whole answer, head then body.

@@ -13,7 +13,8 @@ use http::HeaderMap;
 use super::catalog::{Catalog, Model};
 use super::guard::{GuardReport, SystemPrompt};
 use super::heuristics::choose;
-use super::openai::OpenAiError;
+use super::openai;
+use crate::error::Rejection;
 
 /// A route's restrictions on models and profiles (empty lists allow everything), and its system prompt.
 #[derive(Debug, Clone, Default)]
@@ -110,12 +111,12 @@ pub fn decide(
     headers: &HeaderMap,
     policy: &AiPolicy,
     report: &GuardReport,
-) -> Result<Plan, OpenAiError> {
+) -> Result<Plan, Rejection> {
     let mut plan = decide_unfiltered(catalog, body, headers, policy, report)?;
     if report.local_only {
         plan.candidates.retain(|m| m.local);
         if plan.candidates.is_empty() {
-            return Err(OpenAiError::new(
+            return Err(Rejection::typed(
                 403,
                 "permission_error",
                 "no_local_model",
@@ -133,7 +134,7 @@ fn decide_unfiltered(
     headers: &HeaderMap,
     policy: &AiPolicy,
     report: &GuardReport,
-) -> Result<Plan, OpenAiError> {
+) -> Result<Plan, Rejection> {
     let header_profile = headers
         .get("x-gateway-profile")
         .and_then(|v| v.to_str().ok());
@@ -142,7 +143,7 @@ fn decide_unfiltered(
             Some((provider, model)) => catalog.provider_model(provider.trim(), model.trim()),
             None => catalog.model(&target),
         };
-        let model = model.ok_or_else(|| OpenAiError::model_not_found(&target))?;
+        let model = model.ok_or_else(|| openai::model_not_found(&target))?;
         return single(model, policy, "command");
     }
     // A `model` that is not a string was refused with the request's shape (openai::check_request_shape).
@@ -150,7 +151,7 @@ fn decide_unfiltered(
     if requested != "auto" {
         let model = catalog
             .model(requested)
-            .ok_or_else(|| OpenAiError::model_not_found(requested))?;
+            .ok_or_else(|| openai::model_not_found(requested))?;
         let decision = if *model.name == *requested {
             "explicit"
         } else {
@@ -177,7 +178,7 @@ fn decide_unfiltered(
         },
     };
     let Some(chain) = catalog.profiles.get(&profile) else {
-        return Err(OpenAiError::new(
+        return Err(Rejection::typed(
             400,
             "invalid_request_error",
             "unknown_profile",
@@ -185,7 +186,7 @@ fn decide_unfiltered(
         ));
     };
     if !allowed(&policy.allowed_profiles, &profile) {
-        return Err(OpenAiError::new(
+        return Err(Rejection::typed(
             403,
             "permission_error",
             "profile_not_allowed",
@@ -198,7 +199,7 @@ fn decide_unfiltered(
         .cloned()
         .collect();
     if candidates.is_empty() {
-        return Err(OpenAiError::new(
+        return Err(Rejection::typed(
             403,
             "permission_error",
             "model_not_allowed",
@@ -216,9 +217,9 @@ fn single(
     model: &Arc<Model>,
     policy: &AiPolicy,
     decision: &'static str,
-) -> Result<Plan, OpenAiError> {
+) -> Result<Plan, Rejection> {
     if !allowed(&policy.allowed_models, &model.name) {
-        return Err(OpenAiError::new(
+        return Err(Rejection::typed(
             403,
             "permission_error",
             "model_not_allowed",

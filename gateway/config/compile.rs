@@ -26,6 +26,7 @@ use crate::edge::routes::{
     RouteTable, RouteTimeouts,
 };
 use crate::edge::tls::{load_ca_bundle, load_certified_key, CertStore};
+use crate::error::Dialect;
 use crate::observe::access_log::AccessLogTarget;
 use crate::observe::metrics::{init_fixed_counters, init_refusal_counters, RouteMetrics};
 use crate::runtime::*;
@@ -662,13 +663,19 @@ fn compile_route(
     }
     let policies: Vec<&str> = route_limits.iter().map(|policy| &*policy.name).collect();
     init_refusal_counters(&route.name, &reasons, &policies);
+    let action = action?;
+    let dialect = match action {
+        RouteAction::Ai(_) => Dialect::OpenAi,
+        _ => Dialect::Gateway,
+    };
     Some(Route {
         name: Arc::from(route.name.as_str()),
         hosts,
         path: path_matcher,
         methods,
         headers,
-        action: action?,
+        action,
+        dialect,
         request_headers,
         response_headers,
         timeouts: RouteTimeouts {

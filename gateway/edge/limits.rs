@@ -52,6 +52,21 @@ pub struct Decision {
     pub retry_after_secs: u64,
 }
 
+impl Decision {
+    /// The `RateLimit-Limit`, `-Remaining` and `-Reset` headers of this decision (IETF draft names).
+    pub fn write_headers(
+        &self,
+        head: &mut impl super::headers::HeaderEdits,
+    ) -> pingora::Result<()> {
+        head.set_static("ratelimit-limit", http::HeaderValue::from(self.limit))?;
+        head.set_static(
+            "ratelimit-remaining",
+            http::HeaderValue::from(self.remaining),
+        )?;
+        head.set_static("ratelimit-reset", http::HeaderValue::from(self.reset_secs))
+    }
+}
+
 /// Parse `100/minute`, `5/s`, `1000/day`.
 pub fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
     let (count, unit) = text

@@ -15,9 +15,11 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 
 use super::auth::RouteAuth;
+use super::headers::HeaderEdits;
 use super::ip_rules::IpRules;
 use super::limits::LimitPolicy;
 use crate::ai::routing::AiPolicy;
+use crate::error::Dialect;
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::cluster::Cluster;
 
@@ -144,6 +146,18 @@ impl HeaderRewrite {
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.set.is_empty() && self.remove.is_empty()
     }
+
+    /// Apply the edits in order: remove, set, add.
+    pub fn apply(&self, head: &mut impl HeaderEdits) -> pingora::Result<()> {
+        self.remove.iter().for_each(|name| head.remove(name));
+        for (name, value) in &self.set {
+            head.set(name, value)?;
+        }
+        for (name, value) in &self.add {
+            head.add(name, value)?;
+        }
+        Ok(())
+    }
 }
 
 /// What a matched route does.
@@ -193,6 +207,8 @@ pub struct Route {
     pub limits: Vec<Arc<LimitPolicy>>,
     pub ip_rules: Option<IpRules>,
     pub metrics: RouteMetrics,
+    /// The format of the gateway's own errors on this route (OpenAI's on AI routes).
+    pub dialect: Dialect,
 }
 
 impl Route {
@@ -325,6 +341,7 @@ mod tests {
                 body: Bytes::new(),
                 content_type: HeaderValue::from_static("text/plain"),
             },
+            dialect: Dialect::Gateway,
             request_headers: HeaderRewrite::default(),
             response_headers: HeaderRewrite::default(),
             timeouts: RouteTimeouts::default(),
