@@ -26,6 +26,7 @@ use tokio::sync::{broadcast, watch};
 use crate::config::compile::Mode;
 use crate::config::{self, ConfigErrors};
 use crate::edge::connection::open_connections;
+use crate::edge::limits::Limiter;
 use crate::edge::tls::SniResolver;
 use crate::observe::access_log;
 use crate::observe::admin::{DRAINING, READY};
@@ -219,6 +220,24 @@ impl BackgroundService for Upkeep {
             },
         )
         .await
+    }
+}
+
+/// Sweeps idle rate-limit keys every few seconds.
+pub struct LimitSweeper {
+    pub limiter: Arc<Limiter>,
+}
+
+#[async_trait]
+impl BackgroundService for LimitSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.limiter.sweep(),
+            }
+        }
     }
 }
 

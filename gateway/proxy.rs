@@ -1,7 +1,8 @@
-//! The Pingora `ProxyHttp` implementation of the edge path: the phases only, calling into the layers
-//! (`edge/` for routing and client identity, `upstream/` for backend choice, `observe/` for logs/metrics).
+//! The Pingora `ProxyHttp` implementation of the edge path: the phases only, each a short sequence of calls
+//! into the layers (`edge/` for normalising, routing, the caller, auth, limits and forwarding; `upstream/`
+//! for the backend choice and its timeouts; `ai/` for AI routes; `respond` for every answer the gateway
+//! makes; `observe/` for logs and metrics).
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, COOKIE, HOST, LOCATION};
+use http::header::{CONTENT_TYPE, HOST, LOCATION};
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -17,35 +18,28 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::ai::relay::{serve as serve_ai, AiOutcome, AiRequest};
-use crate::edge::auth::{redacted_path, AuthFailure, Authenticated};
-use crate::edge::client::{client_ip, request_id};
+use crate::edge::auth::{redacted_path, AuthFailure};
+use crate::edge::client::{ip_octets, Caller};
 use crate::edge::connection::request_done;
-use crate::edge::limits::{
-    counter_key, now_ns, Decision, InFlight, InFlightGuard, LimitKey, LimitPolicy, Limiter,
+use crate::edge::forwarding::{
+    forwarded_headers, https_redirect, request_host, rewrite_target, route_redirect,
 };
+use crate::edge::limits::{Admission, LimitRefusal, LimitSubject, Limiter};
 use crate::edge::mtls::ClientIdentity;
 use crate::edge::normalize::{declared_length, normalize_request, Malformed};
-use crate::edge::routes::{normalize_host, PathRewrite, Route, RouteAction};
+use crate::edge::routes::{normalize_host, Route, RouteAction};
 use crate::error::{Dialect, ErrorKind, Rejection};
 use crate::observe::access_log::{self, AccessRecord};
 use crate::observe::admin::DRAINING;
 use crate::observe::metrics::METRICS;
 use crate::respond::{self, drain_small_h2_body, Decor};
 use crate::runtime::{ListenerSpec, Runtime};
-use crate::upstream::cluster::{Cluster, HashOn};
+use crate::upstream::cluster::{Attempts, Cluster};
 use crate::upstream::peer::{http_peer, PeerTimeouts};
 
-// Names as `&'static str` for Pingora's `insert_header`: given a `HeaderName`, it first copies the name into a
-// new buffer for its spelling map; a static string is used as it is. The `HeaderName`s, for lookups, are
-// built from the same strings.
+/// A static name for Pingora's `insert_header`, which keeps it as it is (a `HeaderName` would be copied
+/// into its spelling map first).
 const X_REQUEST_ID_NAME: &str = "x-request-id";
-const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST_NAME: &str = "x-forwarded-host";
-static X_REQUEST_ID: HeaderName = HeaderName::from_static(X_REQUEST_ID_NAME);
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(X_FORWARDED_FOR_NAME);
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(X_FORWARDED_PROTO_NAME);
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(X_FORWARDED_HOST_NAME);
 
 /// The proxy of one listener.
 pub struct EdgeProxy {
@@ -60,55 +54,62 @@ enum Refusal {
     Malformed(Malformed),
     IpDenied,
     Auth(AuthFailure),
-    Rate {
-        policy: Arc<str>,
-        decision: Decision,
-    },
-    Concurrency {
-        policy: Arc<str>,
-    },
+    Limit(LimitRefusal),
 }
 
 impl Refusal {
-    fn status(&self) -> u16 {
-        match self {
-            Refusal::Malformed(_) => 400,
-            Refusal::IpDenied => 403,
-            Refusal::Auth(failure) => failure.status(),
-            Refusal::Rate { .. } | Refusal::Concurrency { .. } => 429,
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self {
-            Refusal::Malformed(malformed) => malformed.code(),
-            Refusal::IpDenied => "ip_denied",
-            Refusal::Auth(failure) => failure.code(),
-            Refusal::Rate { .. } => "rate_limited",
-            Refusal::Concurrency { .. } => "concurrency_limited",
-        }
-    }
-
-    fn message(&self) -> &'static str {
-        match self {
-            Refusal::Malformed(malformed) => malformed.message(),
-            Refusal::IpDenied => "requests from this address are not allowed here",
-            Refusal::Auth(failure) => failure.message(),
-            Refusal::Rate { .. } => "rate limit exceeded; retry after the time in Retry-After",
-            Refusal::Concurrency { .. } => "too many requests in flight for this caller",
-        }
-    }
-
     /// The answer: status, code, message, and the challenge of a 401 or the wait of a 429.
     fn rejection(&self) -> Rejection {
-        let rejection = Rejection::new(self.status(), self.code(), self.message());
         match self {
-            Refusal::Auth(failure) if failure.status() == 401 => {
-                rejection.with_challenge(failure.challenge())
+            Refusal::Malformed(malformed) => {
+                Rejection::new(400, malformed.code(), malformed.message())
             }
-            Refusal::Rate { decision, .. } => rejection.with_retry_after(decision.retry_after_secs),
-            Refusal::Concurrency { .. } => rejection.with_retry_after(1),
-            _ => rejection,
+            Refusal::IpDenied => Rejection::new(
+                403,
+                "ip_denied",
+                "requests from this address are not allowed here",
+            ),
+            Refusal::Auth(failure) => {
+                let rejection = Rejection::new(failure.status(), failure.code(), failure.message());
+                if failure.status() == 401 {
+                    rejection.with_challenge(failure.challenge())
+                } else {
+                    rejection
+                }
+            }
+            Refusal::Limit(LimitRefusal::Rate { decision, .. }) => Rejection::new(
+                429,
+                "rate_limited",
+                "rate limit exceeded; retry after the time in Retry-After",
+            )
+            .with_retry_after(decision.retry_after_secs),
+            Refusal::Limit(LimitRefusal::Concurrency { .. }) => Rejection::new(
+                429,
+                "concurrency_limited",
+                "too many requests in flight for this caller",
+            )
+            .with_retry_after(1),
+        }
+    }
+
+    /// Count it in its metric.
+    fn count(&self, route: &str) {
+        match self {
+            Refusal::Malformed(malformed) => METRICS
+                .malformed
+                .with_label_values(&[malformed.code()])
+                .inc(),
+            Refusal::Limit(
+                LimitRefusal::Rate { policy, .. } | LimitRefusal::Concurrency { policy },
+            ) => METRICS.limited.with_label_values(&[route, policy]).inc(),
+            Refusal::IpDenied => METRICS
+                .auth_failures
+                .with_label_values(&[route, "ip_denied"])
+                .inc(),
+            Refusal::Auth(failure) => METRICS
+                .auth_failures
+                .with_label_values(&[route, failure.code()])
+                .inc(),
         }
     }
 }
@@ -117,27 +118,18 @@ impl Refusal {
 pub struct RequestCtx {
     start: Instant,
     runtime: Option<Arc<Runtime>>,
-    request_id: HeaderValue,
-    peer_ip: Option<IpAddr>,
-    peer_trusted: bool,
-    client_ip: Option<IpAddr>,
+    caller: Caller,
     route: Option<Arc<Route>>,
     /// The client's target when the normaliser changed it (what `forward_raw_path` routes send).
     raw_target: Option<http::Uri>,
-    backend: Option<usize>,
-    upstream: Option<SocketAddr>,
-    tried: u64,
-    attempts: u32,
+    attempts: Attempts,
     body_bytes: u64,
     deadline: Option<Instant>,
     error: Option<ErrorKind>,
     /// The code of the error or refusal the gateway answered (or the AI path reported), for the access log.
     error_code: Option<&'static str>,
-    consumer: Option<Authenticated>,
-    /// The tightest rate decision, reported in RateLimit-* headers.
-    limit_decision: Option<Decision>,
-    /// Concurrency slots held until the request is logged.
-    in_flight: Vec<InFlightGuard>,
+    /// What the route's limits granted (RateLimit-* headers, concurrency slots held until logged).
+    admission: Admission,
     /// What the AI path decided and did.
     ai: Option<AiOutcome>,
 }
@@ -147,8 +139,8 @@ impl RequestCtx {
     fn decor(&self) -> Decor<'_> {
         let route = self.route.as_deref();
         Decor {
-            request_id: &self.request_id,
-            limit: self.limit_decision.as_ref(),
+            request_id: &self.caller.request_id,
+            limit: self.admission.decision.as_ref(),
             response_headers: route.map(|r| &r.response_headers),
             dialect: route.map_or(Dialect::Gateway, |r| r.dialect),
         }
@@ -160,15 +152,6 @@ impl RequestCtx {
             _ => None,
         }
     }
-}
-
-/// The request's authority: the Host header, or the URI authority (HTTP/2).
-fn request_host(req: &RequestHeader) -> &str {
-    req.headers
-        .get(HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
 }
 
 impl EdgeProxy {
@@ -188,31 +171,16 @@ impl EdgeProxy {
         respond::answer(session, &ctx.decor(), status, extra, body).await
     }
 
-    /// Refuse: count it, note its code, answer it in the route's dialect.
+    /// Refuse (counted, answered in the route's dialect); the request is done.
     async fn refuse(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         refusal: Refusal,
-    ) -> Result<()> {
-        let route = ctx.route.as_deref().map_or("_unmatched", |r| &*r.name);
-        match &refusal {
-            Refusal::Malformed(malformed) => METRICS
-                .malformed
-                .with_label_values(&[malformed.code()])
-                .inc(),
-            Refusal::Rate { policy, .. } | Refusal::Concurrency { policy } => {
-                METRICS.limited.with_label_values(&[route, policy]).inc()
-            }
-            other => METRICS
-                .auth_failures
-                .with_label_values(&[route, other.code()])
-                .inc(),
-        }
-        if let Refusal::Rate { decision, .. } = &refusal {
-            ctx.limit_decision = Some(*decision);
-        }
-        self.reject(session, ctx, &refusal.rejection()).await
+    ) -> Result<bool> {
+        refusal.count(ctx.route.as_deref().map_or("_unmatched", |r| &*r.name));
+        self.reject(session, ctx, &refusal.rejection()).await?;
+        Ok(true)
     }
 
     /// Answer a rejection through the one writer; its code goes to the access log.
@@ -229,44 +197,6 @@ impl EdgeProxy {
         respond::reject(session, &ctx.decor(), rejection).await
     }
 
-    /// Take a token from every rate policy of the route and a slot from every concurrency policy.
-    fn apply_limits(
-        &self,
-        route: &Route,
-        ctx: &mut RequestCtx,
-        req: &RequestHeader,
-    ) -> std::result::Result<(), Refusal> {
-        let now = now_ns();
-        let mut tightest: Option<Decision> = None;
-        for policy in &route.limits {
-            let key = limit_key(policy, ctx, route, req);
-            if let Some(max) = policy.max_in_flight {
-                match InFlight::try_acquire(&self.limiter.in_flight, key, max) {
-                    Some(guard) => ctx.in_flight.push(guard),
-                    None => {
-                        return Err(Refusal::Concurrency {
-                            policy: policy.name.clone(),
-                        })
-                    }
-                }
-            }
-            if let Some(rate) = &policy.rate {
-                let decision = self.limiter.rates.acquire(key, rate, now);
-                if !decision.allowed {
-                    return Err(Refusal::Rate {
-                        policy: policy.name.clone(),
-                        decision,
-                    });
-                }
-                if tightest.is_none_or(|t| decision.remaining < t.remaining) {
-                    tightest = Some(decision);
-                }
-            }
-        }
-        ctx.limit_decision = tightest;
-        Ok(())
-    }
-
     async fn respond_error(
         &self,
         session: &mut Session,
@@ -276,51 +206,122 @@ impl EdgeProxy {
         ctx.error = Some(kind);
         self.reject(session, ctx, &Rejection::from(kind)).await
     }
-}
 
-/// The counter of `policy` this request counts against.
-fn limit_key(policy: &LimitPolicy, ctx: &RequestCtx, route: &Route, req: &RequestHeader) -> u64 {
-    let mut buf = [0u8; 16];
-    // Client addresses use another seed so that no name can collide with an address.
-    let by_ip = |buf: &mut [u8; 16]| match ctx.client_ip {
-        Some(ip) => counter_key(policy.seed ^ 1, ip_bytes(ip, buf)),
-        None => counter_key(policy.seed ^ 1, b""),
-    };
-    match &policy.key {
-        LimitKey::Consumer => match &ctx.consumer {
-            Some(found) => counter_key(policy.seed, found.consumer.as_bytes()),
-            None => by_ip(&mut buf),
-        },
-        LimitKey::ClientIp => by_ip(&mut buf),
-        LimitKey::Route => counter_key(policy.seed, route.name.as_bytes()),
-        LimitKey::Header(name) => match req.headers.get(name) {
-            Some(value) => counter_key(policy.seed, value.as_bytes()),
-            None => by_ip(&mut buf),
-        },
+    /// The route's own checks, in order: its IP rules, authentication, then its limits.
+    async fn check_access(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+        runtime: &Runtime,
+        route: &Route,
+    ) -> std::result::Result<(), Refusal> {
+        if let (Some(rules), Some(ip)) = (&route.ip_rules, ctx.caller.ip) {
+            if !rules.admits(ip) {
+                return Err(Refusal::IpDenied);
+            }
+        }
+        if let Some(auth) = &route.auth {
+            let client_cert = session
+                .digest()
+                .and_then(|d| d.ssl_digest.as_ref())
+                .and_then(|tls| tls.extension.get::<ClientIdentity>());
+            let found = runtime
+                .auth
+                .authenticate(auth, session.req_header(), client_cert)
+                .await
+                .map_err(Refusal::Auth)?;
+            ctx.caller.consumer = Some(found);
+        }
+        if !route.limits.is_empty() {
+            let subject = LimitSubject {
+                consumer: ctx.caller.consumer_name(),
+                client_ip: ctx.caller.ip,
+                route: &route.name,
+                headers: &session.req_header().headers,
+            };
+            self.limiter
+                .admit(&route.limits, &subject, &mut ctx.admission)
+                .map_err(Refusal::Limit)?;
+        }
+        Ok(())
     }
-}
 
-/// The value of cookie `name` in the request's Cookie headers.
-fn cookie_value<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
-    req.headers.get_all(COOKIE).iter().find_map(|header| {
-        header.to_str().ok()?.split(';').find_map(|pair| {
-            let (key, value) = pair.trim().split_once('=')?;
-            (key == name).then_some(value.as_bytes())
-        })
-    })
-}
-
-/// Fill `buf` with the address octets and return them.
-fn ip_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> &[u8] {
-    match ip {
-        IpAddr::V4(v4) => {
-            buf[..4].copy_from_slice(&v4.octets());
-            &buf[..4]
+    /// Carry out the route's action; `Ok(false)` lets Pingora proxy the request.
+    async fn act(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        runtime: &Runtime,
+        route: &Route,
+    ) -> Result<bool> {
+        match &route.action {
+            RouteAction::Respond {
+                status,
+                body,
+                content_type,
+            } => {
+                self.respond(
+                    session,
+                    ctx,
+                    *status,
+                    &[(&CONTENT_TYPE, content_type)],
+                    body.clone(),
+                )
+                .await?;
+            }
+            RouteAction::Redirect { to, status } => {
+                let location = route_redirect(to, session.req_header())?;
+                self.respond(
+                    session,
+                    ctx,
+                    *status,
+                    &[(&LOCATION, &location)],
+                    Bytes::new(),
+                )
+                .await?;
+            }
+            RouteAction::Ai(route_policy) => {
+                let consumer_policy = ctx
+                    .caller
+                    .consumer
+                    .as_ref()
+                    .and_then(|c| c.entry.as_ref())
+                    .map(|e| &e.ai);
+                let narrowed;
+                let policy = match consumer_policy {
+                    Some(consumer) if !consumer.is_unrestricted() => {
+                        narrowed = route_policy.narrowed(consumer);
+                        &narrowed
+                    }
+                    _ => route_policy,
+                };
+                let request = AiRequest {
+                    catalog: &runtime.ai,
+                    policy,
+                    request_id: &ctx.caller.request_id,
+                    decor: ctx.decor(),
+                };
+                // Boxed: the AI path's state (body, plan, provider session) is several KiB, and inline it
+                // would be allocated and copied for every request this filter sees, edge requests included.
+                let outcome = Box::pin(serve_ai(session, request)).await?;
+                ctx.error_code = outcome.error;
+                ctx.ai = Some(outcome);
+            }
+            RouteAction::Proxy { .. } => {
+                if declared_length(session.req_header())
+                    .is_some_and(|len| len > route.max_body_size)
+                {
+                    // The unread body makes the connection unusable for another request.
+                    session.set_keepalive(None);
+                    self.respond_error(session, ctx, ErrorKind::BodyTooLarge)
+                        .await?;
+                    return Ok(true);
+                }
+                ctx.deadline = route.timeouts.total.map(|total| ctx.start + total);
+                return Ok(false);
+            }
         }
-        IpAddr::V6(v6) => {
-            buf.copy_from_slice(&v6.octets());
-            &buf[..]
-        }
+        Ok(true)
     }
 }
 
@@ -332,23 +333,15 @@ impl ProxyHttp for EdgeProxy {
         RequestCtx {
             start: Instant::now(),
             runtime: None,
-            request_id: HeaderValue::from_static(""),
-            peer_ip: None,
-            peer_trusted: false,
-            client_ip: None,
+            caller: Caller::unknown(),
             route: None,
             raw_target: None,
-            backend: None,
-            upstream: None,
-            tried: 0,
-            attempts: 0,
+            attempts: Attempts::default(),
             body_bytes: 0,
             deadline: None,
             error: None,
             error_code: None,
-            consumer: None,
-            limit_decision: None,
-            in_flight: Vec::new(),
+            admission: Admission::default(),
             ai: None,
         }
     }
@@ -364,23 +357,17 @@ impl ProxyHttp for EdgeProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let req = session.req_header();
-        if let Some(peer) = peer {
-            ctx.peer_trusted = runtime.trusted_proxies.contains(peer);
-            ctx.client_ip = Some(client_ip(
-                peer,
-                req.headers.get(&X_FORWARDED_FOR),
-                &runtime.trusted_proxies,
-            ));
-        }
-        ctx.peer_ip = peer;
-        ctx.request_id = request_id(req.headers.get(&X_REQUEST_ID), ctx.peer_trusted);
+        ctx.caller = Caller::identify(
+            peer,
+            &session.req_header().headers,
+            &runtime.trusted_proxies,
+        );
         // Each read of the body (HTTP/1; an h2 stream's reads have no per-read timeout in Pingora).
         session.set_read_timeout(Some(runtime.client.body_timeout));
         ctx.runtime = Some(runtime);
         session
             .req_header_mut()
-            .insert_header(X_REQUEST_ID_NAME, ctx.request_id.clone())?;
+            .insert_header(X_REQUEST_ID_NAME, ctx.caller.request_id.clone())?;
         Ok(())
     }
 
@@ -399,22 +386,13 @@ impl ProxyHttp for EdgeProxy {
             Err(malformed) => {
                 // What follows the head cannot be trusted to be framed the way we read it.
                 session.set_keepalive(None);
-                self.refuse(session, ctx, Refusal::Malformed(malformed))
-                    .await?;
-                return Ok(true);
+                return self
+                    .refuse(session, ctx, Refusal::Malformed(malformed))
+                    .await;
             }
         }
         if let Some(redirect) = self.listener.redirect_https {
-            let req = session.req_header();
-            let host = normalize_host(request_host(req));
-            let port = if redirect.port == 443 {
-                String::new()
-            } else {
-                format!(":{}", redirect.port)
-            };
-            let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let location = HeaderValue::from_str(&format!("https://{host}{port}{uri}"))
-                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "redirect location"))?;
+            let location = https_redirect(session.req_header(), redirect.port)?;
             self.respond(
                 session,
                 ctx,
@@ -425,131 +403,26 @@ impl ProxyHttp for EdgeProxy {
             .await?;
             return Ok(true);
         }
-        if !runtime.listener_ip_rules.is_empty() {
-            let rules = runtime.listener_ip_rules.get(&self.listener.name);
-            if rules.is_some_and(|rules| ctx.client_ip.is_some_and(|ip| !rules.admits(ip))) {
-                self.refuse(session, ctx, Refusal::IpDenied).await?;
-                return Ok(true);
-            }
+        let listener_rules = runtime.listener_ip_rules.get(&self.listener.name);
+        if listener_rules.is_some_and(|rules| ctx.caller.ip.is_some_and(|ip| !rules.admits(ip))) {
+            return self.refuse(session, ctx, Refusal::IpDenied).await;
         }
-        let found = {
-            let req = session.req_header();
-            let host = normalize_host(request_host(req));
-            runtime
-                .routes
-                .find(&host, req.uri.path(), &req.method, &req.headers)
-                .cloned()
-        };
+        let req = session.req_header();
+        let host = normalize_host(request_host(req));
+        let found = runtime
+            .routes
+            .find(&host, req.uri.path(), &req.method, &req.headers)
+            .cloned();
         let Some(route) = found else {
             self.respond_error(session, ctx, ErrorKind::RouteNotFound)
                 .await?;
             return Ok(true);
         };
         ctx.route = Some(route.clone());
-        if let Some(rules) = &route.ip_rules {
-            if ctx.client_ip.is_some_and(|ip| !rules.admits(ip)) {
-                self.refuse(session, ctx, Refusal::IpDenied).await?;
-                return Ok(true);
-            }
+        if let Err(refusal) = self.check_access(session, ctx, &runtime, &route).await {
+            return self.refuse(session, ctx, refusal).await;
         }
-        if let Some(auth) = &route.auth {
-            let client_cert = session
-                .digest()
-                .and_then(|d| d.ssl_digest.as_ref())
-                .and_then(|tls| tls.extension.get::<ClientIdentity>());
-            match runtime
-                .auth
-                .authenticate(auth, session.req_header(), client_cert)
-                .await
-            {
-                Ok(found) => ctx.consumer = Some(found),
-                Err(failure) => {
-                    self.refuse(session, ctx, Refusal::Auth(failure)).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        if !route.limits.is_empty() {
-            if let Err(refusal) = self.apply_limits(&route, ctx, session.req_header()) {
-                self.refuse(session, ctx, refusal).await?;
-                return Ok(true);
-            }
-        }
-        let req = session.req_header();
-        let declared_length = declared_length(req);
-        ctx.route = Some(route.clone());
-        match &route.action {
-            RouteAction::Respond {
-                status,
-                body,
-                content_type,
-            } => {
-                self.respond(
-                    session,
-                    ctx,
-                    *status,
-                    &[(&CONTENT_TYPE, content_type)],
-                    body.clone(),
-                )
-                .await?;
-                Ok(true)
-            }
-            RouteAction::Ai(route_policy) => {
-                let consumer_policy = ctx
-                    .consumer
-                    .as_ref()
-                    .and_then(|c| c.entry.as_ref())
-                    .map(|e| &e.ai);
-                let narrowed;
-                let policy = match consumer_policy {
-                    Some(consumer) if !consumer.is_unrestricted() => {
-                        narrowed = route_policy.narrowed(consumer);
-                        &narrowed
-                    }
-                    _ => route_policy,
-                };
-                let request = AiRequest {
-                    catalog: &runtime.ai,
-                    policy,
-                    request_id: &ctx.request_id,
-                    decor: ctx.decor(),
-                };
-                // Boxed: the AI path's state (body, plan, provider session) is several KiB, and inline it
-                // would be allocated and copied for every request this filter sees, edge requests included.
-                let outcome = Box::pin(serve_ai(session, request)).await?;
-                ctx.error_code = outcome.error;
-                ctx.ai = Some(outcome);
-                Ok(true)
-            }
-            RouteAction::Redirect { to, status } => {
-                let host = normalize_host(request_host(req));
-                let uri = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-                let target = to.replace("{host}", &host).replace("{uri}", uri);
-                let location = HeaderValue::from_str(&target).map_err(|_| {
-                    Error::explain(ErrorType::InvalidHTTPHeader, "redirect location")
-                })?;
-                self.respond(
-                    session,
-                    ctx,
-                    *status,
-                    &[(&LOCATION, &location)],
-                    Bytes::new(),
-                )
-                .await?;
-                Ok(true)
-            }
-            RouteAction::Proxy { .. } => {
-                if declared_length.is_some_and(|len| len > route.max_body_size) {
-                    // The unread body makes the connection unusable for another request.
-                    session.set_keepalive(None);
-                    self.respond_error(session, ctx, ErrorKind::BodyTooLarge)
-                        .await?;
-                    return Ok(true);
-                }
-                ctx.deadline = route.timeouts.total.map(|total| ctx.start + total);
-                Ok(false)
-            }
-        }
+        self.act(session, ctx, &runtime, &route).await
     }
 
     async fn upstream_peer(
@@ -563,64 +436,35 @@ impl ProxyHttp for EdgeProxy {
                 "upstream_peer without a proxy route",
             );
         };
-        let req = session.req_header();
         let mut buf = [0u8; 16];
-        let key = match &cluster.settings.hash_on {
-            None => None,
-            Some(hash_on) => {
-                let from_request = match hash_on {
-                    HashOn::ClientIp => None,
-                    HashOn::Header(name) => req.headers.get(name).map(|v| v.as_bytes()),
-                    HashOn::Cookie(name) => cookie_value(req, name),
-                };
-                // Requests without the key stick by client address instead.
-                from_request.or_else(|| ctx.client_ip.map(|ip| ip_bytes(ip, &mut buf)))
-            }
-        };
-        ctx.attempts += 1;
-        let picked = cluster.select(key, ctx.tried);
-        if ctx.attempts == 1 {
-            cluster.note_first_pick(picked.is_some());
-        }
-        let Some((index, addr)) = picked else {
+        let octets = &mut buf;
+        let client_ip = ctx.caller.ip;
+        let key = cluster.hash_key(&session.req_header().headers, move || {
+            client_ip.map(move |ip| ip_octets(ip, octets))
+        });
+        let Some((index, addr)) = cluster.pick(key, &mut ctx.attempts) else {
             // On a retry with no backend left, the answer is the last attempt's failure.
-            ctx.error = Some(if ctx.attempts > 1 {
+            ctx.error = Some(if ctx.attempts.count > 1 {
                 ctx.error.unwrap_or(ErrorKind::UpstreamConnect)
             } else {
                 ErrorKind::NoHealthyUpstream
             });
             return Error::e_explain(ErrorType::HTTPStatus(503), "no available backend");
         };
-        if index < 64 {
-            ctx.tried |= 1 << index;
-        }
         // A failure of an earlier attempt is not this one's.
         ctx.error = None;
-        ctx.backend = Some(index);
-        ctx.upstream = Some(addr);
-        let mut timeouts = PeerTimeouts {
-            connect: route
-                .timeouts
-                .connect
-                .unwrap_or(cluster.settings.timeouts.connect),
-            read: route
-                .timeouts
-                .read
-                .unwrap_or(cluster.settings.timeouts.read),
-            idle: cluster.settings.timeouts.idle,
+        let Some(timeouts) = PeerTimeouts::for_attempt(
+            route.timeouts.connect,
+            route.timeouts.read,
+            &cluster.settings.timeouts,
+            ctx.deadline,
+        ) else {
+            ctx.error = Some(ErrorKind::UpstreamTimeout);
+            return Error::e_explain(
+                ErrorType::ConnectTimedout,
+                "total timeout spent before connecting",
+            );
         };
-        if let Some(deadline) = ctx.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                ctx.error = Some(ErrorKind::UpstreamTimeout);
-                return Error::e_explain(
-                    ErrorType::ConnectTimedout,
-                    "total timeout spent before connecting",
-                );
-            }
-            timeouts.connect = timeouts.connect.min(left);
-            timeouts.read = timeouts.read.min(left);
-        }
         Ok(Box::new(http_peer(
             &cluster,
             &cluster.backends[index],
@@ -636,10 +480,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
+        if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.attempts.backend) {
             cluster.record_failure(index);
             // Nothing was sent yet, so any method may go to another backend.
-            if ctx.attempts <= cluster.settings.retries {
+            if ctx.attempts.count <= cluster.settings.retries {
                 e.set_retry(true);
             }
         }
@@ -652,88 +496,28 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = ctx.route.as_deref() else {
+        let (Some(route), Some(runtime)) = (ctx.route.as_deref(), ctx.runtime.as_deref()) else {
             return Ok(());
         };
         if let RouteAction::Proxy { rewrite, .. } = &route.action {
-            if let (PathRewrite::Raw, Some(raw)) = (rewrite, &ctx.raw_target) {
-                upstream.set_uri(raw.clone());
-            } else if let Some(mut path) = rewrite.apply(upstream.uri.path()) {
-                if let Some(query) = upstream.uri.query() {
-                    path.push('?');
-                    path.push_str(query);
-                }
-                let uri = path.parse::<http::Uri>().map_err(|_| {
-                    Error::explain(
-                        ErrorType::InvalidHTTPHeader,
-                        "rewritten path is not a valid URI",
-                    )
-                })?;
-                upstream.set_uri(uri);
-            }
+            rewrite_target(upstream, rewrite, ctx.raw_target.as_ref())?;
         }
         if !upstream.headers.contains_key(HOST) {
             // An HTTP/1.0 client may send no Host; the backend speaks HTTP/1.1 and needs one. As
             // NGINX does, it gets the backend's own address.
-            if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
+            if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.attempts.backend) {
                 let address = HeaderValue::from_str(&cluster.backends[index].address)
                     .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "backend address"))?;
                 upstream.insert_header(HOST, address)?;
             }
         }
-        let original = session.req_header();
-        let trusted = ctx.peer_trusted;
-        let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let forwarded_for = match original
-            .headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(existing) if trusted => format!("{existing}, {peer}"),
-            _ => peer,
-        };
-        upstream.insert_header(X_FORWARDED_FOR_NAME, forwarded_for)?;
-        if !(trusted && original.headers.contains_key(&X_FORWARDED_PROTO)) {
-            let scheme = if self.listener.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            upstream.insert_header(X_FORWARDED_PROTO_NAME, scheme)?;
-        }
-        if !(trusted && original.headers.contains_key(&X_FORWARDED_HOST)) {
-            let host = request_host(original).to_string();
-            if !host.is_empty() {
-                upstream.insert_header(X_FORWARDED_HOST_NAME, host)?;
-            }
-        }
-        if let Some(runtime) = &ctx.runtime {
-            let settings = &runtime.auth.settings;
-            // Identity headers come only from the gateway, never from the client.
-            upstream.remove_header(&settings.consumer_header);
-            upstream.remove_header(&settings.groups_header);
-            if let Some(auth) = &route.auth {
-                if let Some(query) = runtime.auth.strip_credentials(auth, upstream) {
-                    let mut target = upstream.uri.path().to_string();
-                    if !query.is_empty() {
-                        target.push('?');
-                        target.push_str(&query);
-                    }
-                    let uri = target.parse::<http::Uri>().map_err(|_| {
-                        Error::explain(ErrorType::InvalidHTTPHeader, "query without the API key")
-                    })?;
-                    upstream.set_uri(uri);
-                }
-            }
-            if let Some(found) = &ctx.consumer {
-                upstream.insert_header(settings.consumer_header.clone(), &*found.consumer)?;
-                if let Some(consumer) = found.entry.as_ref().filter(|c| !c.groups_header.is_empty())
-                {
-                    upstream
-                        .insert_header(settings.groups_header.clone(), &consumer.groups_header)?;
-                }
-            }
-        }
+        let tls = self.listener.tls.is_some();
+        forwarded_headers(upstream, session.req_header(), &ctx.caller, tls)?;
+        runtime.auth.forward_identity(
+            route.auth.as_ref(),
+            ctx.caller.consumer.as_ref(),
+            upstream,
+        )?;
         route.request_headers.apply(upstream)
     }
 
@@ -763,7 +547,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
+        if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.attempts.backend) {
             match upstream_response.status.as_u16() {
                 502..=504 => {
                     cluster.record_failure(index);
@@ -810,7 +594,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
         if e.esource == ErrorSource::Upstream {
-            if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.backend) {
+            if let (Some(cluster), Some(index)) = (ctx.cluster(), ctx.attempts.backend) {
                 cluster.record_failure(index);
             }
         }
@@ -835,7 +619,7 @@ impl ProxyHttp for EdgeProxy {
         let retry_allowed = session.req_header().method.is_idempotent()
             && !session.as_downstream().retry_buffer_truncated()
             && session.response_written().is_none()
-            && ctx.attempts <= retries;
+            && ctx.attempts.count <= retries;
         if !retry_allowed {
             e.set_retry(false);
         }
@@ -939,9 +723,9 @@ impl ProxyHttp for EdgeProxy {
         let usage = ai.and_then(|a| a.usage);
         access_log::log(&AccessRecord {
             time: SystemTime::now(),
-            request_id: ctx.request_id.to_str().unwrap_or(""),
+            request_id: ctx.caller.request_id.to_str().unwrap_or(""),
             listener: &self.listener.name,
-            client: ctx.client_ip,
+            client: ctx.caller.ip,
             method: req.method.as_str(),
             host: request_host(req),
             path: &path,
@@ -951,8 +735,8 @@ impl ProxyHttp for EdgeProxy {
             bytes_out: session.as_downstream().body_bytes_sent(),
             duration_ms: elapsed.as_secs_f64() * 1000.0,
             route: ctx.route.as_deref().map(|r| &*r.name),
-            upstream: ctx.upstream,
-            consumer: ctx.consumer.as_ref().map(|c| &*c.consumer),
+            upstream: ctx.attempts.addr,
+            consumer: ctx.caller.consumer_name(),
             error: ctx.error_code.or(ctx.error.map(ErrorKind::code)),
             model: model.map(|m| &*m.name),
             provider: model.map(|m| &*m.provider.name),
@@ -962,20 +746,5 @@ impl ProxyHttp for EdgeProxy {
             completion_tokens: usage.map(|u| u.completion_tokens),
             cost_usd: ai.and_then(|a| a.cost),
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cookie_values_are_found_across_headers() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.append_header("cookie", "a=1; session=abc").unwrap();
-        req.append_header("cookie", "other=2").unwrap();
-        assert_eq!(cookie_value(&req, "session"), Some(&b"abc"[..]));
-        assert_eq!(cookie_value(&req, "other"), Some(&b"2"[..]));
-        assert_eq!(cookie_value(&req, "sess"), None);
     }
 }

@@ -11,7 +11,7 @@ use pingora::http::RequestHeader;
 use super::consumers::{Consumer, ConsumerTable};
 use super::jwt::{looks_like_jwt, JwtError, JwtVerifier};
 use super::mtls::ClientIdentity;
-use super::normalize::hex_value;
+use super::normalize::{build_target, hex_value};
 
 /// What a route accepts and who may pass.
 #[derive(Debug, Clone, Default)]
@@ -345,37 +345,65 @@ impl AuthRuntime {
         }
     }
 
-    /// Remove the credentials a route consumed so they never reach the upstream; returns the new query when
-    /// the API key parameter had to be dropped from it.
-    pub fn strip_credentials(
+    /// What the backend learns of the caller: identity headers come from the gateway only (the client's are
+    /// removed), the credentials the route consumed are removed (header, bearer token, the API key query
+    /// parameter), and an authenticated consumer is named with its groups.
+    pub fn forward_identity(
+        &self,
+        route: Option<&RouteAuth>,
+        consumer: Option<&Authenticated>,
+        upstream: &mut RequestHeader,
+    ) -> pingora::Result<()> {
+        let settings = &self.settings;
+        upstream.remove_header(&settings.consumer_header);
+        upstream.remove_header(&settings.groups_header);
+        if let Some(route) = route {
+            self.strip_credentials(route, upstream)?;
+        }
+        if let Some(found) = consumer {
+            upstream.insert_header(settings.consumer_header.clone(), &*found.consumer)?;
+            if let Some(entry) = found.entry.as_ref().filter(|c| !c.groups_header.is_empty()) {
+                upstream.insert_header(settings.groups_header.clone(), &entry.groups_header)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the credentials a route consumed so they never reach the upstream.
+    fn strip_credentials(
         &self,
         route: &RouteAuth,
         upstream: &mut RequestHeader,
-    ) -> Option<String> {
+    ) -> pingora::Result<()> {
         if !(route.api_key || route.jwt) {
-            return None;
+            return Ok(());
         }
         if bearer(upstream).is_some() {
             upstream.remove_header(&AUTHORIZATION);
         }
-        if route.api_key {
-            for header in &self.settings.api_key_headers {
-                upstream.remove_header(header);
-            }
-            if let (Some(param), Some(query)) = (&self.settings.api_key_query, upstream.uri.query())
-            {
-                if query_value(query, param).is_some()
-                    || query.split('&').any(|p| p.split('=').next() == Some(param))
-                {
-                    let kept: Vec<&str> = query
-                        .split('&')
-                        .filter(|pair| pair.split('=').next() != Some(param.as_str()))
-                        .collect();
-                    return Some(kept.join("&"));
-                }
-            }
+        if !route.api_key {
+            return Ok(());
         }
-        None
+        for header in &self.settings.api_key_headers {
+            upstream.remove_header(header);
+        }
+        let (Some(param), Some(query)) = (&self.settings.api_key_query, upstream.uri.query())
+        else {
+            return Ok(());
+        };
+        if query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(param.as_str()))
+        {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| pair.split('=').next() != Some(param.as_str()))
+                .collect();
+            let query = kept.join("&");
+            let uri = build_target(upstream.uri.path(), (!query.is_empty()).then_some(&*query))?;
+            upstream.set_uri(uri);
+        }
+        Ok(())
     }
 }
 

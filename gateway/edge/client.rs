@@ -1,10 +1,16 @@
-//! Who the client is: the trusted-proxy list, the real client address behind `X-Forwarded-For`, and the
-//! request id (kept from trusted proxies, otherwise a fresh UUIDv7).
+//! Who the client is (`Caller`): the trusted-proxy list, the real client address behind
+//! `X-Forwarded-For`, the request id (kept from trusted proxies, otherwise a fresh UUIDv7), and the
+//! consumer once authenticated.
 
 use std::net::IpAddr;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
+
+use super::auth::Authenticated;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Networks whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
@@ -78,6 +84,62 @@ pub fn client_ip(
     client
 }
 
+/// Who is asking: the TCP peer, whether it is a trusted proxy, the client address behind it, the request's
+/// id, and (once authenticated) the consumer.
+#[derive(Debug)]
+pub struct Caller {
+    pub peer: Option<IpAddr>,
+    pub trusted: bool,
+    pub ip: Option<IpAddr>,
+    pub request_id: HeaderValue,
+    pub consumer: Option<Authenticated>,
+}
+
+impl Caller {
+    /// An empty caller, before the request is read.
+    pub fn unknown() -> Caller {
+        Caller {
+            peer: None,
+            trusted: false,
+            ip: None,
+            request_id: HeaderValue::from_static(""),
+            consumer: None,
+        }
+    }
+
+    /// From the TCP peer and the request's `X-Forwarded-For` and `X-Request-ID` (believed only from a
+    /// trusted proxy).
+    pub fn identify(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &TrustedProxies) -> Caller {
+        let is_trusted = peer.is_some_and(|peer| trusted.contains(peer));
+        Caller {
+            peer,
+            trusted: is_trusted,
+            ip: peer.map(|peer| client_ip(peer, headers.get(&X_FORWARDED_FOR), trusted)),
+            request_id: request_id(headers.get(&X_REQUEST_ID), is_trusted),
+            consumer: None,
+        }
+    }
+
+    /// The consumer's name, once authenticated.
+    pub fn consumer_name(&self) -> Option<&str> {
+        self.consumer.as_ref().map(|found| &*found.consumer)
+    }
+}
+
+/// The octets of `ip`, written into `buf`.
+pub fn ip_octets(ip: IpAddr, buf: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            &buf[..4]
+        }
+        IpAddr::V6(v6) => {
+            buf.copy_from_slice(&v6.octets());
+            &buf[..]
+        }
+    }
+}
+
 /// Longest incoming request id we keep.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -105,6 +167,25 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_caller_keeps_the_id_and_address_a_trusted_proxy_gives_and_no_one_else_s() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        headers.insert("x-request-id", HeaderValue::from_static("upstream-id-1"));
+        let behind_proxy = Caller::identify(Some(ip("10.0.0.5")), &headers, &trusted);
+        assert!(behind_proxy.trusted);
+        assert_eq!(behind_proxy.ip, Some(ip("203.0.113.9")));
+        assert_eq!(behind_proxy.request_id, "upstream-id-1");
+        let direct = Caller::identify(Some(ip("198.51.100.7")), &headers, &trusted);
+        assert!(!direct.trusted);
+        assert_eq!(direct.ip, Some(ip("198.51.100.7")));
+        assert_ne!(direct.request_id, "upstream-id-1");
+        assert_eq!(direct.request_id.len(), 36, "a UUID");
+        let mut octets = [0u8; 16];
+        assert_eq!(ip_octets(ip("192.0.2.1"), &mut octets), &[192, 0, 2, 1]);
     }
 
     #[test]

@@ -185,6 +185,61 @@ impl RateStore {
     }
 }
 
+/// What a route's limits granted one request: the tightest rate decision (its `RateLimit-*` headers) and
+/// the concurrency slots, held until the request is logged.
+#[derive(Debug, Default)]
+pub struct Admission {
+    pub decision: Option<Decision>,
+    pub in_flight: Vec<InFlightGuard>,
+}
+
+/// Why a route's limits refused a request.
+#[derive(Debug, Clone)]
+pub enum LimitRefusal {
+    Rate {
+        policy: Arc<str>,
+        decision: Decision,
+    },
+    Concurrency {
+        policy: Arc<str>,
+    },
+}
+
+/// What the policies of one request count by.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSubject<'a> {
+    pub consumer: Option<&'a str>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub route: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+impl LimitSubject<'_> {
+    /// The counter of `policy` this request counts against. Client addresses use another seed than names,
+    /// so that no name can collide with an address; a key the request lacks falls back to its address.
+    fn key(&self, policy: &LimitPolicy) -> u64 {
+        let by_ip = || {
+            let mut buf = [0u8; 16];
+            match self.client_ip {
+                Some(ip) => counter_key(policy.seed ^ 1, super::client::ip_octets(ip, &mut buf)),
+                None => counter_key(policy.seed ^ 1, b""),
+            }
+        };
+        match &policy.key {
+            LimitKey::Consumer => match self.consumer {
+                Some(name) => counter_key(policy.seed, name.as_bytes()),
+                None => by_ip(),
+            },
+            LimitKey::ClientIp => by_ip(),
+            LimitKey::Route => counter_key(policy.seed, self.route.as_bytes()),
+            LimitKey::Header(name) => match self.headers.get(name) {
+                Some(value) => counter_key(policy.seed, value.as_bytes()),
+                None => by_ip(),
+            },
+        }
+    }
+}
+
 /// The process's limit state; it outlives config reloads so that a SIGHUP does not reset counters.
 #[derive(Debug)]
 pub struct Limiter {
@@ -201,33 +256,62 @@ impl Default for Limiter {
     }
 }
 
+impl Limiter {
+    /// Take a slot from every concurrency policy and a token from every rate policy of a route, in order,
+    /// into `admission`; the first policy that has none refuses (slots already taken are given back when
+    /// the admission is dropped).
+    pub fn admit(
+        &self,
+        policies: &[Arc<LimitPolicy>],
+        subject: &LimitSubject<'_>,
+        admission: &mut Admission,
+    ) -> Result<(), LimitRefusal> {
+        let now = now_ns();
+        for policy in policies {
+            let key = subject.key(policy);
+            if let Some(max) = policy.max_in_flight {
+                match InFlight::try_acquire(&self.in_flight, key, max) {
+                    Some(guard) => admission.in_flight.push(guard),
+                    None => {
+                        return Err(LimitRefusal::Concurrency {
+                            policy: policy.name.clone(),
+                        })
+                    }
+                }
+            }
+            if let Some(rate) = &policy.rate {
+                let decision = self.rates.acquire(key, rate, now);
+                if !decision.allowed {
+                    admission.decision = Some(decision);
+                    return Err(LimitRefusal::Rate {
+                        policy: policy.name.clone(),
+                        decision,
+                    });
+                }
+                if admission
+                    .decision
+                    .is_none_or(|tightest| decision.remaining < tightest.remaining)
+                {
+                    admission.decision = Some(decision);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forget rate keys idle long enough to be full again (run every few seconds).
+    pub fn sweep(&self) {
+        let RateStore::Local(store) = &self.rates;
+        store.sweep(now_ns());
+    }
+}
+
 /// Nanoseconds on the limiter's clock (monotonic, from process start).
 pub fn now_ns() -> u64 {
     static EPOCH: std::sync::LazyLock<std::time::Instant> =
         std::sync::LazyLock::new(std::time::Instant::now);
     // Start one hour in, so a fresh key's "now" is never below a tolerance subtraction.
     EPOCH.elapsed().as_nanos() as u64 + 3_600_000_000_000
-}
-
-/// Sweeps idle rate keys every few seconds.
-pub struct LimitSweeper {
-    pub limiter: Arc<Limiter>,
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for LimitSweeper {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    let RateStore::Local(store) = &self.limiter.rates;
-                    store.sweep(now_ns());
-                }
-            }
-        }
-    }
 }
 
 /// Concurrent requests per key; the guard gives the slot back when dropped (after logging).
@@ -306,6 +390,86 @@ mod tests {
     use super::*;
 
     const SECOND: u64 = 1_000_000_000;
+
+    fn policy(name: &str, rate: Option<Gcra>, max: Option<u32>, key: LimitKey) -> Arc<LimitPolicy> {
+        Arc::new(LimitPolicy {
+            name: Arc::from(name),
+            rate,
+            max_in_flight: max,
+            key,
+            seed: counter_key(7, name.as_bytes()),
+        })
+    }
+
+    #[test]
+    fn admission_takes_every_policy_in_order_keyed_by_consumer_route_or_address() {
+        let limiter = Limiter::default();
+        let per_consumer = policy(
+            "per-consumer",
+            Some(Gcra::new(60, Duration::from_secs(60), 2)),
+            None,
+            LimitKey::Consumer,
+        );
+        let one_at_once = policy("one", None, Some(1), LimitKey::Route);
+        let headers = http::HeaderMap::new();
+        let alice = LimitSubject {
+            consumer: Some("alice"),
+            client_ip: Some("192.0.2.1".parse().unwrap()),
+            route: "r",
+            headers: &headers,
+        };
+        let both = [per_consumer.clone(), one_at_once.clone()];
+        let mut first = Admission::default();
+        limiter.admit(&both, &alice, &mut first).unwrap();
+        assert_eq!(first.decision.unwrap().remaining, 1);
+        assert_eq!(first.in_flight.len(), 1);
+        // The route's one slot is held until the first request is done.
+        let mut second = Admission::default();
+        assert!(matches!(
+            limiter.admit(std::slice::from_ref(&one_at_once), &alice, &mut second),
+            Err(LimitRefusal::Concurrency { .. })
+        ));
+        drop(first);
+        limiter
+            .admit(&[one_at_once], &alice, &mut Admission::default())
+            .unwrap();
+
+        // The burst of 2 is spent at the third request, whose refusal carries its decision.
+        limiter
+            .admit(
+                std::slice::from_ref(&per_consumer),
+                &alice,
+                &mut Admission::default(),
+            )
+            .unwrap();
+        let mut refused = Admission::default();
+        match limiter.admit(std::slice::from_ref(&per_consumer), &alice, &mut refused) {
+            Err(LimitRefusal::Rate { decision, .. }) => {
+                assert!(!decision.allowed && decision.retry_after_secs > 0)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(refused.decision.is_some_and(|d| !d.allowed));
+        // Another consumer counts apart; without a consumer, the client address is the key.
+        let bob = LimitSubject {
+            consumer: Some("bob"),
+            ..alice
+        };
+        limiter
+            .admit(
+                std::slice::from_ref(&per_consumer),
+                &bob,
+                &mut Admission::default(),
+            )
+            .unwrap();
+        let anonymous = LimitSubject {
+            consumer: None,
+            ..alice
+        };
+        limiter
+            .admit(&[per_consumer], &anonymous, &mut Admission::default())
+            .unwrap();
+    }
 
     #[test]
     fn a_burst_passes_exactly_burst_then_refills_at_the_rate() {

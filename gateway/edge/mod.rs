@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client;
 pub mod connection;
 pub mod consumers;
+pub mod forwarding;
 pub mod headers;
 pub mod ip_rules;
 pub mod jwks;

@@ -397,6 +397,20 @@ fn remove_dot_segments(path: &str, merge_slashes: bool) -> String {
     out
 }
 
+/// `path` with `query` (if any) as a request target.
+pub fn build_target(path: &str, query: Option<&str>) -> pingora::Result<Uri> {
+    let text = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
+    };
+    text.parse::<Uri>().map_err(|_| {
+        pingora::Error::explain(
+            pingora::ErrorType::InvalidHTTPHeader,
+            "the rewritten target is not a valid URI",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

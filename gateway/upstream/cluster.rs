@@ -17,6 +17,29 @@ pub enum HashOn {
     Cookie(String),
 }
 
+/// The backends one request has tried: which (a bit per index, the first 64), how many times, and the
+/// one of the current attempt.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Attempts {
+    pub tried: u64,
+    pub count: u32,
+    pub backend: Option<usize>,
+    pub addr: Option<SocketAddr>,
+}
+
+/// The value of cookie `name` in the Cookie headers of `headers`.
+pub fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .find_map(|header| {
+            header.to_str().ok()?.split(';').find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then_some(value.as_bytes())
+            })
+        })
+}
+
 /// How to check a backend in the background.
 #[derive(Debug, Clone)]
 pub struct HealthCheckSpec {
@@ -278,6 +301,39 @@ impl Cluster {
         }
     }
 
+    /// The consistent-hash key of a request: the configured header or cookie, else the client address
+    /// (`client`, octets); `None` for clusters that do not hash.
+    pub fn hash_key<'a>(
+        &self,
+        headers: &'a http::HeaderMap,
+        client: impl FnOnce() -> Option<&'a [u8]>,
+    ) -> Option<&'a [u8]> {
+        let hash_on = self.settings.hash_on.as_ref()?;
+        let from_request = match hash_on {
+            HashOn::ClientIp => None,
+            HashOn::Header(name) => headers.get(name).map(|v| v.as_bytes()),
+            HashOn::Cookie(name) => cookie_value(headers, name),
+        };
+        // Requests without the key stick by client address instead.
+        from_request.or_else(client)
+    }
+
+    /// Pick the backend of the next attempt (not one already tried), and note it in `attempts`.
+    pub fn pick(&self, key: Option<&[u8]>, attempts: &mut Attempts) -> Option<(usize, SocketAddr)> {
+        attempts.count += 1;
+        let picked = self.select(key, attempts.tried);
+        if attempts.count == 1 {
+            self.note_first_pick(picked.is_some());
+        }
+        let (index, addr) = picked?;
+        if index < 64 {
+            attempts.tried |= 1 << index;
+        }
+        attempts.backend = Some(index);
+        attempts.addr = Some(addr);
+        Some((index, addr))
+    }
+
     /// Record whether a request's first pick found a backend, and log only the changes: one warning when
     /// the cluster runs out of available backends (every request then gets 503), one line when it has one
     /// again, instead of an error per request.
@@ -497,6 +553,38 @@ mod tests {
             dns_refresh: Duration::from_secs(30),
         };
         Cluster::new(Arc::from("c"), backends, consistent_hash, settings)
+    }
+
+    #[test]
+    fn hash_keys_come_from_the_header_or_cookie_else_the_client_and_picks_skip_tried_backends() {
+        let mut hashed = cluster(
+            vec![backend("127.0.0.1:1", 1), backend("127.0.0.1:2", 1)],
+            true,
+        );
+        hashed.settings.hash_on = Some(HashOn::Cookie("session".into()));
+        let mut headers = http::HeaderMap::new();
+        headers.append("cookie", "a=1; session=abc".parse().unwrap());
+        headers.append("cookie", "other=2".parse().unwrap());
+        let client = || Some(&b"ip"[..]);
+        assert_eq!(hashed.hash_key(&headers, client), Some(&b"abc"[..]));
+        let none = http::HeaderMap::new();
+        assert_eq!(hashed.hash_key(&none, client), Some(&b"ip"[..]));
+        assert_eq!(cookie_value(&headers, "other"), Some(&b"2"[..]));
+        assert_eq!(cookie_value(&headers, "sess"), None);
+        let plain = cluster(vec![backend("127.0.0.1:1", 1)], false);
+        assert_eq!(plain.hash_key(&headers, client), None);
+
+        // Each attempt takes a backend not tried yet, then none is left.
+        let mut attempts = Attempts::default();
+        let (first, _) = hashed.pick(Some(b"abc"), &mut attempts).unwrap();
+        let (second, addr) = hashed.pick(Some(b"abc"), &mut attempts).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            (attempts.count, attempts.backend, attempts.addr),
+            (2, Some(second), Some(addr))
+        );
+        assert!(hashed.pick(Some(b"abc"), &mut attempts).is_none());
+        assert_eq!(attempts.count, 3);
     }
 
     #[test]
