@@ -1248,36 +1248,37 @@ async fn a_stream_that_ends_without_its_final_event_is_a_provider_failure() {
 async fn refusals_answer_in_the_dialect_of_the_route_with_the_same_headers() {
     let (dir, ports) = (TestDir::new(), Ports::new());
     let key = "dialect-key-0000000000000";
-    let body = format!(
-        r#"
-consumers:
-  - {{ name: c, api_keys: [{{ sha256: "{hash}" }}] }}
-limits:
-  - {{ name: two, rate: 2/hour, burst: 2, key: route }}
-ai:
-  providers:
-    - {{ name: local-mock, type: mock }}
-  models:
-    - {{ name: mock-echo, provider: local-mock }}
-  profiles:
-    default: [mock-echo]
-routes:
-  - name: edge
-    match: {{ path: {{ prefix: /edge }} }}
-    auth: {{ methods: [api_key] }}
-    limits: [two]
-    response_headers: {{ set: {{ x-route: edge }} }}
-    respond: {{ status: 200, body: ok }}
-  - name: ai
-    match: {{ path: {{ prefix: /v1 }} }}
-    auth: {{ methods: [api_key] }}
-    limits: [two]
-    response_headers: {{ set: {{ x-route: ai }} }}
-    ai: {{}}
-"#,
-        hash = hash_key(key)
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.plain_config(&ports, &body)).await;
+    let guarded = |name: &str, prefix: &str, action: &str, value: Value| {
+        let mut route = json!({
+            "name": name,
+            "match": {"path": {"prefix": prefix}},
+            "auth": {"methods": ["api_key"]},
+            "limits": ["two"],
+            "response_headers": {"set": {"x-route": name}},
+        });
+        route[action] = value;
+        route
+    };
+    let config = TestConfig::new(&dir, &ports)
+        .consumer("c", &[hash_key(key)])
+        .limit(json!({"name": "two", "rate": "2/hour", "burst": 2, "key": "route"}))
+        .section(
+            "ai",
+            json!({
+                "providers": [{"name": "local-mock", "type": "mock"}],
+                "models": [{"name": "mock-echo", "provider": "local-mock"}],
+                "profiles": {"default": ["mock-echo"]},
+            }),
+        )
+        .route(guarded(
+            "edge",
+            "/edge",
+            "respond",
+            json!({"status": 200, "body": "ok"}),
+        ))
+        .route(guarded("ai", "/v1", "ai", json!({})))
+        .yaml();
+    let gateway = Gateway::start(&dir, ports, &config).await;
     let client = client();
     let message = json!({"model": "mock-echo", "messages": [{"role": "user", "content": "hi"}]});
     let send = |route: &str, with_key: bool| {

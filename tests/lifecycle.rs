@@ -12,11 +12,11 @@ use std::time::Duration;
 use common::*;
 use loadtest::MockOrigin;
 
-fn proxy_to(dir: &TestDir, ports: &Ports, origin: &MockOrigin) -> String {
-    dir.proxy_config(
-        ports,
-        &format!("    backends: [{{ address: \"{}\" }}]", origin.addr),
-    )
+/// One plain listener proxying everything to `origin`.
+fn proxy_to(dir: &TestDir, ports: &Ports, origin: &MockOrigin) -> TestConfig {
+    TestConfig::new(dir, ports)
+        .cluster("web", &[&origin.addr.to_string()])
+        .proxy_route("web", "/", "web")
 }
 
 #[test]
@@ -95,7 +95,7 @@ wrong_section: 1
 async fn sighup_with_a_broken_file_keeps_the_old_config() {
     let origin = MockOrigin::start("old").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &origin)).await;
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &origin).yaml()).await;
     let client = client();
     dir.write_config("listeners: [ this is : not valid");
     gateway.signal("HUP");
@@ -118,7 +118,7 @@ async fn sighup_with_a_good_file_switches_routing_without_failed_requests() {
     let old = MockOrigin::start("old").await.unwrap();
     let new = MockOrigin::start("new").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &old)).await;
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &old).yaml()).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -136,7 +136,7 @@ async fn sighup_with_a_good_file_switches_routing_without_failed_requests() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    dir.write_config(&proxy_to(&dir, &ports, &new));
+    dir.write_config(&proxy_to(&dir, &ports, &new).yaml());
     gateway.signal("HUP");
     let switched = eventually(Duration::from_secs(5), || async {
         new.request_count() > 20
@@ -197,7 +197,9 @@ async fn sighup_swaps_certificates() {
 async fn sigterm_lets_in_flight_requests_finish() {
     let origin = MockOrigin::start("slow").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let config = proxy_to(&dir, &ports, &origin).replace("grace_period: 1s", "grace_period: 3s");
+    let config = proxy_to(&dir, &ports, &origin)
+        .server("grace_period", "3s")
+        .yaml();
     let mut gateway = Gateway::start(&dir, ports, &config).await;
     let slow = tokio::spawn({
         let url = gateway.url("/?delay_ms=1000");
@@ -245,7 +247,7 @@ fn shipped_configs_are_valid() {
 async fn upgrade_hands_the_listeners_to_a_new_process_without_failed_requests() {
     let origin = MockOrigin::start("origin").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let mut old = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &origin)).await;
+    let mut old = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, &origin).yaml()).await;
     let pid_file = dir.path("gateway.pid");
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap().trim(),
@@ -344,7 +346,7 @@ async fn upgrade_command(dir: &TestDir) -> (bool, String) {
 async fn gateway_upgrade_refuses_a_broken_file_and_hands_over_on_a_good_one() {
     let origin = MockOrigin::start("origin").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let good = proxy_to(&dir, &ports, &origin);
+    let good = proxy_to(&dir, &ports, &origin).yaml();
     let old = Gateway::start(&dir, ports, &good).await;
     let old_pid = old.child.id().to_string();
 
@@ -555,15 +557,7 @@ impl Load {
 async fn repeated_upgrades_lose_no_request_of_keepalive_h2_or_new_connection_clients() {
     let origin = MockOrigin::start("origin").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let config = dir.plain_config_with(
-        &ports,
-        "",
-        ", h2c: true",
-        &format!(
-            "clusters:\n  - name: web\n    backends: [{{ address: \"{}\" }}]\nroutes:\n  - name: web\n    proxy: {{ cluster: web }}\n",
-            origin.addr
-        ),
-    );
+    let config = proxy_to(&dir, &ports, &origin).listener("h2c", true).yaml();
     let first = Gateway::start(&dir, ports, &config).await;
     let load = Load::start(ports.http, 4, 2, 2);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -597,10 +591,10 @@ async fn sigterm_drains_readiness_first_keepalive_politely_and_exits_when_done()
     use tokio::net::TcpStream;
     let origin = MockOrigin::start("origin").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let config = proxy_to(&dir, &ports, &origin).replace(
-        "grace_period: 1s",
-        "grace_period: 30s\n  shutdown_delay: 1s",
-    );
+    let config = proxy_to(&dir, &ports, &origin)
+        .server("grace_period", "30s")
+        .server("shutdown_delay", "1s")
+        .yaml();
     let mut gateway = Gateway::start(&dir, ports, &config).await;
     let connect =
         || async { BufReader::new(TcpStream::connect(("127.0.0.1", ports.http)).await.unwrap()) };

@@ -7,59 +7,65 @@ use std::time::Duration;
 
 use common::*;
 use loadtest::MockOrigin;
+use serde_json::{json, Value};
 
 const ALICE: &str = "alice-key-for-limit-tests-000";
 const BOB: &str = "bob-key-for-limit-tests-00000";
 
 fn config(dir: &TestDir, ports: &Ports, origin: &MockOrigin) -> String {
-    let server = dir.server_section(ports, "  trusted_proxies: [127.0.0.1/32]");
-    format!(
-        r#"{server}
-listeners:
-  - name: http
-    address: "127.0.0.1:{http}"
-    ip_rules: {{ deny: [198.51.100.0/24] }}
-consumers:
-  - {{ name: alice, api_keys: [{{ sha256: "{alice}" }}] }}
-  - {{ name: bob, api_keys: [{{ sha256: "{bob}" }}] }}
-limits:
-  - {{ name: per-consumer, rate: 60/minute, burst: 5 }}
-  - {{ name: per-ip, rate: 2/hour, key: client_ip }}
-  - {{ name: two-at-once, max_in_flight: 2 }}
-  - {{ name: route-wide, rate: 60/minute, burst: 3, key: route }}
-clusters:
-  - name: origin
-    backends: [{{ address: "{origin}" }}]
-routes:
-  - name: metered
-    match: {{ path: {{ prefix: /metered }} }}
-    auth: {{ methods: [api_key] }}
-    limits: [per-consumer]
-    proxy: {{ cluster: origin }}
-  - name: combined
-    match: {{ path: {{ prefix: /combined }} }}
-    auth: {{ methods: [api_key] }}
-    limits: [per-consumer, route-wide]
-    respond: {{ status: 200, body: ok }}
-  - name: by-ip
-    match: {{ path: {{ prefix: /by-ip }} }}
-    limits: [per-ip]
-    respond: {{ status: 200, body: ok }}
-  - name: slow
-    match: {{ path: {{ prefix: /slow }} }}
-    auth: {{ methods: [api_key] }}
-    limits: [two-at-once]
-    proxy: {{ cluster: origin }}
-  - name: internal
-    match: {{ path: {{ prefix: /internal }} }}
-    ip_rules: {{ allow: [10.0.0.0/8], deny: [10.66.0.0/16] }}
-    respond: {{ status: 200, body: internal }}
-"#,
-        http = ports.http,
-        alice = hash_key(ALICE),
-        bob = hash_key(BOB),
-        origin = origin.addr
-    )
+    let with_key = |name: &str, prefix: &str, limits: Value, action: (&str, Value)| {
+        let mut route = json!({
+            "name": name,
+            "match": {"path": {"prefix": prefix}},
+            "auth": {"methods": ["api_key"]},
+            "limits": limits,
+        });
+        route[action.0] = action.1;
+        route
+    };
+    let origin_proxy = ("proxy", json!({"cluster": "origin"}));
+    let ok = ("respond", json!({"status": 200, "body": "ok"}));
+    TestConfig::new(dir, ports)
+        .server("trusted_proxies", json!(["127.0.0.1/32"]))
+        .listener("ip_rules", json!({"deny": ["198.51.100.0/24"]}))
+        .consumer("alice", &[hash_key(ALICE)])
+        .consumer("bob", &[hash_key(BOB)])
+        .limit(json!({"name": "per-consumer", "rate": "60/minute", "burst": 5}))
+        .limit(json!({"name": "per-ip", "rate": "2/hour", "key": "client_ip"}))
+        .limit(json!({"name": "two-at-once", "max_in_flight": 2}))
+        .limit(json!({"name": "route-wide", "rate": "60/minute", "burst": 3, "key": "route"}))
+        .cluster("origin", &[&origin.addr.to_string()])
+        .route(with_key(
+            "metered",
+            "/metered",
+            json!(["per-consumer"]),
+            origin_proxy.clone(),
+        ))
+        .route(with_key(
+            "combined",
+            "/combined",
+            json!(["per-consumer", "route-wide"]),
+            ok.clone(),
+        ))
+        .route(json!({
+            "name": "by-ip",
+            "match": {"path": {"prefix": "/by-ip"}},
+            "limits": ["per-ip"],
+            "respond": {"status": 200, "body": "ok"},
+        }))
+        .route(with_key(
+            "slow",
+            "/slow",
+            json!(["two-at-once"]),
+            origin_proxy,
+        ))
+        .route(json!({
+            "name": "internal",
+            "match": {"path": {"prefix": "/internal"}},
+            "ip_rules": {"allow": ["10.0.0.0/8"], "deny": ["10.66.0.0/16"]},
+            "respond": {"status": 200, "body": "internal"},
+        }))
+        .yaml()
 }
 
 #[tokio::test]
