@@ -1,24 +1,24 @@
 # Gateway configs of the benchmark, sourced by bench.sh and instructions.sh: the callgrind counts measure the
 # very configurations the benchmark runs. Each function prints one YAML file; addresses are host:port.
 
-# server_yaml NAME WORK ACCESS_LOG: one thread (like nginx's one worker), the pid file and upgrade socket
-# WORK/NAME.pid and WORK/NAME.sock, the access log ("off" or a file).
+# server_yaml NAME WORK ACCESS_LOG [THREADS]: one thread (like nginx's one worker) unless THREADS says, the
+# pid file and upgrade socket WORK/NAME.pid and WORK/NAME.sock, the access log ("off" or a file).
 server_yaml() {
   cat <<YAML
 server:
-  threads: 1
+  threads: ${4:-1}
   pid_file: $2/$1.pid
   upgrade_sock: $2/$1.sock
   access_log: { target: "$3" }
 YAML
 }
 
-# gateway_yaml NAME WORK HTTP TLS ORIGIN LLM LLM20 STREAM: the process that serves edge-http, edge-tls and the
+# gateway_yaml NAME WORK HTTP TLS ORIGIN LLM LLM20 STREAM [THREADS]: the process that serves edge-http, edge-tls and the
 # AI scenarios, access log off (as nginx's): plain HTTP on HTTP, TLS on TLS (WORK/cert.pem, WORK/key.pem),
 # everything but /v1 proxied to ORIGIN; models bench, bench20 and bench-stream on the mock LLMs at LLM,
 # LLM20 and STREAM.
 gateway_yaml() {
-  server_yaml "$1" "$2" off
+  server_yaml "$1" "$2" off "${9:-1}"
   cat <<YAML
 listeners:
   - { name: edge, address: "$3" }
@@ -48,11 +48,11 @@ routes:
 YAML
 }
 
-# edge_full_yaml NAME WORK LISTEN ORIGIN: edge-full: TLS on LISTEN (WORK/cert.pem, WORK/key.pem), an API key
-# (the consumer's key is $BENCH_API_KEY), a rate limit never reached, and a JSON access log to
+# edge_full_yaml NAME WORK LISTEN ORIGIN [THREADS]: edge-full: TLS on LISTEN (WORK/cert.pem, WORK/key.pem), an
+# API key (the consumer's key is $BENCH_API_KEY), a rate limit never reached, and a JSON access log to
 # WORK/NAME-access.log; every request proxied to ORIGIN.
 edge_full_yaml() {
-  server_yaml "$1" "$2" "$2/$1-access.log"
+  server_yaml "$1" "$2" "$2/$1-access.log" "${5:-1}"
   cat <<YAML
 listeners:
   - name: full
@@ -70,6 +70,39 @@ routes:
   - name: full
     auth: { methods: [api_key] }
     limits: [high]
+    proxy: { cluster: origin }
+YAML
+}
+
+# edge_steps_yaml NAME WORK LISTEN ORIGIN: edge-full taken apart, access log off: TLS on LISTEN; /key checks
+# the API key ($BENCH_API_KEY); /limit checks it and takes a token of a rate limit never reached; anything
+# else is TLS only. Every request proxied to ORIGIN.
+edge_steps_yaml() {
+  server_yaml "$1" "$2" off
+  cat <<YAML
+listeners:
+  - name: steps
+    address: "$3"
+    tls: { certificates: [{ cert: "$2/cert.pem", key: "$2/key.pem", default: true }] }
+consumers:
+  - name: bench
+    api_keys: [{ env: BENCH_API_KEY }]
+limits:
+  - { name: high, rate: 1000000/second, burst: 100000, key: consumer }
+clusters:
+  - name: origin
+    backends: [{ address: "$4" }]
+routes:
+  - name: key
+    match: { path: { prefix: /key } }
+    auth: { methods: [api_key] }
+    proxy: { cluster: origin }
+  - name: limit
+    match: { path: { prefix: /limit } }
+    auth: { methods: [api_key] }
+    limits: [high]
+    proxy: { cluster: origin }
+  - name: tls
     proxy: { cluster: origin }
 YAML
 }

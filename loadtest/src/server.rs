@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -30,8 +32,7 @@ pub(crate) async fn serve<F, Fut, B>(addr: SocketAddr, handle: F) -> std::io::Re
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let listener = TcpListener::bind(addr).await?;
@@ -46,6 +47,10 @@ where
     })
 }
 
+/// The path that answers, on every mock server, the number of TCP connections it accepted so far (plain
+/// text): the benchmark reads it around each run to see whether a proxy reuses its upstream connections.
+pub const CONNECTIONS_PATH: &str = "/_mock/connections";
+
 /// Serve HTTP/1.1 and h2c connections with `handle` until `stopped` changes; stopping drops every connection.
 async fn accept_loop<F, Fut, B>(
     listener: TcpListener,
@@ -55,8 +60,7 @@ async fn accept_loop<F, Fut, B>(
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut connections = JoinSet::new();
@@ -68,8 +72,19 @@ async fn accept_loop<F, Fut, B>(
                 accepted_count.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let handle = handle.clone();
+                let accepted_count = accepted_count.clone();
                 connections.spawn(async move {
-                    let service = service_fn(handle);
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let handle = handle.clone();
+                        let accepted = accepted_count.load(Ordering::Relaxed);
+                        async move {
+                            if req.uri().path() == CONNECTIONS_PATH {
+                                let count = Full::new(Bytes::from(format!("{accepted}\n")));
+                                return Ok::<_, Infallible>(Response::new(Either::Right(count)));
+                            }
+                            handle(req).await.map(|response| response.map(Either::Left))
+                        }
+                    });
                     let _ = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
                 });
             }
