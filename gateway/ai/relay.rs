@@ -531,6 +531,18 @@ fn client_head(
     plan: Option<&Plan>,
     content_type: Option<&HeaderValue>,
 ) -> pingora::Result<ResponseHeader> {
+    client_head_with(status, request, outcome, plan, content_type, None)
+}
+
+/// `client_head` with the provider's `Cache-Control` (set before the decor, so a route's edit wins).
+fn client_head_with(
+    status: u16,
+    request: &AiRequest<'_>,
+    outcome: &AiOutcome,
+    plan: Option<&Plan>,
+    content_type: Option<&HeaderValue>,
+    cache_control: Option<&HeaderValue>,
+) -> pingora::Result<ResponseHeader> {
     let mut result = Ok(());
     let head = respond::head(status, &request.decor, |headers| {
         headers.insert(
@@ -539,6 +551,9 @@ fn client_head(
                 .cloned()
                 .unwrap_or(HeaderValue::from_static("application/json")),
         );
+        if let Some(cache) = cache_control {
+            headers.insert(http::header::CACHE_CONTROL, cache.clone());
+        }
         result = decision_headers(headers, outcome, plan);
     })?;
     result.map(|()| head)
@@ -680,16 +695,14 @@ async fn stream_back(
         let is_sse = content_type
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut head = client_head(
+        let head = client_head_with(
             upstream_head.status.as_u16(),
             request,
             outcome,
             Some(plan),
             content_type,
+            upstream_head.headers.get(http::header::CACHE_CONTROL),
         )?;
-        if let Some(cache) = upstream_head.headers.get(http::header::CACHE_CONTROL) {
-            head.insert_header(http::header::CACHE_CONTROL, cache.clone())?;
-        }
         let length = upstream_head
             .headers
             .get(CONTENT_LENGTH)

@@ -520,6 +520,10 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         verify: true,
         ca: None,
     });
+    if c.errors.len() > errors_before {
+        // A deployment is unusable: reported above, without a cascade about the cluster it would be in.
+        return None;
+    }
     let built = cluster::compile_cluster(
         c,
         ClusterInput {

@@ -847,6 +847,23 @@ fn compile_header_rewrite(
     path: &str,
 ) -> HeaderRewrite {
     let mut rewrite = HeaderRewrite::default();
+    // The gateway frames every message itself; an edit of a framing or hop-by-hop header would contradict it.
+    let framing = |name: &HeaderName| {
+        [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "upgrade",
+            "te",
+            "trailer",
+            "proxy-connection",
+        ]
+        .contains(&name.as_str())
+    };
+    let framing_error = "the gateway frames messages itself; framing and hop-by-hop headers \
+                         (Content-Length, Transfer-Encoding, Connection, Keep-Alive, Upgrade, TE, Trailer) \
+                         cannot be edited";
     let pairs = |map: &std::collections::BTreeMap<String, String>, kind: &str, c: &mut Compiler| {
         let mut out = Vec::new();
         for (name, value) in map {
@@ -854,6 +871,9 @@ fn compile_header_rewrite(
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) {
+                (Ok(name), Ok(_)) if framing(&name) => {
+                    c.error(format!("{path}.{kind}.{name}"), framing_error)
+                }
                 (Ok(name), Ok(value)) => out.push((name, value)),
                 (Err(_), _) => c.error(format!("{path}.{kind}.{name}"), "not a valid header name"),
                 (_, Err(_)) => c.error(format!("{path}.{kind}.{name}"), "not a valid header value"),
@@ -865,6 +885,7 @@ fn compile_header_rewrite(
     rewrite.set = pairs(&section.set, "set", c);
     for (j, name) in section.remove.iter().enumerate() {
         match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) if framing(&name) => c.error(format!("{path}.remove[{j}]"), framing_error),
             Ok(name) => rewrite.remove.push(name),
             Err(_) => c.error(
                 format!("{path}.remove[{j}]"),
@@ -935,6 +956,32 @@ routes:
                 .any(|e| e.starts_with("routes[3]: a route has exactly one action")),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn header_edits_may_not_touch_framing() {
+        let errors = errors_of(
+            r#"
+listeners:
+  - { name: http, address: "127.0.0.1:8080" }
+routes:
+  - name: a
+    response_headers: { set: { content-length: "1", x-ok: "1" }, remove: [transfer-encoding] }
+    request_headers: { add: { Connection: close } }
+    respond: { status: 200 }
+"#,
+        );
+        for expected in [
+            "routes[0].response_headers.set.content-length: the gateway frames messages itself",
+            "routes[0].response_headers.remove[0]: the gateway frames messages itself",
+            "routes[0].request_headers.add.connection: the gateway frames messages itself",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "{expected}: {errors:?}"
+            );
+        }
+        assert_eq!(errors.len(), 3, "{errors:?}");
     }
 
     #[test]

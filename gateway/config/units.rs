@@ -83,6 +83,8 @@ impl DurationOr for Option<HumanDuration> {
 /// `api.example.com` or `*.example.com`, lowercase-insensitive, no ports.
 pub fn check_host_pattern(pattern: &str) -> Result<(), String> {
     let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    // A fully qualified name may end in a dot.
+    let name = name.strip_suffix('.').unwrap_or(name);
     let valid = !name.is_empty()
         && !name.contains('*')
         && name.split('.').all(|label| {

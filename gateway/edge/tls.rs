@@ -113,11 +113,10 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(resolver);
-    config.alpn_protocols = if h2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    // Without h2 no ALPN is offered at all, as before: a client offering only h2 still gets HTTP/1.1.
+    if h2 {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
     if session_tickets {
         config.ticketer = rustls::crypto::ring::Ticketer::new()
             .map_err(|e| format!("session ticket keys: {e}"))?;

@@ -214,14 +214,23 @@ pub fn flush(limit: std::time::Duration) {
     let Some(Some(sender)) = SENDER.get() else {
         return;
     };
+    let deadline = std::time::Instant::now() + limit;
     let (done, wake) = &FLUSHED;
-    let mut flushed = done.lock().unwrap_or_else(|e| e.into_inner());
-    *flushed = false;
-    // The queue is first in, first out: the writer meets this request after every earlier line.
-    if sender.try_send(Vec::new()).is_err() {
-        return;
+    *done.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    // The queue is first in, first out: the writer meets this request after every earlier line. A full
+    // queue (a slow disk) is waited on until the deadline.
+    loop {
+        match sender.try_send(Vec::new()) {
+            Ok(()) => break,
+            Err(std::sync::mpsc::TrySendError::Full(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Err(_) => return,
+        }
     }
-    let _ = wake.wait_timeout_while(flushed, limit, |flushed| !*flushed);
+    let flushed = done.lock().unwrap_or_else(|e| e.into_inner());
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let _ = wake.wait_timeout_while(flushed, left, |flushed| !*flushed);
 }
 
 fn write_lines(receiver: Receiver<Vec<u8>>, writer: Box<dyn Write + Send>) {

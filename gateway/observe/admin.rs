@@ -119,7 +119,11 @@ impl BackgroundService for AdminService {
         let listener = match bind_shared(self.address).await {
             Ok(listener) => listener,
             Err(e) => {
-                log::error!("cannot listen on the admin address {}: {e}", self.address);
+                log::error!(
+                    "cannot listen on the admin address {}: {e} (after an upgrade from a gateway that \
+                     handed its admin socket over, restart to get the admin endpoints back)",
+                    self.address
+                );
                 return;
             }
         };
