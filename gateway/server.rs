@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::Opt;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -27,6 +29,10 @@ use crate::lifecycle::{watch_phases, LimitSweeper, Reloader, Signals, Upkeep};
 use crate::observe::access_log;
 use crate::observe::admin::{AdminApp, AdminService};
 use crate::proxy::EdgeProxy;
+
+/// Bytes a client connection reads ahead of the parser (HAProxy's `tune.bufsize` default). Request heads are
+/// read into Pingora's own buffer and bodies in bigger chunks straight from the socket, so this is small.
+const CONNECTION_READ_BUFFER: usize = 16 * 1024;
 
 /// The connection limits of the config in force (they change on reload).
 struct LiveLimits(Arc<ArcSwap<crate::runtime::Runtime>>);
@@ -149,7 +155,14 @@ pub fn run(options: RunOptions) -> Result<(), String> {
             tls,
         };
         let mut service = Service::new(format!("listener {}", listener.name), guarded);
-        service.add_tcp(&address);
+        // Pingora's default read buffer is 64 KiB per connection, allocated zeroed when the connection is
+        // accepted: about a fifth of the instructions of a stream started on a new connection (callgrind).
+        service.add_listener(ListenerConfig::tcp(address.clone()).l4_buffer(
+            L4BufferSettings::new(
+                CONNECTION_READ_BUFFER,
+                pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+            ),
+        ));
         log::info!(
             "listener {} on {}{}",
             listener.name,

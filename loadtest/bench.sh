@@ -90,6 +90,8 @@ bench_key="bench-$(openssl rand -hex 16)"
 "$bin/mock-llm" --listen 127.0.0.1:19101 --name llm20 --head-delay-ms 20 >/dev/null & pids+=($!); llm20_pid=$!
 "$bin/mock-llm" --listen 127.0.0.1:19102 --name stream --chunks 64 --chunk-delay-ms 20 >/dev/null & pids+=($!)
 stream_pid=$!
+# One-token streams: the cost of starting a stream, nothing else.
+"$bin/mock-llm" --listen 127.0.0.1:19103 --name start --chunks 1 >/dev/null & pids+=($!); start_pid=$!
 # The bare Pingora floor runs with the gateway's runtime setting (one thread, work stealing off), which is
 # also the faster one for it here: the features are measured against the best bare Pingora, not its default.
 "$bin/examples/bare-pingora" --listen 127.0.0.1:19400 --upstream 127.0.0.1:19000 --no-work-stealing \
@@ -119,6 +121,7 @@ http {
   upstream llm { server 127.0.0.1:19100; keepalive 64; }
   upstream llm20 { server 127.0.0.1:19101; keepalive 128; }
   upstream llm_stream { server 127.0.0.1:19102; keepalive 128; }
+  upstream llm_start { server 127.0.0.1:19103; keepalive 128; }
   ssl_protocols TLSv1.3;
   ssl_certificate $work/cert.pem;
   ssl_certificate_key $work/key.pem;
@@ -162,6 +165,10 @@ http {
   server {
     listen 127.0.0.1:${3}03;
     location / { proxy_pass http://llm_stream; proxy_buffering off; }
+  }
+  server {
+    listen 127.0.0.1:${3}06;
+    location / { proxy_pass http://llm_start; proxy_buffering off; }
   }
   server {
     listen 127.0.0.1:${3}02 ssl;
@@ -329,7 +336,7 @@ done
 
 # TCP connections the mock upstream on PORT accepted so far.
 accepted() { curl -s -m 2 "http://127.0.0.1:$1/_mock/connections" || echo 0; }
-upstream=19000 wrk_threads=1
+upstream=19000 wrk_threads=1 stream_upstream=19102 stream_model=bench-stream
 
 # wrk_run SCENARIO CONTENDER PID URL CONNECTIONS [wrk options...]: one measured window, one JSON line, with the
 # connections the upstream (port $upstream) accepted meanwhile.
@@ -354,12 +361,12 @@ wrk_run() {
 stream_run() {
   local scenario=$1 contender=$2 pid=$3 url=$4; shift 4
   local before after out opened
-  opened=$(accepted 19102)
+  opened=$(accepted "$stream_upstream")
   before=$(tree_cpu "$pid")
   out=$("$bin/stream-load" --url "$url" --streams 512 --timeout-s "$stream_timeout" \
-    --body '{"model":"bench-stream","stream":true,"messages":[{"role":"user","content":"Stream a long answer, please."}]}' "$@")
+    --body "{\"model\":\"$stream_model\",\"stream\":true,\"messages\":[{\"role\":\"user\",\"content\":\"Stream a long answer, please.\"}]}" "$@")
   after=$(tree_cpu "$pid")
-  opened=$(( $(accepted 19102) - opened ))
+  opened=$(( $(accepted "$stream_upstream") - opened ))
   printf '{"scenario":"%s","contender":"%s","cpu_us":%.2f,"rss_kib":%d,"upstream_conns_per_1000":%.2f,"stream":%s}\n' \
     "$scenario" "$contender" \
     "$(awk -v a="$after" -v b="$before" -v t="$ticks" 'BEGIN { print (a - b) / t * 1000000 / 512 }')" \
@@ -442,6 +449,12 @@ for round in $(seq "$rounds"); do
     stream_run ai-stream-ramp direct "$stream_pid" http://127.0.0.1:19102/v1/chat/completions --ramp-ms 1000
     stream_run ai-stream-ramp nginx "$nginx_pid" http://127.0.0.1:19203/v1/chat/completions --ramp-ms 1000
     stream_run ai-stream-ramp gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions --ramp-ms 1000
+    # Starting a stream: 512 one-token streams over one second, each on its own client connection.
+    stream_upstream=19103 stream_model=bench-start
+    stream_run ai-stream-start direct "$start_pid" http://127.0.0.1:19103/v1/chat/completions --ramp-ms 1000
+    stream_run ai-stream-start nginx "$nginx_pid" http://127.0.0.1:19206/v1/chat/completions --ramp-ms 1000
+    stream_run ai-stream-start gateway "$gateway_pid" http://127.0.0.1:19300/v1/chat/completions --ramp-ms 1000
+    stream_upstream=19102 stream_model=bench-stream
     [ -n "$litellm_pid" ] && ! stream_timed_out litellm && stream_run ai-stream litellm "$litellm_pid" http://127.0.0.1:19500/v1/chat/completions \
       --header "Authorization: Bearer $bench_key"
     [ -n "$portkey_pid" ] && ! stream_timed_out portkey && stream_run ai-stream portkey "$portkey_pid" http://127.0.0.1:19600/v1/chat/completions \

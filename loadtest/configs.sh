@@ -13,10 +13,10 @@ server:
 YAML
 }
 
-# gateway_yaml NAME WORK HTTP TLS ORIGIN LLM LLM20 STREAM [THREADS]: the process that serves edge-http, edge-tls and the
-# AI scenarios, access log off (as nginx's): plain HTTP on HTTP, TLS on TLS (WORK/cert.pem, WORK/key.pem),
-# everything but /v1 proxied to ORIGIN; models bench, bench20 and bench-stream on the mock LLMs at LLM,
-# LLM20 and STREAM.
+# gateway_yaml NAME WORK HTTP TLS ORIGIN LLM LLM20 STREAM [THREADS] [START]: the process that serves
+# edge-http, edge-tls and the AI scenarios, access log off (as nginx's): plain HTTP on HTTP, TLS on TLS
+# (WORK/cert.pem, WORK/key.pem), everything but /v1 proxied to ORIGIN; models bench, bench20, bench-stream
+# and bench-start on the mock LLMs at LLM, LLM20, STREAM and START (default 127.0.0.1:19103).
 gateway_yaml() {
   server_yaml "$1" "$2" off "${9:-1}"
   cat <<YAML
@@ -33,10 +33,12 @@ ai:
     - { name: llm, type: openai, base_url: "http://$6/v1" }
     - { name: llm20, type: openai, base_url: "http://$7/v1" }
     - { name: stream, type: openai, base_url: "http://$8/v1" }
+    - { name: start, type: openai, base_url: "http://${10:-127.0.0.1:19103}/v1" }
   models:
     - { name: bench, provider: llm }
     - { name: bench20, provider: llm20 }
     - { name: bench-stream, provider: stream }
+    - { name: bench-start, provider: start }
   profiles:
     default: [bench]
 routes:

@@ -17,6 +17,7 @@ REFERENCE = {
     "edge-http": "nginx", "edge-tls": "nginx", "edge-tls-handshake": "nginx", "edge-full": "nginx",
     "edge-key": "nginx", "edge-limit": "nginx", "edge-http-2cpu": "nginx", "edge-full-2cpu": "nginx",
     "ai-overhead": "direct", "ai-throughput": "direct", "ai-stream": "direct", "ai-stream-ramp": "direct",
+    "ai-stream-start": "direct",
 }
 DESCRIPTION = OrderedDict([
     ("edge-http", "keep-alive GET of a small body through each proxy to the mock origin, 32 connections"),
@@ -38,6 +39,8 @@ DESCRIPTION = OrderedDict([
                   "`nginx` here is a plain pass-through (`proxy_buffering off`, no body inspection): the floor "
                   "any proxy pays on this machine"),
     ("ai-stream-ramp", "the same 512 streams arriving evenly over 1 s (each lasts 1.3 s, so they overlap)"),
+    ("ai-stream-start", "512 one-token streams arriving evenly over 1 s, each on its own client connection: CPU "
+                        "per stream is the cost of starting one"),
 ])
 
 
@@ -121,7 +124,7 @@ def derived_figures(by_key, rows):
         e = by_key.get(("ai-throughput", peer))
         if gw and e and e["requests_per_second"]:
             d[f"ai-throughput gateway / {peer} req/s"] = round(gw["requests_per_second"] / e["requests_per_second"], 1)
-    for scenario in ("ai-stream", "ai-stream-ramp"):
+    for scenario in ("ai-stream", "ai-stream-ramp", "ai-stream-start"):
         direct = by_key.get((scenario, "direct"))
         for peer in ("gateway", "nginx", "litellm", "portkey"):
             e = by_key.get((scenario, peer))
@@ -205,6 +208,10 @@ def targets(by_key, d):
     if v is not None and floor is not None:
         check("ai-stream (burst) added TTFT p99 <= 1.5x nginx pass-through's", v, v <= 1.5 * max(floor, 1),
               f"{v:.0f} us (nginx: {floor:.0f} us)")
+    start = by_key.get(("ai-stream-start", "gateway"))
+    if start:
+        v = start["cpu_us_per_request"]
+        check("CPU per stream start <= 100 us (ai-stream-start)", v, v <= 100, f"{v:.0f} us")
     v = d.get("ai-stream gateway stall-free streams (worst round)")
     if v:
         done, total = v.split("/")
