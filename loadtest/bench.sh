@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/configs.sh
 
-rounds=3 duration=5 soak=600 stream_timeout=30 peers=1 scenarios=()
+rounds=3 duration=5 soak=300 stream_timeout=30 peers=1 scenarios=()
 all=(edge-http edge-tls edge-full edge-cores ai-overhead ai-stream memory)
 for arg in "$@"; do
   case "$arg" in
