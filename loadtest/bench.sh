@@ -48,6 +48,7 @@ notes=()
 have_litellm=0 have_portkey=0
 if [ "$peers" = 1 ] && (wants ai-overhead || wants ai-stream); then
   # Peers go into a local folder, never system-wide; a peer that does not install is skipped and noted.
+  mkdir -p "$peer_dir"
   if [ ! -x "$peer_dir/litellm/bin/litellm" ]; then
     echo "installing LiteLLM proxy into $peer_dir/litellm (pip)..."
     { python3 -m venv "$peer_dir/litellm" && "$peer_dir/litellm/bin/pip" install -q 'litellm[proxy]'; } \
