@@ -10,6 +10,9 @@ use gateway::edge::consumers::{digest_hex, key_digest};
 use gateway::lifecycle::upgrade;
 use gateway::server::{run, RunOptions};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "gateway", version, about = "Pingora-based edge + AI gateway")]
 struct Cli {
