@@ -10,41 +10,47 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use loadtest::MockOrigin;
+use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const KEY: &str = "connections-test-key-0123456789";
 
-async fn start(origin: &MockOrigin, client: &str) -> (TestDir, Gateway) {
-    start_with(origin, client, "").await
+/// A gateway with the given `server` settings in front of `origin`: `/secure` needs alice's API key,
+/// `/fixed` answers itself, the rest is proxied.
+async fn start(origin: &MockOrigin, server: &[(&str, Value)]) -> (TestDir, Gateway) {
+    start_with(origin, server, None).await
 }
 
-/// `start` with listener options (e.g. `, h2c: true`).
-async fn start_with(origin: &MockOrigin, client: &str, listener: &str) -> (TestDir, Gateway) {
+/// `start`, with one listener option (e.g. `("h2c", true)`).
+async fn start_with(
+    origin: &MockOrigin,
+    server: &[(&str, Value)],
+    listener: Option<(&str, Value)>,
+) -> (TestDir, Gateway) {
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let body = format!(
-        r#"
-consumers:
-  - name: alice
-    api_keys: [{{ sha256: "{hash}" }}]
-clusters:
-  - name: origin
-    backends: [{{ address: "{origin}" }}]
-routes:
-  - name: secure
-    match: {{ path: {{ prefix: /secure }} }}
-    auth: {{ methods: [api_key] }}
-    proxy: {{ cluster: origin }}
-  - name: fixed
-    match: {{ path: {{ prefix: /fixed }} }}
-    respond: {{ status: 200, body: fixed }}
-  - name: open
-    proxy: {{ cluster: origin }}
-"#,
-        hash = hash_key(KEY),
-        origin = origin.addr
-    );
-    let yaml = dir.plain_config_with(&ports, client, listener, &body);
+    let mut config = TestConfig::new(&dir, &ports)
+        .consumer("alice", &[hash_key(KEY)])
+        .cluster("origin", &[&origin.addr.to_string()])
+        .route(json!({
+            "name": "secure",
+            "match": {"path": {"prefix": "/secure"}},
+            "auth": {"methods": ["api_key"]},
+            "proxy": {"cluster": "origin"},
+        }))
+        .route(json!({
+            "name": "fixed",
+            "match": {"path": {"prefix": "/fixed"}},
+            "respond": {"status": 200, "body": "fixed"},
+        }))
+        .route(json!({"name": "open", "proxy": {"cluster": "origin"}}));
+    for (key, value) in server {
+        config = config.server(key, value.clone());
+    }
+    if let Some((key, value)) = listener {
+        config = config.listener(key, value);
+    }
+    let yaml = config.yaml();
     let gateway = Gateway::start(&dir, ports, &yaml).await;
     (dir, gateway)
 }
@@ -145,7 +151,7 @@ const SLOW_HEAD: &[u8] = b"GET /open/slow HTTP/1.1\r\nHost: gw.test\r\nX-Padding
 #[tokio::test]
 async fn a_dripped_head_is_answered_408_and_closed_within_the_header_timeout() {
     let origin = MockOrigin::start("origin").await.unwrap();
-    let (_dir, gateway) = start(&origin, "  client_header_timeout: 1s").await;
+    let (_dir, gateway) = start(&origin, &[("client_header_timeout", json!("1s"))]).await;
     let port = gateway.ports.http;
 
     // The first head of a connection, one byte every 100 ms: 9 s to send whole, each byte far within
@@ -203,7 +209,14 @@ async fn a_dripped_head_is_answered_408_and_closed_within_the_header_timeout() {
 #[tokio::test]
 async fn an_oversize_head_or_too_many_fields_get_431() {
     let origin = MockOrigin::start("origin").await.unwrap();
-    let (_dir, gateway) = start(&origin, "  max_header_size: 8KiB\n  max_headers: 20").await;
+    let (_dir, gateway) = start(
+        &origin,
+        &[
+            ("max_header_size", json!("8KiB")),
+            ("max_headers", json!(20)),
+        ],
+    )
+    .await;
     let port = gateway.ports.http;
 
     let big = format!(
@@ -246,7 +259,7 @@ async fn an_oversize_head_or_too_many_fields_get_431() {
 #[tokio::test]
 async fn a_stalled_body_gets_408() {
     let origin = MockOrigin::start("origin").await.unwrap();
-    let (dir, gateway) = start(&origin, "  client_body_timeout: 500ms").await;
+    let (dir, gateway) = start(&origin, &[("client_body_timeout", json!("500ms"))]).await;
     let mut stream = TcpStream::connect(("127.0.0.1", gateway.ports.http))
         .await
         .unwrap();
@@ -284,7 +297,7 @@ async fn served_connections(port: u16, count: usize) -> Vec<TcpStream> {
 #[tokio::test]
 async fn one_address_holds_at_most_max_connections_per_ip() {
     let origin = MockOrigin::start("origin").await.unwrap();
-    let (_dir, gateway) = start(&origin, "  max_connections_per_ip: 3").await;
+    let (_dir, gateway) = start(&origin, &[("max_connections_per_ip", json!(3))]).await;
     let port = gateway.ports.http;
     let mut held = served_connections(port, 3).await;
     let mut fourth = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -316,7 +329,10 @@ async fn a_trusted_proxy_is_not_held_to_the_connection_cap() {
     let origin = MockOrigin::start("origin").await.unwrap();
     let (_dir, gateway) = start(
         &origin,
-        "  max_connections_per_ip: 1\n  trusted_proxies: [127.0.0.1]",
+        &[
+            ("max_connections_per_ip", json!(1)),
+            ("trusted_proxies", json!(["127.0.0.1"])),
+        ],
     )
     .await;
     served_connections(gateway.ports.http, 3).await;
@@ -327,7 +343,10 @@ async fn an_answer_before_the_body_closes_the_connection_so_the_body_is_never_re
     let origin = MockOrigin::start("origin").await.unwrap();
     let (_dir, gateway) = start(
         &origin,
-        "  max_header_size: 8KiB\n  client_header_timeout: 2s",
+        &[
+            ("max_header_size", json!("8KiB")),
+            ("client_header_timeout", json!("2s")),
+        ],
     )
     .await;
     for path in ["/fixed/upload", "/secure/upload"] {
@@ -358,7 +377,7 @@ async fn an_answer_before_the_body_closes_the_connection_so_the_body_is_never_re
 #[tokio::test]
 async fn an_http2_refusal_before_the_body_reaches_curl_whole() {
     let origin = MockOrigin::start("origin").await.unwrap();
-    let (dir, gateway) = start_with(&origin, "", ", h2c: true").await;
+    let (dir, gateway) = start_with(&origin, &[], Some(("h2c", json!(true)))).await;
     // Over the 64 KiB first flow-control window: curl is still sending when the 401 is written.
     let body = dir.path("body.bin");
     std::fs::write(&body, vec![b'x'; 300 * 1024]).unwrap();
