@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use loadtest::MockOrigin;
+use serde_json::{json, Value};
 
 async fn origin_of(client: &reqwest::Client, url: &str) -> Result<String, String> {
     let response = client.get(url).send().await.map_err(|e| e.to_string())?;
@@ -22,22 +23,26 @@ async fn origin_of(client: &reqwest::Client, url: &str) -> Result<String, String
         .unwrap_or_default())
 }
 
+/// One plain listener whose only route proxies everything to cluster `web` (`cluster`: its section).
+fn proxy_to(dir: &TestDir, ports: &Ports, cluster: Value) -> String {
+    TestConfig::new(dir, ports)
+        .cluster_with("web", cluster)
+        .proxy_route("web", "/", "web")
+        .yaml()
+}
+
 #[tokio::test]
 async fn weighted_round_robin_follows_the_weights() {
     let a = MockOrigin::start("a").await.unwrap();
     let b = MockOrigin::start("b").await.unwrap();
     let c = MockOrigin::start("c").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let cluster = format!(
-        r#"
-    backends:
-      - {{ address: "{}", weight: 1 }}
-      - {{ address: "{}", weight: 2 }}
-      - {{ address: "{}", weight: 5 }}
-"#,
-        a.addr, b.addr, c.addr
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
+    let cluster = json!({"backends": [
+        {"address": a.addr.to_string(), "weight": 1},
+        {"address": b.addr.to_string(), "weight": 2},
+        {"address": c.addr.to_string(), "weight": 5},
+    ]});
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
     let client = client();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..800 {
@@ -62,15 +67,12 @@ async fn consistent_hash_keeps_each_user_on_one_backend() {
         MockOrigin::start("c").await.unwrap(),
     ];
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let cluster = format!(
-        r#"
-    load_balancing: consistent_hash
-    hash_on: {{ header: x-user }}
-    backends: [{{ address: "{}" }}, {{ address: "{}" }}, {{ address: "{}" }}]
-"#,
-        origins[0].addr, origins[1].addr, origins[2].addr
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
+    let cluster = json!({
+        "load_balancing": "consistent_hash",
+        "hash_on": {"header": "x-user"},
+        "backends": origins.iter().map(|o| json!({"address": o.addr.to_string()})).collect::<Vec<_>>(),
+    });
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
     let client = client();
     let mut used = std::collections::HashSet::new();
     for user in 0..30 {
@@ -99,15 +101,12 @@ async fn connect_failures_are_retried_on_another_backend() {
     let alive = MockOrigin::start("alive").await.unwrap();
     let dead = free_port();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let cluster = format!(
-        r#"
-    backends: [{{ address: "127.0.0.1:{dead}" }}, {{ address: "{}" }}]
-    passive_health: {{ consecutive_failures: 0 }}
-    retries: 1
-"#,
-        alive.addr
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
+    let cluster = json!({
+        "backends": [{"address": format!("127.0.0.1:{dead}")}, {"address": alive.addr.to_string()}],
+        "passive_health": {"consecutive_failures": 0},
+        "retries": 1,
+    });
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
     let client = client();
     for i in 0..20 {
         // POST too: nothing reached the dead backend, so retrying is safe for any method.
@@ -132,15 +131,15 @@ async fn killed_backend_is_taken_out_by_health_checks_and_comes_back() {
     let mut b = MockOrigin::start("b").await.unwrap();
     let b_addr = b.addr;
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let cluster = format!(
-        r#"
-    backends: [{{ address: "{}" }}, {{ address: "{b_addr}" }}]
-    health_check: {{ path: /health, interval: 200ms, timeout: 200ms, unhealthy_threshold: 1, healthy_threshold: 1 }}
-    retries: 1
-"#,
-        a.addr
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
+    let cluster = json!({
+        "backends": [{"address": a.addr.to_string()}, {"address": b_addr.to_string()}],
+        "health_check": {
+            "path": "/health", "interval": "200ms", "timeout": "200ms",
+            "unhealthy_threshold": 1, "healthy_threshold": 1,
+        },
+        "retries": 1,
+    });
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
     let client = client();
     let gauge = format!("gateway_upstream_healthy{{backend=\"{b_addr}\",cluster=\"web\"}}");
     for _ in 0..10 {
@@ -187,14 +186,14 @@ async fn unhealthy_backend_answers_its_health_check_badly_and_gets_no_traffic() 
     let a = MockOrigin::start("a").await.unwrap();
     let b = MockOrigin::start("b").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let cluster = format!(
-        r#"
-    backends: [{{ address: "{}" }}, {{ address: "{}" }}]
-    health_check: {{ path: /health, expected_status: [200, 204], interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 2 }}
-"#,
-        a.addr, b.addr
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
+    let cluster = json!({
+        "backends": [{"address": a.addr.to_string()}, {"address": b.addr.to_string()}],
+        "health_check": {
+            "path": "/health", "expected_status": [200, 204], "interval": "100ms",
+            "unhealthy_threshold": 2, "healthy_threshold": 2,
+        },
+    });
+    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
     let client = client();
     b.set_health_status(500);
     // Wait for the checks to take b out (no fixed sleep: CI machines are slow and shared).
