@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use loadtest::MockOrigin;
-use serde_json::{json, Value};
+use serde_json::json;
 
 async fn origin_of(client: &reqwest::Client, url: &str) -> Result<String, String> {
     let response = client.get(url).send().await.map_err(|e| e.to_string())?;
@@ -23,14 +23,6 @@ async fn origin_of(client: &reqwest::Client, url: &str) -> Result<String, String
         .unwrap_or_default())
 }
 
-/// One plain listener whose only route proxies everything to cluster `web` (`cluster`: its section).
-fn proxy_to(dir: &TestDir, ports: &Ports, cluster: Value) -> String {
-    TestConfig::new(dir, ports)
-        .cluster_with("web", cluster)
-        .proxy_route("web", "/", "web")
-        .yaml()
-}
-
 #[tokio::test]
 async fn weighted_round_robin_follows_the_weights() {
     let a = MockOrigin::start("a").await.unwrap();
@@ -42,7 +34,12 @@ async fn weighted_round_robin_follows_the_weights() {
         {"address": b.addr.to_string(), "weight": 2},
         {"address": c.addr.to_string(), "weight": 5},
     ]});
-    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &TestConfig::proxying(&dir, &ports, cluster).yaml(),
+    )
+    .await;
     let client = client();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..800 {
@@ -72,7 +69,12 @@ async fn consistent_hash_keeps_each_user_on_one_backend() {
         "hash_on": {"header": "x-user"},
         "backends": origins.iter().map(|o| json!({"address": o.addr.to_string()})).collect::<Vec<_>>(),
     });
-    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &TestConfig::proxying(&dir, &ports, cluster).yaml(),
+    )
+    .await;
     let client = client();
     let mut used = std::collections::HashSet::new();
     for user in 0..30 {
@@ -106,7 +108,12 @@ async fn connect_failures_are_retried_on_another_backend() {
         "passive_health": {"consecutive_failures": 0},
         "retries": 1,
     });
-    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &TestConfig::proxying(&dir, &ports, cluster).yaml(),
+    )
+    .await;
     let client = client();
     for i in 0..20 {
         // POST too: nothing reached the dead backend, so retrying is safe for any method.
@@ -139,7 +146,12 @@ async fn killed_backend_is_taken_out_by_health_checks_and_comes_back() {
         },
         "retries": 1,
     });
-    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &TestConfig::proxying(&dir, &ports, cluster).yaml(),
+    )
+    .await;
     let client = client();
     let gauge = format!("gateway_upstream_healthy{{backend=\"{b_addr}\",cluster=\"web\"}}");
     for _ in 0..10 {
@@ -193,7 +205,12 @@ async fn unhealthy_backend_answers_its_health_check_badly_and_gets_no_traffic() 
             "unhealthy_threshold": 2, "healthy_threshold": 2,
         },
     });
-    let gateway = Gateway::start(&dir, ports, &proxy_to(&dir, &ports, cluster)).await;
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &TestConfig::proxying(&dir, &ports, cluster).yaml(),
+    )
+    .await;
     let client = client();
     b.set_health_status(500);
     // Wait for the checks to take b out (no fixed sleep: CI machines are slow and shared).

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use loadtest::MockOrigin;
+use serde_json::json;
 
 #[tokio::test]
 async fn tls_backends_are_verified_against_the_configured_ca_with_sni() {
@@ -215,16 +216,18 @@ async fn tcp_health_checks_take_a_closed_port_out() {
     let alive = MockOrigin::start("alive").await.unwrap();
     let dead = free_port();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let cluster = format!(
-        r#"
-    backends: [{{ address: "{}" }}, {{ address: "127.0.0.1:{dead}" }}]
-    health_check: {{ type: tcp, interval: 100ms, unhealthy_threshold: 1 }}
-    passive_health: {{ consecutive_failures: 0 }}
-    retries: 0
-"#,
-        alive.addr
-    );
-    let gateway = Gateway::start(&dir, ports, &dir.proxy_config(&ports, &cluster)).await;
+    let cluster = json!({
+        "backends": [{"address": alive.addr.to_string()}, {"address": format!("127.0.0.1:{dead}")}],
+        "health_check": {"type": "tcp", "interval": "100ms", "unhealthy_threshold": 1},
+        "passive_health": {"consecutive_failures": 0},
+        "retries": 0,
+    });
+    let gateway = Gateway::start(
+        &dir,
+        ports,
+        &TestConfig::proxying(&dir, &ports, cluster).yaml(),
+    )
+    .await;
     let client = client();
     let dead_gauge =
         format!("gateway_upstream_healthy{{backend=\"127.0.0.1:{dead}\",cluster=\"web\"}}");
@@ -247,10 +250,8 @@ async fn tcp_health_checks_take_a_closed_port_out() {
 async fn a_request_the_client_abandons_is_logged_as_499_not_an_error() {
     let origin = MockOrigin::start("slow").await.unwrap();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let yaml = dir.proxy_config(
-        &ports,
-        &format!("    backends: [{{ address: \"{}\" }}]", origin.addr),
-    );
+    let cluster = json!({"backends": [{"address": origin.addr.to_string()}]});
+    let yaml = TestConfig::proxying(&dir, &ports, cluster).yaml();
     let gateway = Gateway::start(&dir, ports, &yaml).await;
     let impatient = reqwest::Client::builder()
         .no_proxy()
@@ -291,12 +292,11 @@ async fn a_request_the_client_abandons_is_logged_as_499_not_an_error() {
 async fn a_cluster_without_backends_logs_once_per_change_not_per_request() {
     let dead = free_port();
     let (dir, ports) = (TestDir::new(), Ports::new());
-    let yaml = dir.proxy_config(
-        &ports,
-        &format!(
-            "    backends: [{{ address: \"127.0.0.1:{dead}\" }}]\n    health_check: {{ type: tcp, interval: 200ms, unhealthy_threshold: 1 }}"
-        ),
-    );
+    let cluster = json!({
+        "backends": [{"address": format!("127.0.0.1:{dead}")}],
+        "health_check": {"type": "tcp", "interval": "200ms", "unhealthy_threshold": 1},
+    });
+    let yaml = TestConfig::proxying(&dir, &ports, cluster).yaml();
     let gateway = Gateway::start(&dir, ports, &yaml).await;
     let client = client();
     let down = eventually(Duration::from_secs(5), || async {

@@ -41,6 +41,13 @@ impl TestConfig {
         TestConfig { root }
     }
 
+    /// The plain listener's only route proxies everything to cluster `web`, whose section is `cluster`.
+    pub fn proxying(dir: &TestDir, ports: &Ports, cluster: Value) -> Self {
+        TestConfig::new(dir, ports)
+            .cluster_with("web", cluster)
+            .proxy_route("web", "/", "web")
+    }
+
     /// Set `server.<key>`.
     pub fn server(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.object("server").insert(key.to_string(), value.into());

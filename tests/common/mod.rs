@@ -103,16 +103,6 @@ admin:
         )
     }
 
-    /// A plain-listener config whose one route proxies everything to cluster `web`; `cluster` holds the
-    /// cluster's YAML lines after its name, indented by four spaces.
-    pub fn proxy_config(&self, ports: &Ports, cluster: &str) -> String {
-        let body = format!(
-            "clusters:\n  - name: web\n{}\nroutes:\n  - name: web\n    proxy: {{ cluster: web }}\n",
-            cluster.trim_matches('\n')
-        );
-        self.plain_config(ports, &body)
-    }
-
     pub fn write_config(&self, yaml: &str) -> PathBuf {
         let path = self.path("gateway.yaml");
         std::fs::write(&path, yaml).unwrap();
