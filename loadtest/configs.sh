@@ -50,14 +50,13 @@ routes:
 YAML
 }
 
-# edge_full_yaml NAME WORK LISTEN ORIGIN [THREADS]: edge-full: TLS on LISTEN (WORK/cert.pem, WORK/key.pem), an
-# API key (the consumer's key is $BENCH_API_KEY), a rate limit never reached, and a JSON access log to
-# WORK/NAME-access.log; every request proxied to ORIGIN.
-edge_full_yaml() {
-  server_yaml "$1" "$2" "$2/$1-access.log" "${5:-1}"
+# edge_secured_yaml LISTENER WORK LISTEN ORIGIN: what edge-full and its steps share: TLS on LISTEN
+# (WORK/cert.pem, WORK/key.pem), the consumer whose API key is $BENCH_API_KEY, a rate limit never reached
+# (`high`), and the cluster `origin` at ORIGIN. The caller adds the routes.
+edge_secured_yaml() {
   cat <<YAML
 listeners:
-  - name: full
+  - name: $1
     address: "$3"
     tls: { certificates: [{ cert: "$2/cert.pem", key: "$2/key.pem", default: true }] }
 consumers:
@@ -68,6 +67,15 @@ limits:
 clusters:
   - name: origin
     backends: [{ address: "$4" }]
+YAML
+}
+
+# edge_full_yaml NAME WORK LISTEN ORIGIN [THREADS]: edge-full: the API key checked, the rate limit taken,
+# and a JSON access log to WORK/NAME-access.log; every request proxied to ORIGIN.
+edge_full_yaml() {
+  server_yaml "$1" "$2" "$2/$1-access.log" "${5:-1}"
+  edge_secured_yaml full "$2" "$3" "$4"
+  cat <<YAML
 routes:
   - name: full
     auth: { methods: [api_key] }
@@ -76,24 +84,13 @@ routes:
 YAML
 }
 
-# edge_steps_yaml NAME WORK LISTEN ORIGIN: edge-full taken apart, access log off: TLS on LISTEN; /key checks
-# the API key ($BENCH_API_KEY); /limit checks it and takes a token of a rate limit never reached; anything
-# else is TLS only. Every request proxied to ORIGIN.
+# edge_steps_yaml NAME WORK LISTEN ORIGIN: edge-full taken apart, access log off: /key checks the API key;
+# /limit checks it and takes a token of the rate limit; anything else is TLS only. Every request proxied
+# to ORIGIN.
 edge_steps_yaml() {
   server_yaml "$1" "$2" off
+  edge_secured_yaml steps "$2" "$3" "$4"
   cat <<YAML
-listeners:
-  - name: steps
-    address: "$3"
-    tls: { certificates: [{ cert: "$2/cert.pem", key: "$2/key.pem", default: true }] }
-consumers:
-  - name: bench
-    api_keys: [{ env: BENCH_API_KEY }]
-limits:
-  - { name: high, rate: 1000000/second, burst: 100000, key: consumer }
-clusters:
-  - name: origin
-    backends: [{ address: "$4" }]
 routes:
   - name: key
     match: { path: { prefix: /key } }
