@@ -523,19 +523,9 @@ async fn read_small_body(mut upstream: HttpSession) -> (HttpSession, String) {
     (upstream, String::from_utf8_lossy(&text).into_owned())
 }
 
-/// Response head for the client: the decision headers, through the one writer's decor.
+/// Response head for the client: the decision headers and the provider's `Cache-Control`, through the one
+/// writer's decor (which comes after them, so a route's edit wins).
 fn client_head(
-    status: u16,
-    request: &AiRequest<'_>,
-    outcome: &AiOutcome,
-    plan: Option<&Plan>,
-    content_type: Option<&HeaderValue>,
-) -> pingora::Result<ResponseHeader> {
-    client_head_with(status, request, outcome, plan, content_type, None)
-}
-
-/// `client_head` with the provider's `Cache-Control` (set before the decor, so a route's edit wins).
-fn client_head_with(
     status: u16,
     request: &AiRequest<'_>,
     outcome: &AiOutcome,
@@ -623,10 +613,8 @@ async fn write_json(
     status: u16,
     body: Bytes,
 ) -> Result<(), Failure> {
-    let mut head = client_head(status, request, outcome, None, None)?;
-    head.insert_header(CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(head), false).await?;
-    session.write_response_body(Some(body), true).await?;
+    let head = client_head(status, request, outcome, None, None, None)?;
+    respond::write(session, head, body).await?;
     Ok(())
 }
 
@@ -642,16 +630,15 @@ async fn pass_error(
     let upstream_head = response_head(&upstream)?;
     outcome.error = Some("provider_error");
     let body = Bytes::from(text);
-    let mut head = client_head(
+    let head = client_head(
         upstream_head.status.as_u16(),
         request,
         outcome,
         Some(plan),
         upstream_head.headers.get(CONTENT_TYPE),
+        None,
     )?;
-    head.insert_header(CONTENT_LENGTH, body.len())?;
-    session.write_response_header(Box::new(head), false).await?;
-    session.write_response_body(Some(body), true).await?;
+    respond::write(session, head, body).await?;
     Ok(())
 }
 
@@ -695,7 +682,7 @@ async fn stream_back(
         let is_sse = content_type
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        let head = client_head_with(
+        let head = client_head(
             upstream_head.status.as_u16(),
             request,
             outcome,
@@ -1003,7 +990,8 @@ async fn answer_mock(
         }
         Endpoint::ChatCompletions if stream => {
             let event_stream = HeaderValue::from_static("text/event-stream");
-            let mut head = client_head(200, request, outcome, Some(plan), Some(&event_stream))?;
+            let mut head =
+                client_head(200, request, outcome, Some(plan), Some(&event_stream), None)?;
             frame_unknown_length(session, &mut head)?;
             session.write_response_header(Box::new(head), false).await?;
             let settings = model.provider.mock;
@@ -1046,7 +1034,7 @@ async fn answer_mock(
         None => reply,
     };
     let body = Bytes::from(reply);
-    let mut head = client_head(200, request, outcome, Some(plan), None)?;
+    let mut head = client_head(200, request, outcome, Some(plan), None, None)?;
     head.insert_header(CONTENT_LENGTH, body.len())?;
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await?;
