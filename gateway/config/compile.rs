@@ -901,6 +901,16 @@ mod tests {
     use super::*;
     use crate::config::parse_str;
 
+    /// Every `expected` text begins one of the `errors`.
+    fn assert_reported(errors: &[String], expected: &[&str]) {
+        for expected in expected {
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "{expected}: {errors:?}"
+            );
+        }
+    }
+
     fn errors_of(text: &str) -> Vec<String> {
         let config = parse_str(text).expect("schema-valid");
         match compile(&config, Mode::Validate, None) {
@@ -932,30 +942,13 @@ routes:
     redirect: { to: "https://x" }
 "#,
         );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("routes[0].match.path.regex: invalid regex")),
-            "{errors:?}"
+        assert_reported(&errors, &["routes[0].match.path.regex: invalid regex"]);
+        assert_reported(
+            &errors,
+            &["routes[1].proxy.cluster: no cluster named `missing`"],
         );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("routes[1].proxy.cluster: no cluster named `missing`")),
-            "{errors:?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("routes[2].match.methods[0]")),
-            "{errors:?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("routes[3]: a route has exactly one action")),
-            "{errors:?}"
-        );
+        assert_reported(&errors, &["routes[2].match.methods[0]"]);
+        assert_reported(&errors, &["routes[3]: a route has exactly one action"]);
     }
 
     #[test]
@@ -971,16 +964,14 @@ routes:
     respond: { status: 200 }
 "#,
         );
-        for expected in [
-            "routes[0].response_headers.set.content-length: the gateway frames messages itself",
-            "routes[0].response_headers.remove[0]: the gateway frames messages itself",
-            "routes[0].request_headers.add.connection: the gateway frames messages itself",
-        ] {
-            assert!(
-                errors.iter().any(|e| e.starts_with(expected)),
-                "{expected}: {errors:?}"
-            );
-        }
+        assert_reported(
+            &errors,
+            &[
+                "routes[0].response_headers.set.content-length: the gateway frames messages itself",
+                "routes[0].response_headers.remove[0]: the gateway frames messages itself",
+                "routes[0].request_headers.add.connection: the gateway frames messages itself",
+            ],
+        );
         assert_eq!(errors.len(), 3, "{errors:?}");
     }
 
@@ -1003,18 +994,16 @@ ai:
       health_check: { unhealthy_threshold: 0, path: models }
 "#,
         );
-        for expected in [
-            "clusters[0].backends[0].weight: must be between 1 and 1000",
-            "clusters[0].health_check: healthy_threshold and unhealthy_threshold must be at least 1",
-            "ai.providers[0].deployments[0].weight: must be between 1 and 1000",
-            "ai.providers[0].health_check: healthy_threshold and unhealthy_threshold must be at least 1",
-            "ai.providers[0].health_check.path: must start with `/`",
-        ] {
-            assert!(
-                errors.iter().any(|e| e.starts_with(expected)),
-                "{expected}: {errors:?}"
-            );
-        }
+        assert_reported(
+            &errors,
+            &[
+                "clusters[0].backends[0].weight: must be between 1 and 1000",
+                "clusters[0].health_check: healthy_threshold and unhealthy_threshold must be at least 1",
+                "ai.providers[0].deployments[0].weight: must be between 1 and 1000",
+                "ai.providers[0].health_check: healthy_threshold and unhealthy_threshold must be at least 1",
+                "ai.providers[0].health_check.path: must start with `/`",
+            ],
+        );
     }
 
     #[test]
@@ -1032,26 +1021,10 @@ clusters:
     load_balancing: consistent_hash
 "#,
         );
-        assert!(
-            errors.iter().any(|e| e.starts_with("listeners[0].address")),
-            "{errors:?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("listeners[1].tls.certificates[0]: cannot read")),
-            "{errors:?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("clusters[0].backends[0].address")),
-            "{errors:?}"
-        );
-        assert!(
-            errors.iter().any(|e| e.starts_with("clusters[0].hash_on")),
-            "{errors:?}"
-        );
+        assert_reported(&errors, &["listeners[0].address"]);
+        assert_reported(&errors, &["listeners[1].tls.certificates[0]: cannot read"]);
+        assert_reported(&errors, &["clusters[0].backends[0].address"]);
+        assert_reported(&errors, &["clusters[0].hash_on"]);
     }
 
     #[test]
