@@ -655,4 +655,8 @@ async fn sigterm_drains_readiness_first_keepalive_politely_and_exits_when_done()
         "{}",
         dir.gateway_log()
     );
+    // Every request of the drain reached the access log before the early exit (flushed on the way out).
+    let log = dir.access_log();
+    assert!(log.lines().count() >= 6, "{log}");
+    assert!(log.contains("delay_ms=1500"), "{log}");
 }

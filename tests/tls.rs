@@ -394,3 +394,37 @@ async fn a_stalled_handshake_is_cut_off_at_the_header_timeout_and_a_bad_one_at_o
     assert_eq!(closed("tls_handshake_timeout"), 2.0, "{metrics}");
     assert_eq!(closed("tls_handshake_failed"), 1.0, "{metrics}");
 }
+
+#[tokio::test]
+async fn a_client_over_its_connection_cap_is_closed_before_any_handshake() {
+    use tokio::io::AsyncReadExt;
+    let (dir, ports, ca) = (TestDir::new(), Ports::new(), TestCa::new("test ca"));
+    let yaml = tls_config(&dir, &ports, &ca).replace(
+        "  access_log:",
+        "  max_connections_per_ip: 1\n  access_log:",
+    );
+    let gateway = Gateway::start(&dir, ports, &yaml).await;
+    // The first connection holds the address's one slot, even before its handshake.
+    let _held = tokio::net::TcpStream::connect(("127.0.0.1", ports.https))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The second is closed at once: no ServerHello, nothing to wait for.
+    let mut over = tokio::net::TcpStream::connect(("127.0.0.1", ports.https))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), over.read(&mut buf))
+        .await
+        .expect("the connection over the cap stayed open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let metrics = get(&client(), &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_client_connections_closed_total{reason="too_many_connections"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+}
