@@ -32,10 +32,7 @@ fn line_end(buffer: &[u8], at: usize) -> LineEnd {
 /// empty line, in one pass over the line ends.
 fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
     let mut from = 0;
-    while let Some(offset) = buffer[from..]
-        .iter()
-        .position(|&b| b == b'\n' || b == b'\r')
-    {
+    while let Some(offset) = memchr::memchr2(b'\n', b'\r', &buffer[from..]) {
         let at = from + offset;
         let LineEnd::Len(first) = line_end(buffer, at) else {
             return None;
