@@ -146,11 +146,26 @@ impl RequestCtx {
         }
     }
 
+    /// The query parameter that may carry an API key (redacted in logs).
+    fn key_param(&self) -> Option<&str> {
+        self.runtime
+            .as_ref()
+            .and_then(|rt| rt.auth.settings.api_key_query.as_deref())
+    }
+
     fn cluster(&self) -> Option<&Arc<Cluster>> {
         match &self.route.as_deref()?.action {
             RouteAction::Proxy { cluster, .. } => Some(cluster),
             _ => None,
         }
+    }
+}
+
+/// Read a small unused HTTP/2 body before the gateway answers (`respond::drain_small_h2_body`), except for a
+/// client that stopped sending it: waiting for it is what failed.
+async fn drain_before_answering(session: &mut Session, ctx: &RequestCtx) {
+    if ctx.error != Some(ErrorKind::RequestTimeout) {
+        drain_small_h2_body(session).await;
     }
 }
 
@@ -164,10 +179,7 @@ impl EdgeProxy {
         extra: &[(&HeaderName, &HeaderValue)],
         body: Bytes,
     ) -> Result<()> {
-        // Not for a client that stopped sending its body: waiting for it is what failed.
-        if ctx.error != Some(ErrorKind::RequestTimeout) {
-            drain_small_h2_body(session).await;
-        }
+        drain_before_answering(session, ctx).await;
         respond::answer(session, &ctx.decor(), status, extra, body).await
     }
 
@@ -191,9 +203,7 @@ impl EdgeProxy {
         rejection: &Rejection,
     ) -> Result<()> {
         ctx.error_code = Some(rejection.code);
-        if ctx.error != Some(ErrorKind::RequestTimeout) {
-            drain_small_h2_body(session).await;
-        }
+        drain_before_answering(session, ctx).await;
         respond::reject(session, &ctx.decor(), rejection).await
     }
 
@@ -671,10 +681,7 @@ impl ProxyHttp for EdgeProxy {
     /// The request as Pingora's own error logs show it, without credentials in the query.
     fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
         let req = session.req_header();
-        let key_param = ctx
-            .runtime
-            .as_ref()
-            .and_then(|rt| rt.auth.settings.api_key_query.as_deref());
+        let key_param = ctx.key_param();
         format!(
             "{} {}, Host: {}",
             req.method,
@@ -708,10 +715,7 @@ impl ProxyHttp for EdgeProxy {
             return;
         }
         let req = session.req_header();
-        let key_param = ctx
-            .runtime
-            .as_ref()
-            .and_then(|rt| rt.auth.settings.api_key_query.as_deref());
+        let key_param = ctx.key_param();
         let path = redacted_path(req, key_param);
         let protocol = if session.as_downstream().is_http2() {
             "HTTP/2"
