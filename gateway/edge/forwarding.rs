@@ -50,9 +50,16 @@ pub fn forwarded_headers(
         upstream.insert_header(X_FORWARDED_PROTO_NAME, if tls { "https" } else { "http" })?;
     }
     if !(caller.trusted && original.headers.contains_key(&X_FORWARDED_HOST)) {
-        let host = request_host(original);
-        if !host.is_empty() {
-            upstream.insert_header(X_FORWARDED_HOST_NAME, host.to_string())?;
+        // The client's Host as it is (a shared buffer, not a copy), or the authority of an HTTP/2 request.
+        let host = match original.headers.get(HOST) {
+            Some(host) => Some(host.clone()),
+            None => original
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        if let Some(host) = host.filter(|h| !h.is_empty()) {
+            upstream.insert_header(X_FORWARDED_HOST_NAME, host)?;
         }
     }
     Ok(())
