@@ -4,7 +4,7 @@
 //! OpenAI's (`{"error":{"message","type","param","code"}}`). `ErrorKind` names the failures of proxying.
 
 use std::borrow::Cow;
-use std::fmt::Write;
+use std::io::Write;
 
 /// The format a route answers its errors in, fixed when the config compiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -205,14 +205,16 @@ pub fn error_body(kind: ErrorKind, request_id: &str) -> bytes::Bytes {
 
 /// The gateway's JSON error body; `code` is one of the gateway's own static codes.
 pub fn json_error(status: u16, code: &str, message: &str, request_id: &str) -> bytes::Bytes {
-    let mut body = String::with_capacity(160);
+    // Written in place; the strings are escaped by serde_json without copies of them.
+    let mut body = Vec::with_capacity(160);
     let _ = write!(
         body,
-        r#"{{"error":{{"status":{status},"code":"{code}","message":{},"request_id":{}}}}}"#,
-        serde_json::Value::String(message.to_string()),
-        serde_json::Value::String(request_id.to_string())
+        r#"{{"error":{{"status":{status},"code":"{code}","message":"#
     );
-    body.push('\n');
+    let _ = serde_json::to_writer(&mut body, message);
+    body.extend_from_slice(br#","request_id":"#);
+    let _ = serde_json::to_writer(&mut body, request_id);
+    body.extend_from_slice(b"}}\n");
     bytes::Bytes::from(body)
 }
 
