@@ -192,10 +192,14 @@ impl Backend {
                 .is_ok()
     }
 
-    /// Usable for a new request: resolved, passing health checks, and admitted by its breaker (which may
-    /// claim the half-open probe for this request).
-    fn is_available(&self, now_ms: u64, probe_ms: u64) -> bool {
-        self.is_healthy() && self.resolved.load().is_some() && self.admits(now_ms, probe_ms)
+    /// The address a new request may use: resolved, passing health checks, and admitted by its breaker
+    /// (which may claim the half-open probe for this request, so it is asked last).
+    fn available_addr(&self, now_ms: u64, probe_ms: u64) -> Option<SocketAddr> {
+        if !self.is_healthy() {
+            return None;
+        }
+        let addr = self.resolved()?;
+        self.admits(now_ms, probe_ms).then_some(addr)
     }
 
     /// Carry live state over from the same backend in the previous config generation.
@@ -363,12 +367,7 @@ impl Cluster {
             if index < 64 && tried & (1 << index) != 0 {
                 return None;
             }
-            let backend = &self.backends[index];
-            if backend.is_available(now, probe_ms) {
-                backend.resolved()
-            } else {
-                None
-            }
+            self.backends[index].available_addr(now, probe_ms)
         };
         match &self.selector {
             Selector::RoundRobin { slots, cursor } => {
