@@ -1,7 +1,8 @@
 //! The gateway's own error responses. Every refusal and error, edge or AI, becomes one `Rejection`
 //! (status, stable code, message, and its challenge or retry headers), written by `respond::reject` in the
-//! dialect of the route: the gateway's JSON (`{"error":{"status","code","message","request_id"}}`) or
-//! OpenAI's (`{"error":{"message","type","param","code"}}`). `ErrorKind` names the failures of proxying.
+//! dialect of the request: the gateway's JSON (`{"error":{"status","code","message","request_id"}}`),
+//! OpenAI's (`{"error":{"message","type","param","code"}}`) or Anthropic's
+//! (`{"type":"error","error":{"type","message"},"request_id"}`). `ErrorKind` names the failures of proxying.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -14,6 +15,23 @@ pub enum Dialect {
     Gateway,
     /// AI routes: OpenAI's error object, which the OpenAI SDKs read.
     OpenAi,
+    /// Anthropic's Messages endpoints on AI routes (`/v1/messages`): what Anthropic's SDKs read.
+    Anthropic,
+}
+
+/// Anthropic's error type for a status.
+fn anthropic_kind(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
 }
 
 /// A refusal or error the gateway answers itself.
@@ -94,7 +112,26 @@ impl Rejection {
                 body.push(b'\n');
                 bytes::Bytes::from(body)
             }
+            Dialect::Anthropic => {
+                let mut object = self.anthropic_object();
+                object["request_id"] = request_id.into();
+                let mut body = object.to_string().into_bytes();
+                body.push(b'\n');
+                bytes::Bytes::from(body)
+            }
         }
+    }
+
+    /// The error as Anthropic's `error` event, for failures after a Messages stream started.
+    pub fn anthropic_event(&self) -> bytes::Bytes {
+        bytes::Bytes::from(format!(
+            "event: error\ndata: {}\n\n",
+            self.anthropic_object()
+        ))
+    }
+
+    fn anthropic_object(&self) -> serde_json::Value {
+        serde_json::json!({"type": "error", "error": {"type": anthropic_kind(self.status), "message": self.message}})
     }
 
     /// The error as one SSE event of an OpenAI stream, for failures after the stream started.

@@ -17,7 +17,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::ai::relay::{serve as serve_ai, AiOutcome, AiRequest};
+use crate::ai::reply::{AiOutcome, AiRequest};
+use crate::ai::serve::serve as serve_ai;
 use crate::edge::auth::{redacted_path, AuthFailure};
 use crate::edge::client::{ip_octets, Caller};
 use crate::edge::connection::request_done;
@@ -132,6 +133,9 @@ pub struct RequestCtx {
     admission: Admission,
     /// What the AI path decided and did.
     ai: Option<AiOutcome>,
+    /// The format the gateway's own answers take: the route's, or on AI routes the one the path's API
+    /// speaks (Anthropic's for `/messages`).
+    dialect: Dialect,
 }
 
 impl RequestCtx {
@@ -142,7 +146,7 @@ impl RequestCtx {
             request_id: &self.caller.request_id,
             limit: self.admission.decision.as_ref(),
             response_headers: route.map(|r| &r.response_headers),
-            dialect: route.map_or(Dialect::Gateway, |r| r.dialect),
+            dialect: self.dialect,
         }
     }
 
@@ -353,6 +357,7 @@ impl ProxyHttp for EdgeProxy {
             error_code: None,
             admission: Admission::default(),
             ai: None,
+            dialect: Dialect::Gateway,
         }
     }
 
@@ -427,6 +432,10 @@ impl ProxyHttp for EdgeProxy {
             self.respond_error(session, ctx, ErrorKind::RouteNotFound)
                 .await?;
             return Ok(true);
+        };
+        ctx.dialect = match route.dialect {
+            Dialect::OpenAi => crate::ai::dialect::of_path(req.uri.path()),
+            other => other,
         };
         ctx.route = Some(route.clone());
         if let Err(refusal) = self.check_access(session, ctx, &runtime, &route).await {
@@ -748,6 +757,8 @@ impl ProxyHttp for EdgeProxy {
             attempts: ai.map(|a| a.attempts),
             prompt_tokens: usage.map(|u| u.prompt_tokens),
             completion_tokens: usage.map(|u| u.completion_tokens),
+            cache_read_tokens: usage.map(|u| u.cache_read_tokens).filter(|&n| n > 0),
+            cache_creation_tokens: usage.map(|u| u.cache_creation_tokens).filter(|&n| n > 0),
             cost_usd: ai.and_then(|a| a.cost),
         });
     }

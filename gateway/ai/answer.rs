@@ -13,8 +13,13 @@ use serde::{Deserialize, Deserializer};
 /// Tokens of one answer (read here from a parsed answer, and by `usage` from streams and other shapes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Every prompt token, cached ones included (OpenAI's meaning).
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens read from the provider's cache (`prompt_tokens_details.cached_tokens`).
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to the provider's cache (`cache_creation_input_tokens`).
+    pub cache_creation_tokens: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +166,16 @@ struct UsageView {
     prompt_tokens: Option<u64>,
     #[serde(default)]
     completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<Object<PromptDetailsView>>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PromptDetailsView {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 /// A struct read only from a JSON object. Serde would also fill one from an array, by position, and then
@@ -209,6 +224,12 @@ impl UsageView {
         Usage {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),
             completion_tokens: self.completion_tokens.unwrap_or(0),
+            cache_read_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|details| details.0.cached_tokens)
+                .unwrap_or(0),
+            cache_creation_tokens: self.cache_creation_input_tokens.unwrap_or(0),
         }
     }
 }
@@ -348,7 +369,8 @@ mod tests {
             view.usage(),
             Some(Usage {
                 prompt_tokens: 9,
-                completion_tokens: 2
+                completion_tokens: 2,
+                ..Usage::default()
             })
         );
 
@@ -373,7 +395,8 @@ mod tests {
             usage_in_tail(tail),
             Some(Usage {
                 prompt_tokens: 1200,
-                completion_tokens: 0
+                completion_tokens: 0,
+                ..Usage::default()
             })
         );
         assert_eq!(usage_in_tail(br#"..."usage\": 5, "x": 1}"#), None);

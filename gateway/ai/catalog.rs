@@ -18,6 +18,10 @@ use crate::upstream::cluster::Cluster;
 pub enum ProviderKind {
     /// Any OpenAI-compatible API (OpenAI, OpenRouter, DeepSeek, Groq, Mistral, vLLM, Ollama's /v1, ...).
     OpenAi,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Google's Gemini API (`generateContent`).
+    Gemini,
     /// Answers locally and deterministically.
     Mock,
 }
@@ -27,8 +31,9 @@ pub enum ProviderKind {
 pub struct Deployment {
     /// Path prefix of the API, e.g. `/v1`.
     pub base_path: String,
-    /// `Authorization: Bearer ...`, pre-rendered; never logged.
-    pub authorization: Option<HeaderValue>,
+    /// Authentication headers (`Authorization: Bearer ...`, `x-api-key`, ...), rendered by the provider's
+    /// adapter when the config loads; marked sensitive, never logged.
+    pub auth: Vec<(HeaderName, HeaderValue)>,
     /// Host header value (`host[:port]`).
     pub host: HeaderValue,
 }
@@ -74,6 +79,8 @@ pub struct Model {
     pub provider: Arc<Provider>,
     pub upstream_model: Arc<str>,
     pub context_window: Option<u64>,
+    /// `max_tokens` sent to providers that require one (Anthropic) when the client gave none.
+    pub max_tokens: Option<u64>,
     pub input_price: Option<f64>,
     pub output_price: Option<f64>,
     pub capabilities: Vec<String>,

@@ -1,16 +1,20 @@
-//! The AI path: the catalog (providers, models, profiles), the routing decision, OpenAI wire-format pieces,
-//! the mock provider and the relay that re-originates requests with fallback and streams answers back.
+//! The AI path: the catalog (providers, models, profiles), the ingress dialects clients speak, the guards
+//! and the routing decision, the provider adapters, and the relay that re-originates requests with fallback
+//! and streams answers back.
 
 pub mod answer;
 pub mod catalog;
+pub mod dialect;
 pub mod guard;
 pub mod heuristics;
-pub mod mock;
-pub mod openai;
+pub mod provider;
 pub mod relay;
+pub mod reply;
 pub mod routing;
 pub mod secrets;
+pub mod serve;
 pub mod sse;
+pub mod transport;
 pub mod usage;
 
 use catalog::{Catalog, ProviderKind};
@@ -22,9 +26,9 @@ pub fn warm_up(catalog: &Catalog) {
     if catalog
         .providers
         .iter()
-        .any(|p| p.kind == ProviderKind::OpenAi)
+        .any(|p| p.kind != ProviderKind::Mock)
     {
-        relay::warm_up();
+        transport::warm_up();
     }
     if catalog.secrets.is_some() {
         secrets::warm_up();

@@ -11,9 +11,9 @@ use serde_json::{Map, Value};
 use http::HeaderMap;
 
 use super::catalog::{Catalog, Model};
+use super::dialect::openai;
 use super::guard::{GuardReport, SystemPrompt};
 use super::heuristics::choose;
-use super::openai;
 use crate::error::Rejection;
 
 /// A route's restrictions on models and profiles (empty lists allow everything), and its system prompt.

@@ -14,15 +14,12 @@ use super::sse::{event_data, EventBuffer};
 impl Usage {
     fn from_value(value: &Value) -> Option<Usage> {
         let usage = value.get("usage").filter(|u| u.is_object())?;
+        let count = |value: &Value| value.as_u64().unwrap_or(0);
         Some(Usage {
-            prompt_tokens: usage
-                .get("prompt_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
-            completion_tokens: usage
-                .get("completion_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
+            prompt_tokens: count(&usage["prompt_tokens"]),
+            completion_tokens: count(&usage["completion_tokens"]),
+            cache_read_tokens: count(&usage["prompt_tokens_details"]["cached_tokens"]),
+            cache_creation_tokens: count(&usage["cache_creation_input_tokens"]),
         })
     }
 
@@ -179,7 +176,8 @@ mod tests {
             plain.finish(),
             Some(Usage {
                 prompt_tokens: 10,
-                completion_tokens: 5
+                completion_tokens: 5,
+                ..Usage::default()
             })
         );
 
@@ -190,7 +188,8 @@ mod tests {
             stream.finish(),
             Some(Usage {
                 prompt_tokens: 7,
-                completion_tokens: 3
+                completion_tokens: 3,
+                ..Usage::default()
             })
         );
 
@@ -201,7 +200,8 @@ mod tests {
             crlf.finish(),
             Some(Usage {
                 prompt_tokens: 4,
-                completion_tokens: 2
+                completion_tokens: 2,
+                ..Usage::default()
             })
         );
 
@@ -216,13 +216,15 @@ mod tests {
             large.finish(),
             Some(Usage {
                 prompt_tokens: 12,
-                completion_tokens: 0
+                completion_tokens: 0,
+                ..Usage::default()
             })
         );
 
         let usage = Usage {
             prompt_tokens: 1_000_000,
             completion_tokens: 500_000,
+            ..Usage::default()
         };
         let cost = usage.cost(Some(0.15), Some(0.60)).unwrap();
         assert!((cost - 0.45).abs() < 1e-12, "{cost}");

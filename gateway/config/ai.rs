@@ -78,6 +78,7 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
             provider: provider.clone(),
             upstream_model: Arc::from(section.upstream_model.as_deref().unwrap_or(&section.name)),
             context_window: section.context_window,
+            max_tokens: section.max_tokens,
             input_price: section.input_price,
             output_price: section.output_price,
             capabilities: section.capabilities.clone(),
@@ -398,16 +399,31 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             cooldown,
         });
     }
+    let kind = match section.kind {
+        ProviderKindSection::Openai => ProviderKind::OpenAi,
+        ProviderKindSection::Anthropic => ProviderKind::Anthropic,
+        ProviderKindSection::Gemini => ProviderKind::Gemini,
+        ProviderKindSection::Mock => ProviderKind::Mock,
+    };
+    let wire = crate::ai::provider::wire(kind);
+    let default_base = match kind {
+        ProviderKind::Anthropic => Some("https://api.anthropic.com/v1".to_string()),
+        ProviderKind::Gemini => {
+            Some("https://generativelanguage.googleapis.com/v1beta".to_string())
+        }
+        ProviderKind::OpenAi | ProviderKind::Mock => None,
+    };
+    let base_url = section.base_url.as_ref().or(default_base.as_ref());
     // One deployment from base_url/api_key unless deployments are listed.
     let listed: Vec<(Option<&String>, Option<&String>, u32)> = if section.deployments.is_empty() {
-        vec![(section.base_url.as_ref(), section.api_key.as_ref(), 1)]
+        vec![(base_url, section.api_key.as_ref(), 1)]
     } else {
         section
             .deployments
             .iter()
             .map(|d| {
                 (
-                    d.base_url.as_ref().or(section.base_url.as_ref()),
+                    d.base_url.as_ref().or(base_url),
                     d.api_key.as_ref().or(section.api_key.as_ref()),
                     d.weight,
                 )
@@ -446,25 +462,23 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         }
         tls = Some(url.tls);
         // A key field that is present but empty means "${VAR:-}" with VAR unset: the provider is disabled.
-        let authorization = match api_key {
+        let auth = match api_key {
             Some(key) if key.is_empty() => {
                 enabled = false;
-                None
+                Vec::new()
             }
-            Some(key) => match HeaderValue::from_str(&format!("Bearer {key}")) {
-                Ok(mut value) => {
-                    value.set_sensitive(true);
-                    Some(value)
-                }
-                Err(_) => {
-                    c.error(
-                        format!("{dpath}.api_key"),
-                        "contains characters not allowed in a header",
-                    );
-                    None
-                }
-            },
-            None => None,
+            Some(key) => wire.auth_headers(key).unwrap_or_else(|message| {
+                c.error(format!("{dpath}.api_key"), message);
+                Vec::new()
+            }),
+            None if kind != ProviderKind::OpenAi => {
+                c.error(
+                    format!("{dpath}.api_key"),
+                    "this provider type needs a key, e.g. api_key: ${ANTHROPIC_API_KEY:-}",
+                );
+                Vec::new()
+            }
+            None => Vec::new(),
         };
         let Ok(host_value) = HeaderValue::from_str(&url.authority()) else {
             c.error(
@@ -492,7 +506,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
                 .unwrap_or("")
                 .trim_end_matches('/')
                 .to_string(),
-            authorization,
+            auth,
             host: host_value,
         });
     }
@@ -558,7 +572,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
     Some(Provider {
         name: Arc::from(section.name.as_str()),
         name_header: header,
-        kind: ProviderKind::OpenAi,
+        kind,
         enabled,
         cluster: Some(Arc::new(cluster)),
         deployments,

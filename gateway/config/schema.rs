@@ -993,10 +993,12 @@ pub enum PromptModeSection {
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     pub name: String,
-    /// `openai` (any OpenAI-compatible API) or `mock` (answers locally).
+    /// `openai` (any OpenAI-compatible API), `anthropic` (Messages API), `gemini` (generateContent) or
+    /// `mock` (answers locally).
     #[serde(rename = "type")]
     pub kind: ProviderKindSection,
-    /// E.g. `https://api.openai.com/v1`; with `deployments`, their default.
+    /// E.g. `https://api.openai.com/v1`; with `deployments`, their default. `anthropic` and `gemini` default to
+    /// their public APIs (`https://api.anthropic.com/v1`, `https://generativelanguage.googleapis.com/v1beta`).
     pub base_url: Option<String>,
     /// Normally `${VAR:-}`: when it ends up empty the provider is disabled with a warning. Omit for local servers.
     pub api_key: Option<String>,
@@ -1023,6 +1025,8 @@ pub struct ProviderSection {
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKindSection {
     Openai,
+    Anthropic,
+    Gemini,
     Mock,
 }
 
@@ -1067,6 +1071,9 @@ pub struct ModelSection {
     /// The provider's id for it (default: `name`).
     pub upstream_model: Option<String>,
     pub context_window: Option<u64>,
+    /// `max_tokens` sent to providers that require one (`type: anthropic`) when the client gave none
+    /// (default 4096).
+    pub max_tokens: Option<u64>,
     /// USD per 1M input tokens.
     pub input_price: Option<f64>,
     /// USD per 1M output tokens.
@@ -1079,8 +1086,8 @@ pub struct ModelSection {
     pub local: bool,
 }
 
-/// `routes[].ai`: an OpenAI-compatible endpoint family (`.../chat/completions`, `/embeddings`, `/completions`,
-/// `/models`) under the route's path.
+/// `routes[].ai`: the OpenAI-compatible endpoint family (`.../chat/completions`, `/embeddings`, `/completions`,
+/// `/models`) and Anthropic's Messages API (`.../messages`, `/messages/count_tokens`) under the route's path.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AiRouteSection {

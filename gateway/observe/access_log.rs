@@ -39,6 +39,9 @@ pub struct AccessRecord<'a> {
     pub attempts: Option<u32>,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
+    /// Prompt tokens read from / written to the provider's cache (only when there were any).
+    pub cache_read_tokens: Option<u64>,
+    pub cache_creation_tokens: Option<u64>,
     pub cost_usd: Option<f64>,
 }
 
@@ -83,6 +86,8 @@ impl AccessRecord<'_> {
             ("attempts", self.attempts.map(u64::from)),
             ("prompt_tokens", self.prompt_tokens),
             ("completion_tokens", self.completion_tokens),
+            ("cache_read_tokens", self.cache_read_tokens),
+            ("cache_creation_tokens", self.cache_creation_tokens),
         ] {
             if let Some(value) = value {
                 key(out, name);
@@ -294,6 +299,8 @@ mod tests {
             attempts: None,
             prompt_tokens: None,
             completion_tokens: None,
+            cache_read_tokens: None,
+            cache_creation_tokens: None,
             cost_usd: None,
         }
     }

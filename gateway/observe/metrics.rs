@@ -269,6 +269,9 @@ pub fn render() -> Vec<u8> {
 pub struct ModelMetrics {
     pub prompt_tokens: IntCounter,
     pub completion_tokens: IntCounter,
+    /// Prompt tokens (counted in `prompt` too) read from and written to the provider's cache.
+    pub cache_read_tokens: IntCounter,
+    pub cache_creation_tokens: IntCounter,
     pub cost: prometheus::Counter,
 }
 
@@ -278,6 +281,8 @@ impl ModelMetrics {
         ModelMetrics {
             prompt_tokens: m.ai_tokens.with_label_values(&[model, "prompt"]),
             completion_tokens: m.ai_tokens.with_label_values(&[model, "completion"]),
+            cache_read_tokens: m.ai_tokens.with_label_values(&[model, "cache_read"]),
+            cache_creation_tokens: m.ai_tokens.with_label_values(&[model, "cache_creation"]),
             cost: m.ai_cost.with_label_values(&[model]),
         }
     }

@@ -1,11 +1,93 @@
-//! The `mock` provider: deterministic local answers in OpenAI's format, so the default config works end to
-//! end on a fresh machine. It echoes a summary of the request; streams are split into configured chunks.
+//! The `mock` provider: deterministic local answers in the common (OpenAI) form, so the default config works
+//! end to end on a fresh machine. It echoes a summary of the request; streams are split into configured
+//! chunks. It is an adapter like the others; it only answers in the gateway instead of over a connection.
 
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::{Call, Local, LocalAnswer, Rendered, StreamDecoder, Wire};
+use crate::ai::dialect::openai::Endpoint;
+use crate::ai::usage::Usage;
+use crate::error::Rejection;
+
+pub struct MockWire;
+
+impl Wire for MockWire {
+    fn supports(&self, endpoint: Endpoint) -> bool {
+        endpoint != Endpoint::Models
+    }
+
+    fn auth_headers(&self, _key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
+        Ok(Vec::new())
+    }
+
+    fn render<'a>(
+        &self,
+        _call: &Call<'a>,
+        _body: &mut Map<String, Value>,
+    ) -> Result<Rendered<'a>, Rejection> {
+        Err(Rejection::typed(
+            500,
+            "server_error",
+            "internal_error",
+            "the mock provider answers locally",
+        ))
+    }
+
+    fn context_exceeded(&self, _body: &str) -> bool {
+        false
+    }
+
+    fn error_message(&self, _body: &str) -> Option<(String, String)> {
+        None
+    }
+
+    fn whole_answer(&self, _body: &[u8], _model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+        Ok(None)
+    }
+
+    fn stream_decoder(&self, _model: &str) -> Option<Box<dyn StreamDecoder>> {
+        None
+    }
+
+    fn answer_locally(&self, local: &Local<'_>) -> Option<LocalAnswer> {
+        let model = local.upstream_model;
+        let body = local.body;
+        let id = format!("chatcmpl-{}", local.request_id);
+        let prompt_tokens = estimate_tokens(serde_json::to_vec(body).map_or(0, |b| b.len()));
+        let text = reply_text(model, body);
+        let usage = (local.endpoint != Endpoint::Embeddings).then(|| Usage {
+            prompt_tokens: prompt_tokens as u64,
+            completion_tokens: estimate_tokens(text.len()) as u64,
+            ..Usage::default()
+        });
+        let whole = match local.endpoint {
+            Endpoint::ChatCompletions if local.stream => {
+                let events = chat_stream_events(&id, model, &text, local.chunks, prompt_tokens);
+                return Some(LocalAnswer {
+                    usage,
+                    whole: None,
+                    events: events.into_iter().map(Bytes::from).collect(),
+                });
+            }
+            Endpoint::Embeddings => embeddings(model, body),
+            Endpoint::Completions => text_completion(&id, model, &text, prompt_tokens),
+            Endpoint::ChatCompletions | Endpoint::Models => {
+                chat_completion(&id, model, &text, prompt_tokens)
+            }
+        };
+        Some(LocalAnswer {
+            usage,
+            whole: Some(whole.to_string().into_bytes()),
+            events: Vec::new(),
+        })
+    }
+}
+
 /// The reply text: which model answered, how many messages, and the start of the last user message.
-pub fn reply_text(model: &str, body: &Map<String, Value>) -> String {
+fn reply_text(model: &str, body: &Map<String, Value>) -> String {
     let messages = body.get("messages").and_then(Value::as_array);
     let count = messages.map_or(0, Vec::len);
     let last_user = messages
@@ -41,7 +123,7 @@ pub fn estimate_tokens(bytes: usize) -> usize {
     bytes.div_ceil(4)
 }
 
-pub fn chat_completion(id: &str, model: &str, text: &str, prompt_tokens: usize) -> Value {
+fn chat_completion(id: &str, model: &str, text: &str, prompt_tokens: usize) -> Value {
     json!({
         "id": id, "object": "chat.completion", "created": created(), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -49,7 +131,7 @@ pub fn chat_completion(id: &str, model: &str, text: &str, prompt_tokens: usize) 
     })
 }
 
-pub fn text_completion(id: &str, model: &str, text: &str, prompt_tokens: usize) -> Value {
+fn text_completion(id: &str, model: &str, text: &str, prompt_tokens: usize) -> Value {
     json!({
         "id": id, "object": "text_completion", "created": created(), "model": model,
         "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": null}],
@@ -58,7 +140,7 @@ pub fn text_completion(id: &str, model: &str, text: &str, prompt_tokens: usize) 
 }
 
 /// SSE events of a streamed chat completion: `chunks` content pieces, a final chunk with usage, `[DONE]`.
-pub fn chat_stream_events(
+fn chat_stream_events(
     id: &str,
     model: &str,
     text: &str,
@@ -89,7 +171,7 @@ pub fn chat_stream_events(
 }
 
 /// Deterministic 8-dimensional embeddings, one per input string.
-pub fn embeddings(model: &str, body: &Map<String, Value>) -> Value {
+fn embeddings(model: &str, body: &Map<String, Value>) -> Value {
     let inputs: Vec<String> = match body.get("input") {
         Some(Value::String(text)) => vec![text.clone()],
         Some(Value::Array(items)) => items
@@ -114,7 +196,5 @@ pub fn embeddings(model: &str, body: &Map<String, Value>) -> Value {
 }
 
 fn created() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    super::now()
 }

@@ -1,0 +1,583 @@
+//! Anthropic's Messages API (`POST {base}/messages`, `x-api-key`, `anthropic-version`): requests are rendered
+//! from the common form (system messages lifted into `system`, tool calls and results into `tool_use` and
+//! `tool_result` blocks, images into image blocks, `max_tokens` filled from the model's default), answers and
+//! the named-event stream (`message_start` ... `message_stop`, `ping`, `error`) are turned back into
+//! OpenAI's, with the usage (cache reads and writes included) carried along.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use serde_json::{json, Map, Value};
+
+use super::{
+    arguments_object, chunk, data_url, error_event, push_event, text_of, usage_chunk, usage_json,
+    Call, Rendered, StreamDecoder, Wire,
+};
+use crate::ai::dialect::openai::{self, Endpoint};
+use crate::ai::sse::{event_data, EventBuffer};
+use crate::ai::usage::Usage;
+use crate::error::Rejection;
+
+/// The API version every request names (the one Anthropic's SDKs send).
+pub const VERSION: &str = "2023-06-01";
+
+pub struct AnthropicWire;
+
+impl Wire for AnthropicWire {
+    fn supports(&self, endpoint: Endpoint) -> bool {
+        endpoint == Endpoint::ChatCompletions
+    }
+
+    fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
+        let mut value = HeaderValue::from_str(key)
+            .map_err(|_| "contains characters not allowed in a header")?;
+        value.set_sensitive(true);
+        Ok(vec![
+            (HeaderName::from_static("x-api-key"), value),
+            (
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static(VERSION),
+            ),
+        ])
+    }
+
+    fn render<'a>(
+        &self,
+        call: &Call<'a>,
+        body: &mut Map<String, Value>,
+    ) -> Result<Rendered<'a>, Rejection> {
+        let request = to_messages_request(body, call.upstream_model, call.default_max_tokens);
+        let payload =
+            serde_json::to_vec(&request).map_err(|e| openai::invalid_json(&e.to_string()))?;
+        Ok(Rendered {
+            path: [
+                Cow::Borrowed(call.deployment.base_path.as_str()),
+                Cow::Borrowed("/messages"),
+            ],
+            headers: Vec::new(),
+            body: Bytes::from(payload),
+        })
+    }
+
+    fn context_exceeded(&self, body: &str) -> bool {
+        body.contains("prompt is too long") || body.contains("context window")
+    }
+
+    fn error_message(&self, body: &str) -> Option<(String, String)> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        let error = value.get("error")?;
+        Some((
+            error.get("type")?.as_str()?.to_string(),
+            error.get("message")?.as_str()?.to_string(),
+        ))
+    }
+
+    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+        let answer: Value = serde_json::from_slice(body).map_err(|e| {
+            super::malformed(format!(
+                "the provider's answer is not an Anthropic message: {e}"
+            ))
+        })?;
+        Ok(Some(
+            to_chat_completion(&answer, model).to_string().into_bytes(),
+        ))
+    }
+
+    fn stream_decoder(&self, model: &str) -> Option<Box<dyn StreamDecoder>> {
+        Some(Box::new(AnthropicStream {
+            model: model.to_string(),
+            ..AnthropicStream::default()
+        }))
+    }
+}
+
+/// The Messages request for a common-form (OpenAI chat) body.
+pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: u64) -> Value {
+    let mut system: Vec<String> = Vec::new();
+    let mut messages: Vec<Value> = Vec::new();
+    for message in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .unwrap_or("user");
+        let (role, blocks) = match role {
+            "system" | "developer" => {
+                system.push(text_of(message.get("content")));
+                continue;
+            }
+            "assistant" => ("assistant", assistant_blocks(message)),
+            "tool" | "function" => ("user", vec![tool_result(message)]),
+            _ => ("user", content_blocks(message.get("content"))),
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        // Anthropic wants turns to alternate: consecutive turns of one role (tool results) merge.
+        match messages.last_mut() {
+            Some(last) if last["role"] == role => {
+                if let Some(content) = last["content"].as_array_mut() {
+                    content.extend(blocks);
+                }
+            }
+            _ => messages.push(json!({"role": role, "content": blocks})),
+        }
+    }
+    let mut request = Map::new();
+    request.insert("model".into(), model.into());
+    let max_tokens = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        .unwrap_or(default_max);
+    request.insert("max_tokens".into(), max_tokens.into());
+    if !system.is_empty() {
+        request.insert("system".into(), system.join("\n\n").into());
+    }
+    request.insert("messages".into(), messages.into());
+    for key in ["temperature", "top_p", "top_k", "stream"] {
+        if let Some(value) = body.get(key).filter(|v| !v.is_null()) {
+            request.insert(key.into(), value.clone());
+        }
+    }
+    match body.get("stop") {
+        Some(Value::String(stop)) => {
+            request.insert("stop_sequences".into(), json!([stop]));
+        }
+        Some(Value::Array(stops)) => {
+            request.insert("stop_sequences".into(), Value::Array(stops.clone()));
+        }
+        _ => {}
+    }
+    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+        let tools: Vec<Value> = tools
+            .iter()
+            .filter_map(|tool| {
+                let function = tool.get("function")?;
+                let mut out = json!({
+                    "name": function.get("name")?,
+                    "input_schema": function.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
+                });
+                if let Some(description) = function.get("description") {
+                    out["description"] = description.clone();
+                }
+                Some(out)
+            })
+            .collect();
+        if !tools.is_empty() {
+            request.insert("tools".into(), tools.into());
+        }
+    }
+    let mut choice = match body.get("tool_choice") {
+        Some(Value::String(mode)) => match mode.as_str() {
+            "none" => Some(json!({"type": "none"})),
+            "required" => Some(json!({"type": "any"})),
+            _ => Some(json!({"type": "auto"})),
+        },
+        Some(Value::Object(named)) => named
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .map(|name| json!({"type": "tool", "name": name})),
+        _ => None,
+    };
+    if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) && request.contains_key("tools")
+    {
+        choice
+            .get_or_insert_with(|| json!({"type": "auto"}))
+            .as_object_mut()
+            .map(|c| c.insert("disable_parallel_tool_use".into(), true.into()));
+    }
+    if let Some(choice) = choice.filter(|_| request.contains_key("tools")) {
+        request.insert("tool_choice".into(), choice);
+    }
+    if let Some(user) = body.get("user").and_then(Value::as_str) {
+        request.insert("metadata".into(), json!({"user_id": user}));
+    }
+    Value::Object(request)
+}
+
+/// Content blocks of a user turn: text and images.
+fn content_blocks(content: Option<&Value>) -> Vec<Value> {
+    match content {
+        Some(Value::String(text)) if !text.is_empty() => {
+            vec![json!({"type": "text", "text": text})]
+        }
+        Some(Value::Array(parts)) => parts.iter().filter_map(part_block).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn part_block(part: &Value) -> Option<Value> {
+    match part.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            let text = part.get("text")?.as_str().filter(|t| !t.is_empty())?;
+            Some(json!({"type": "text", "text": text}))
+        }
+        Some("image_url") => {
+            let url = part.get("image_url")?.get("url")?.as_str()?;
+            Some(match data_url(url) {
+                Some((media_type, data)) => {
+                    json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+                }
+                None => json!({"type": "image", "source": {"type": "url", "url": url}}),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn assistant_blocks(message: &Value) -> Vec<Value> {
+    let mut blocks = content_blocks(message.get("content"));
+    for call in message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let function = &call["function"];
+        blocks.push(json!({
+            "type": "tool_use",
+            "id": call.get("id").cloned().unwrap_or_else(|| "toolu_gateway".into()),
+            "name": function.get("name").cloned().unwrap_or_default(),
+            "input": arguments_object(function.get("arguments")),
+        }));
+    }
+    blocks
+}
+
+fn tool_result(message: &Value) -> Value {
+    json!({
+        "type": "tool_result",
+        "tool_use_id": message.get("tool_call_id").cloned().unwrap_or_default(),
+        "content": text_of(message.get("content")),
+    })
+}
+
+/// OpenAI's finish reason for Anthropic's stop reason.
+pub fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    }
+}
+
+/// Anthropic's usage in the common form: `prompt_tokens` counts cache reads and writes, which Anthropic's
+/// `input_tokens` leaves out.
+fn usage_of(usage: &Value, into: &mut Usage) {
+    let count = |key: &str| usage.get(key).and_then(Value::as_u64);
+    if let Some(input) = count("input_tokens") {
+        into.cache_read_tokens = count("cache_read_input_tokens").unwrap_or(into.cache_read_tokens);
+        into.cache_creation_tokens =
+            count("cache_creation_input_tokens").unwrap_or(into.cache_creation_tokens);
+        into.prompt_tokens = input + into.cache_read_tokens + into.cache_creation_tokens;
+    }
+    if let Some(output) = count("output_tokens") {
+        into.completion_tokens = output;
+    }
+}
+
+/// A whole Messages answer as a chat completion.
+pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut calls = Vec::new();
+    for block in answer
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
+            Some("thinking") => reasoning.push_str(block["thinking"].as_str().unwrap_or_default()),
+            Some("tool_use") => calls.push(json!({
+                "id": block["id"], "type": "function",
+                "function": {"name": block["name"], "arguments": block["input"].to_string()},
+            })),
+            _ => {}
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": text});
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = reasoning.into();
+    }
+    if !calls.is_empty() {
+        message["tool_calls"] = calls.into();
+    }
+    let mut usage = Usage::default();
+    usage_of(&answer["usage"], &mut usage);
+    json!({
+        "id": answer.get("id").cloned().unwrap_or_else(|| "msg".into()),
+        "object": "chat.completion",
+        "created": super::now(),
+        "model": answer.get("model").and_then(Value::as_str).unwrap_or(model),
+        "choices": [{
+            "index": 0, "message": message, "logprobs": null,
+            "finish_reason": finish_reason(answer["stop_reason"].as_str().unwrap_or("end_turn")),
+        }],
+        "usage": usage_json(&usage),
+    })
+}
+
+/// Anthropic's named events into OpenAI chunks. Nothing is written for `message_start`, `ping` and block
+/// starts of text: the first chunk carries the first text or tool call, so a provider that fails right
+/// after `message_start` can still be replaced.
+#[derive(Default)]
+struct AnthropicStream {
+    events: EventBuffer,
+    model: String,
+    id: String,
+    usage: Usage,
+    /// The role went out with the first delta.
+    started: bool,
+    /// (content block index, tool call index) of tool-use blocks.
+    tools: Vec<(u64, usize)>,
+    failure: Option<String>,
+    done: bool,
+}
+
+impl AnthropicStream {
+    fn delta(&mut self, out: &mut Vec<u8>, mut delta: Value, finish: Option<&str>) {
+        if !self.started {
+            delta["role"] = "assistant".into();
+            self.started = true;
+        }
+        push_event(out, &chunk(&self.id, &self.model, delta, finish));
+    }
+
+    fn event(&mut self, data: &Value, out: &mut Vec<u8>) {
+        match data.get("type").and_then(Value::as_str) {
+            Some("message_start") => {
+                let message = &data["message"];
+                if let Some(id) = message["id"].as_str() {
+                    self.id = id.to_string();
+                }
+                if let Some(model) = message["model"].as_str() {
+                    self.model = model.to_string();
+                }
+                usage_of(&message["usage"], &mut self.usage);
+            }
+            Some("content_block_start") => {
+                let block = &data["content_block"];
+                match block["type"].as_str() {
+                    Some("tool_use") => {
+                        let index = self.tools.len();
+                        self.tools
+                            .push((data["index"].as_u64().unwrap_or(0), index));
+                        let delta = json!({"tool_calls": [{"index": index, "id": block["id"], "type": "function",
+                            "function": {"name": block["name"], "arguments": ""}}]});
+                        self.delta(out, delta, None);
+                    }
+                    Some("text") => {
+                        if let Some(text) = block["text"].as_str().filter(|t| !t.is_empty()) {
+                            self.delta(out, json!({ "content": text }), None);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some("content_block_delta") => {
+                let delta = &data["delta"];
+                match delta["type"].as_str() {
+                    Some("text_delta") => {
+                        self.delta(out, json!({"content": delta["text"]}), None);
+                    }
+                    Some("thinking_delta") => {
+                        self.delta(out, json!({"reasoning_content": delta["thinking"]}), None);
+                    }
+                    Some("input_json_delta") => {
+                        let block = data["index"].as_u64().unwrap_or(0);
+                        let index = self
+                            .tools
+                            .iter()
+                            .find(|(b, _)| *b == block)
+                            .map_or(0, |(_, i)| *i);
+                        let delta = json!({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]});
+                        self.delta(out, delta, None);
+                    }
+                    _ => {}
+                }
+            }
+            Some("message_delta") => {
+                usage_of(&data["usage"], &mut self.usage);
+                if let Some(stop) = data["delta"]["stop_reason"].as_str() {
+                    self.delta(out, json!({}), Some(finish_reason(stop)));
+                }
+            }
+            Some("message_stop") => {
+                push_event(out, &usage_chunk(&self.id, &self.model, &self.usage));
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                self.done = true;
+            }
+            Some("error") => {
+                let kind = data["error"]["type"].as_str().unwrap_or("api_error");
+                let message = data["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the provider failed while streaming");
+                self.failure = Some(format!("stream error: {kind}"));
+                error_event(out, kind, message);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl StreamDecoder for AnthropicStream {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut parsed = Vec::new();
+        self.events.read(chunk, |events| {
+            let bytes = events.bytes();
+            for (event, _) in events {
+                let text = String::from_utf8_lossy(&bytes[event]);
+                if let Ok(data) = serde_json::from_str::<Value>(&event_data(&text)) {
+                    parsed.push(data);
+                }
+            }
+        });
+        for data in parsed {
+            if !self.done {
+                self.event(&data, out);
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(stream: &str) -> (String, Option<String>) {
+        let mut decoder = AnthropicWire.stream_decoder("m").unwrap();
+        let mut out = Vec::new();
+        // Byte by byte: every event is split across chunks.
+        for byte in stream.as_bytes() {
+            decoder.push(std::slice::from_ref(byte), &mut out);
+        }
+        (
+            String::from_utf8(out).unwrap(),
+            decoder.failure().map(str::to_string),
+        )
+    }
+
+    #[test]
+    fn requests_lift_system_and_map_tools_images_and_results() {
+        let body: Map<String, Value> = serde_json::from_value(json!({
+            "model": "x", "stop": "END", "tool_choice": "required", "user": "u1",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "cold"},
+                {"role": "tool", "tool_call_id": "call_2", "content": "wet"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather", "description": "w", "parameters": {"type": "object"}}}],
+        })).unwrap();
+        let request = to_messages_request(&body, "claude-x", 4096);
+        assert_eq!(request["model"], "claude-x");
+        assert_eq!(request["max_tokens"], 4096);
+        assert_eq!(request["system"], "be brief");
+        assert_eq!(request["stop_sequences"], json!(["END"]));
+        assert_eq!(request["tool_choice"], json!({"type": "any"}));
+        assert_eq!(request["metadata"]["user_id"], "u1");
+        let messages = request["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 3, "{request}");
+        assert_eq!(
+            messages[0]["content"][1]["source"]["media_type"],
+            "image/png"
+        );
+        assert_eq!(messages[0]["content"][2]["source"]["type"], "url");
+        assert_eq!(messages[1]["content"][0]["input"], json!({"city": "Oslo"}));
+        // Two tool results merge into one user turn.
+        assert_eq!(messages[2]["content"].as_array().unwrap().len(), 2);
+        assert_eq!(messages[2]["content"][1]["tool_use_id"], "call_2");
+        assert_eq!(
+            request["tools"][0]["input_schema"],
+            json!({"type": "object"})
+        );
+    }
+
+    #[test]
+    fn answers_become_chat_completions_with_cache_usage() {
+        let answer = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+            "content": [{"type": "text", "text": "Let me check."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 5}});
+        let chat = to_chat_completion(&answer, "m");
+        let choice = &chat["choices"][0];
+        assert_eq!(choice["message"]["content"], "Let me check.");
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["id"], "toolu_1");
+        let arguments: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(arguments, json!({"city": "Oslo"}));
+        assert_eq!(chat["usage"]["prompt_tokens"], 115);
+        assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+        assert_eq!(chat["usage"]["cache_creation_input_tokens"], 5);
+    }
+
+    #[test]
+    fn streams_become_chunks_with_tool_deltas_usage_and_done() {
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-x\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n\
+            event: ping\ndata: {\"type\":\"ping\"}\n\n\
+            event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\n\
+            event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+            event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"weather\",\"input\":{}}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\":\"}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Oslo\\\"}\"}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\"},\"usage\":{\"output_tokens\":9}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let (out, failure) = decode(stream);
+        assert_eq!(failure, None);
+        let events: Vec<Value> = out
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert_eq!(
+            events[0]["choices"][0]["delta"],
+            json!({"role": "assistant", "content": "Hi"})
+        );
+        assert_eq!(
+            events[1]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+            "weather"
+        );
+        let arguments: String = events[2..4]
+            .iter()
+            .map(|e| {
+                e["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(arguments, "{\"city\":\"Oslo\"}");
+        assert_eq!(events[4]["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(events[5]["usage"]["prompt_tokens"], 12);
+        assert_eq!(events[5]["usage"]["completion_tokens"], 9);
+    }
+
+    #[test]
+    fn an_error_event_is_a_failure_and_an_openai_error() {
+        let (out, failure) = decode("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":1}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+        assert_eq!(failure.as_deref(), Some("stream error: overloaded_error"));
+        assert!(out.starts_with("data: {\"error\""), "{out}");
+        assert!(!out.contains("[DONE]"));
+    }
+}

@@ -1,0 +1,542 @@
+//! Google's Gemini API (`{base}/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`,
+//! `x-goog-api-key`): roles `user`/`model`, `systemInstruction`, function declarations, calls and responses,
+//! inline images; `usageMetadata` becomes the usage, and a blocked prompt or answer (`promptFeedback.
+//! blockReason`, `finishReason: SAFETY` and kin with nothing said) becomes a clear error, not an empty answer.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use serde_json::{json, Map, Value};
+
+use super::{
+    arguments_object, chunk, data_url, error_event, push_event, text_of, usage_chunk, usage_json,
+    Call, Rendered, StreamDecoder, Wire,
+};
+use crate::ai::dialect::openai::{self, Endpoint};
+use crate::ai::sse::{event_data, EventBuffer};
+use crate::ai::usage::Usage;
+use crate::error::Rejection;
+
+pub struct GeminiWire;
+
+impl Wire for GeminiWire {
+    fn supports(&self, endpoint: Endpoint) -> bool {
+        endpoint == Endpoint::ChatCompletions
+    }
+
+    fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
+        let mut value = HeaderValue::from_str(key)
+            .map_err(|_| "contains characters not allowed in a header")?;
+        value.set_sensitive(true);
+        Ok(vec![(HeaderName::from_static("x-goog-api-key"), value)])
+    }
+
+    fn render<'a>(
+        &self,
+        call: &Call<'a>,
+        body: &mut Map<String, Value>,
+    ) -> Result<Rendered<'a>, Rejection> {
+        let request = to_generate_request(body);
+        let payload =
+            serde_json::to_vec(&request).map_err(|e| openai::invalid_json(&e.to_string()))?;
+        let method = if call.stream {
+            ":streamGenerateContent?alt=sse"
+        } else {
+            ":generateContent"
+        };
+        Ok(Rendered {
+            path: [
+                Cow::Borrowed(call.deployment.base_path.as_str()),
+                Cow::Owned(format!("/models/{}{method}", call.upstream_model)),
+            ],
+            headers: Vec::new(),
+            body: Bytes::from(payload),
+        })
+    }
+
+    fn context_exceeded(&self, body: &str) -> bool {
+        body.contains("exceeds the maximum number of tokens") || body.contains("input token count")
+    }
+
+    fn error_message(&self, body: &str) -> Option<(String, String)> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        let error = value.get("error")?;
+        Some((
+            error["status"]
+                .as_str()
+                .unwrap_or("INVALID_ARGUMENT")
+                .to_string(),
+            error.get("message")?.as_str()?.to_string(),
+        ))
+    }
+
+    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+        let answer: Value = serde_json::from_slice(body).map_err(|e| {
+            super::malformed(format!("the provider's answer is not Gemini's JSON: {e}"))
+        })?;
+        to_chat_completion(&answer, model).map(|chat| Some(chat.to_string().into_bytes()))
+    }
+
+    fn stream_decoder(&self, model: &str) -> Option<Box<dyn StreamDecoder>> {
+        Some(Box::new(GeminiStream {
+            model: model.to_string(),
+            id: super::call_id("gen"),
+            ..GeminiStream::default()
+        }))
+    }
+}
+
+/// The `generateContent` request for a common-form body.
+pub fn to_generate_request(body: &Map<String, Value>) -> Value {
+    let mut system: Vec<String> = Vec::new();
+    let mut contents: Vec<Value> = Vec::new();
+    // Gemini's function responses name their function; OpenAI's tool messages name the call.
+    let mut call_names: HashMap<String, Value> = HashMap::new();
+    for message in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (role, parts) = match message.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => {
+                system.push(text_of(message.get("content")));
+                continue;
+            }
+            Some("assistant") => {
+                let mut parts = content_parts(message.get("content"));
+                for call in message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let function = &call["function"];
+                    if let Some(id) = call["id"].as_str() {
+                        call_names.insert(id.to_string(), function["name"].clone());
+                    }
+                    parts.push(json!({"functionCall": {"name": function["name"], "args": arguments_object(function.get("arguments"))}}));
+                }
+                ("model", parts)
+            }
+            Some("tool" | "function") => {
+                let name = message["tool_call_id"]
+                    .as_str()
+                    .and_then(|id| call_names.get(id).cloned())
+                    .or_else(|| message.get("name").cloned())
+                    .unwrap_or_default();
+                let text = text_of(message.get("content"));
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(Value::Object(object)) => Value::Object(object),
+                    _ => json!({ "content": text }),
+                };
+                (
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                )
+            }
+            _ => ("user", content_parts(message.get("content"))),
+        };
+        if parts.is_empty() {
+            continue;
+        }
+        match contents.last_mut() {
+            Some(last) if last["role"] == role => {
+                if let Some(existing) = last["parts"].as_array_mut() {
+                    existing.extend(parts);
+                }
+            }
+            _ => contents.push(json!({"role": role, "parts": parts})),
+        }
+    }
+    let mut request = Map::new();
+    request.insert("contents".into(), contents.into());
+    if !system.is_empty() {
+        request.insert(
+            "systemInstruction".into(),
+            json!({"parts": [{"text": system.join("\n\n")}]}),
+        );
+    }
+    let mut config = Map::new();
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("top_k", "topK"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+        ("n", "candidateCount"),
+        ("max_tokens", "maxOutputTokens"),
+        ("max_completion_tokens", "maxOutputTokens"),
+    ] {
+        if let Some(value) = body.get(from).filter(|v| !v.is_null()) {
+            config.insert(to.into(), value.clone());
+        }
+    }
+    match body.get("stop") {
+        Some(Value::String(stop)) => {
+            config.insert("stopSequences".into(), json!([stop]));
+        }
+        Some(Value::Array(stops)) => {
+            config.insert("stopSequences".into(), Value::Array(stops.clone()));
+        }
+        _ => {}
+    }
+    let format = body.get("response_format").unwrap_or(&Value::Null);
+    match format["type"].as_str() {
+        Some("json_object") => {
+            config.insert("responseMimeType".into(), "application/json".into());
+        }
+        Some("json_schema") => {
+            config.insert("responseMimeType".into(), "application/json".into());
+            if let Some(schema) = format["json_schema"].get("schema") {
+                config.insert("responseJsonSchema".into(), schema.clone());
+            }
+        }
+        _ => {}
+    }
+    if !config.is_empty() {
+        request.insert("generationConfig".into(), config.into());
+    }
+    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+        let declarations: Vec<Value> = tools
+            .iter()
+            .filter_map(|tool| {
+                let function = tool.get("function")?;
+                let mut out = json!({"name": function.get("name")?});
+                if let Some(description) = function.get("description") {
+                    out["description"] = description.clone();
+                }
+                if let Some(parameters) = function.get("parameters") {
+                    out["parametersJsonSchema"] = parameters.clone();
+                }
+                Some(out)
+            })
+            .collect();
+        if !declarations.is_empty() {
+            request.insert(
+                "tools".into(),
+                json!([{ "functionDeclarations": declarations }]),
+            );
+            let mode = match body.get("tool_choice") {
+                Some(Value::String(mode)) if mode == "none" => Some(json!({"mode": "NONE"})),
+                Some(Value::String(mode)) if mode == "required" => Some(json!({"mode": "ANY"})),
+                Some(Value::Object(named)) => named
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .map(|name| json!({"mode": "ANY", "allowedFunctionNames": [name]})),
+                _ => None,
+            };
+            if let Some(mode) = mode {
+                request.insert(
+                    "toolConfig".into(),
+                    json!({ "functionCallingConfig": mode }),
+                );
+            }
+        }
+    }
+    Value::Object(request)
+}
+
+fn content_parts(content: Option<&Value>) -> Vec<Value> {
+    match content {
+        Some(Value::String(text)) if !text.is_empty() => vec![json!({ "text": text })],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| match part["type"].as_str() {
+                Some("text") => Some(json!({"text": part["text"]})),
+                Some("image_url") => {
+                    let url = part["image_url"]["url"].as_str()?;
+                    Some(match data_url(url) {
+                        Some((mime, data)) => {
+                            json!({"inlineData": {"mimeType": mime, "data": data}})
+                        }
+                        None => json!({"fileData": {"mimeType": image_type(url), "fileUri": url}}),
+                    })
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// An image's media type from its URL's extension.
+fn image_type(url: &str) -> &'static str {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    if path.ends_with(".png") {
+        "image/png"
+    } else if path.ends_with(".webp") {
+        "image/webp"
+    } else if path.ends_with(".gif") {
+        "image/gif"
+    } else {
+        "image/jpeg"
+    }
+}
+
+/// OpenAI's finish reason for Gemini's (`None` while the candidate goes on).
+fn finish_reason(reason: &str, calls: bool) -> &'static str {
+    match reason {
+        "MAX_TOKENS" => "length",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter"
+        }
+        _ if calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+fn usage_of(metadata: &Value, into: &mut Usage) {
+    let count = |key: &str| metadata.get(key).and_then(Value::as_u64).unwrap_or(0);
+    if metadata.is_object() {
+        *into = Usage {
+            prompt_tokens: count("promptTokenCount") + count("toolUsePromptTokenCount"),
+            completion_tokens: count("candidatesTokenCount") + count("thoughtsTokenCount"),
+            cache_read_tokens: count("cachedContentTokenCount"),
+            cache_creation_tokens: 0,
+        };
+    }
+}
+
+/// Why Gemini blocked the prompt or the answer, when it said nothing at all.
+fn blocked(answer: &Value, said_anything: bool) -> Option<String> {
+    if let Some(reason) = answer["promptFeedback"]["blockReason"].as_str() {
+        return Some(format!("the provider blocked the prompt ({reason})"));
+    }
+    let reason = answer["candidates"][0]["finishReason"].as_str()?;
+    (!said_anything && finish_reason(reason, false) == "content_filter")
+        .then(|| format!("the provider blocked the answer ({reason})"))
+}
+
+fn blocked_rejection(why: String) -> Rejection {
+    Rejection::typed(400, "invalid_request_error", "content_blocked", why)
+}
+
+/// The deltas of one candidate's parts: text, thoughts and whole function calls (numbered from `calls`).
+fn part_deltas(parts: &Value, calls: &mut usize) -> Vec<Value> {
+    parts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|part| {
+            if let Some(call) = part.get("functionCall") {
+                let index = *calls;
+                *calls += 1;
+                return Some(json!({"tool_calls": [{"index": index, "id": super::call_id("call"), "type": "function",
+                    "function": {"name": call["name"], "arguments": call.get("args").map_or_else(|| "{}".to_string(), Value::to_string)}}]}));
+            }
+            let text = part["text"].as_str()?;
+            Some(if part["thought"] == true {
+                json!({ "reasoning_content": text })
+            } else {
+                json!({ "content": text })
+            })
+        })
+        .collect()
+}
+
+/// A whole `generateContent` answer as a chat completion.
+pub fn to_chat_completion(answer: &Value, model: &str) -> Result<Value, Rejection> {
+    let candidate = &answer["candidates"][0];
+    let mut calls = 0;
+    let deltas = part_deltas(&candidate["content"]["parts"], &mut calls);
+    if let Some(why) = blocked(answer, !deltas.is_empty()) {
+        return Err(blocked_rejection(why));
+    }
+    let mut message = json!({"role": "assistant", "content": ""});
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut tool_calls = Vec::new();
+    for delta in deltas {
+        if let Some(piece) = delta["content"].as_str() {
+            text.push_str(piece);
+        } else if let Some(piece) = delta["reasoning_content"].as_str() {
+            reasoning.push_str(piece);
+        } else if let Some(call) = delta["tool_calls"].get(0) {
+            let mut call = call.clone();
+            call.as_object_mut().map(|c| c.remove("index"));
+            tool_calls.push(call);
+        }
+    }
+    message["content"] = text.into();
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = reasoning.into();
+    }
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = tool_calls.into();
+    }
+    let mut usage = Usage::default();
+    usage_of(&answer["usageMetadata"], &mut usage);
+    Ok(json!({
+        "id": answer.get("responseId").and_then(Value::as_str).map_or_else(|| super::call_id("gen"), str::to_string),
+        "object": "chat.completion",
+        "created": super::now(),
+        "model": answer.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
+        "choices": [{"index": 0, "message": message, "logprobs": null,
+            "finish_reason": finish_reason(candidate["finishReason"].as_str().unwrap_or("STOP"), calls > 0)}],
+        "usage": usage_json(&usage),
+    }))
+}
+
+/// Gemini's stream (each event a whole `GenerateContentResponse`, no terminator: the event with a finish
+/// reason ends it) into OpenAI chunks.
+#[derive(Default)]
+struct GeminiStream {
+    events: EventBuffer,
+    model: String,
+    id: String,
+    usage: Usage,
+    started: bool,
+    calls: usize,
+    failure: Option<String>,
+    done: bool,
+}
+
+impl GeminiStream {
+    fn event(&mut self, data: &Value, out: &mut Vec<u8>) {
+        if let Some(error) = data.get("error") {
+            let kind = error["status"].as_str().unwrap_or("INTERNAL");
+            self.failure = Some(format!("stream error: {kind}"));
+            let message = error["message"].as_str().unwrap_or("the provider failed");
+            error_event(out, "server_error", message);
+            return;
+        }
+        usage_of(&data["usageMetadata"], &mut self.usage);
+        let candidate = &data["candidates"][0];
+        let deltas = part_deltas(&candidate["content"]["parts"], &mut self.calls);
+        if let Some(why) = blocked(data, self.started || !deltas.is_empty()) {
+            error_event(out, "content_blocked", &why);
+            self.done = true;
+            return;
+        }
+        for mut delta in deltas {
+            if !self.started {
+                delta["role"] = "assistant".into();
+                self.started = true;
+            }
+            push_event(out, &chunk(&self.id, &self.model, delta, None));
+        }
+        if let Some(reason) = candidate["finishReason"].as_str() {
+            let finish = finish_reason(reason, self.calls > 0);
+            push_event(out, &chunk(&self.id, &self.model, json!({}), Some(finish)));
+            push_event(out, &usage_chunk(&self.id, &self.model, &self.usage));
+            out.extend_from_slice(b"data: [DONE]\n\n");
+            self.done = true;
+        }
+    }
+}
+
+impl StreamDecoder for GeminiStream {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut parsed = Vec::new();
+        self.events.read(chunk, |events| {
+            let bytes = events.bytes();
+            for (event, _) in events {
+                let text = String::from_utf8_lossy(&bytes[event]);
+                if let Ok(data) = serde_json::from_str::<Value>(&event_data(&text)) {
+                    parsed.push(data);
+                }
+            }
+        });
+        for data in parsed {
+            if !self.done {
+                self.event(&data, out);
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_use_roles_system_instruction_tools_and_function_responses() {
+        let body: Map<String, Value> = serde_json::from_value(json!({
+            "max_tokens": 100, "tool_choice": {"type": "function", "function": {"name": "weather"}},
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_9", "type": "function",
+                    "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_9", "content": "{\"temp\":-3}"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+        })).unwrap();
+        let request = to_generate_request(&body);
+        assert_eq!(request["systemInstruction"]["parts"][0]["text"], "be brief");
+        assert_eq!(request["generationConfig"]["maxOutputTokens"], 100);
+        let contents = request["contents"].as_array().unwrap();
+        assert_eq!(
+            contents[0]["parts"][1]["inlineData"]["mimeType"],
+            "image/png"
+        );
+        assert_eq!(contents[1]["role"], "model");
+        assert_eq!(
+            contents[1]["parts"][0]["functionCall"]["args"],
+            json!({"city": "Oslo"})
+        );
+        assert_eq!(
+            contents[2]["parts"][0]["functionResponse"]["name"],
+            "weather"
+        );
+        assert_eq!(
+            contents[2]["parts"][0]["functionResponse"]["response"],
+            json!({"temp": -3})
+        );
+        assert_eq!(
+            request["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"],
+            json!(["weather"])
+        );
+    }
+
+    #[test]
+    fn answers_map_calls_usage_and_blocks() {
+        let answer = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"},
+            {"functionCall": {"name": "weather", "args": {"city": "Oslo"}}}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 20, "candidatesTokenCount": 4, "cachedContentTokenCount": 8}});
+        let chat = to_chat_completion(&answer, "g").unwrap();
+        assert_eq!(chat["choices"][0]["message"]["content"], "ok");
+        assert_eq!(chat["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            chat["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"city\":\"Oslo\"}"
+        );
+        assert_eq!(chat["usage"]["prompt_tokens"], 20);
+        assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 8);
+
+        let blocked = json!({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 3}});
+        let error = to_chat_completion(&blocked, "g").unwrap_err();
+        assert_eq!(error.code, "content_blocked");
+        let empty_safety = json!({"candidates": [{"finishReason": "SAFETY"}]});
+        assert!(to_chat_completion(&empty_safety, "g").is_err());
+    }
+
+    #[test]
+    fn streams_end_at_the_finish_reason_with_usage_and_done() {
+        let mut decoder = GeminiWire.stream_decoder("g").unwrap();
+        let mut out = Vec::new();
+        decoder.push(b"data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Hel\"}]}}]}\r\n\r\n", &mut out);
+        decoder.push(b"data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"lo\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":2}}\r\n\r\n", &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("\"role\":\"assistant\"") && out.contains("\"content\":\"lo\""),
+            "{out}"
+        );
+        assert!(out.contains("\"finish_reason\":\"stop\""));
+        assert!(out.contains("\"completion_tokens\":2"));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+}

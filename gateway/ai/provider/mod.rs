@@ -1,0 +1,219 @@
+//! The provider seam: each upstream wire format is one adapter behind [`Wire`]. The gateway's common form is
+//! OpenAI's chat-completions schema — the request body guards and routing work on, the whole answer usage
+//! and masking read, and the SSE chunk stream the masker and the usage scanner watch — so an
+//! OpenAI-compatible provider passes through untouched, and every other adapter translates to and from it
+//! here, in its own file. A new provider type is one file in this folder plus its `ProviderKind` variant.
+
+pub mod anthropic;
+pub mod gemini;
+pub mod mock;
+pub mod openai;
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use super::catalog::{Deployment, ProviderKind};
+use super::dialect::openai::Endpoint;
+use crate::error::Rejection;
+
+/// One request to one deployment, as the relay hands it to an adapter.
+pub struct Call<'a> {
+    pub deployment: &'a Deployment,
+    /// The provider's own id of the model.
+    pub upstream_model: &'a str,
+    pub endpoint: Endpoint,
+    pub stream: bool,
+    /// `max_tokens` for providers that require one, when the client gave none.
+    pub default_max_tokens: u64,
+}
+
+/// A request answered in the gateway (by the mock provider).
+pub struct Local<'a> {
+    pub upstream_model: &'a str,
+    pub endpoint: Endpoint,
+    pub body: &'a Map<String, Value>,
+    pub stream: bool,
+    pub request_id: &'a str,
+    /// Content pieces of a stream.
+    pub chunks: usize,
+}
+
+/// A local answer: a whole body, or the events of a stream; and its usage.
+pub struct LocalAnswer {
+    pub usage: Option<super::usage::Usage>,
+    pub whole: Option<Vec<u8>>,
+    pub events: Vec<Bytes>,
+}
+
+/// A request rendered for a provider: its path (prefix and rest, so the common case copies nothing), extra
+/// headers computed per request (signatures), and the body.
+pub struct Rendered<'a> {
+    pub path: [Cow<'a, str>; 2],
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+}
+
+/// How one upstream wire format is spoken.
+pub trait Wire: Sync {
+    /// Whether this format has the endpoint (native providers speak chat only).
+    fn supports(&self, endpoint: Endpoint) -> bool;
+
+    /// A deployment's authentication headers from its key, rendered once when the config loads.
+    fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str>;
+
+    /// The request for this provider from the common form. `body` may be changed in place (the model id);
+    /// the next candidate renders from it again.
+    fn render<'a>(
+        &self,
+        call: &Call<'a>,
+        body: &mut Map<String, Value>,
+    ) -> Result<Rendered<'a>, Rejection>;
+
+    /// Whether a 400/413 error body says the prompt does not fit the model: the next candidate may take it.
+    fn context_exceeded(&self, body: &str) -> bool;
+
+    /// A provider error body as (error type, message), for a client that speaks another dialect.
+    fn error_message(&self, body: &str) -> Option<(String, String)>;
+
+    /// A whole successful answer in the common form; `None` when it already is (no copy). An answer that
+    /// cannot be read, or one the provider blocked, is an error for the client.
+    fn whole_answer(&self, body: &[u8], upstream_model: &str)
+        -> Result<Option<Vec<u8>>, Rejection>;
+
+    /// The decoder of this provider's streams into common SSE chunks; `None` when they already are.
+    fn stream_decoder(&self, upstream_model: &str) -> Option<Box<dyn StreamDecoder>>;
+
+    /// Providers that answer in the gateway itself (the mock): the answer in the common form.
+    fn answer_locally(&self, _local: &Local<'_>) -> Option<LocalAnswer> {
+        None
+    }
+
+    /// Whether an error body of this provider is already in the client's format when the client speaks
+    /// OpenAI's dialect (then it passes as it was).
+    fn speaks_openai_errors(&self) -> bool {
+        false
+    }
+}
+
+/// Turns a provider's stream, chunk by chunk, into OpenAI chat-completion chunks (`data: {...}\n\n`),
+/// ending with `data: [DONE]` when the provider's stream came to its proper end.
+pub trait StreamDecoder: Send {
+    /// Decode what `chunk` completes into `out`.
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>);
+
+    /// The provider reported a failure in the stream (an `error` event): why. Before anything reached the
+    /// client, the next candidate may answer instead.
+    fn failure(&self) -> Option<&str>;
+}
+
+/// The adapter of a provider type.
+pub fn wire(kind: ProviderKind) -> &'static dyn Wire {
+    match kind {
+        ProviderKind::OpenAi => &openai::OpenAiWire,
+        ProviderKind::Anthropic => &anthropic::AnthropicWire,
+        ProviderKind::Gemini => &gemini::GeminiWire,
+        ProviderKind::Mock => &mock::MockWire,
+    }
+}
+
+/// `data: {json}\n\n`, appended to `out`.
+pub fn push_event(out: &mut Vec<u8>, json: &Value) {
+    out.extend_from_slice(b"data: ");
+    // Writing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, json);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// One OpenAI chunk with a delta for choice 0 and perhaps a finish reason.
+pub fn chunk(id: &str, model: &str, delta: Value, finish_reason: Option<&str>) -> Value {
+    serde_json::json!({
+        "id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    })
+}
+
+/// The usage chunk (`choices: []`) OpenAI sends before `[DONE]` with `include_usage`; the cache counts ride
+/// in `prompt_tokens_details.cached_tokens` and `cache_creation_input_tokens`.
+pub fn usage_chunk(id: &str, model: &str, usage: &super::usage::Usage) -> Value {
+    serde_json::json!({
+        "id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
+        "choices": [], "usage": usage_json(usage),
+    })
+}
+
+/// A usage object in OpenAI's form: `prompt_tokens` counts cached prompt tokens too.
+pub fn usage_json(usage: &super::usage::Usage) -> Value {
+    let mut json = serde_json::json!({
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    });
+    if usage.cache_read_tokens > 0 || usage.cache_creation_tokens > 0 {
+        json["prompt_tokens_details"] =
+            serde_json::json!({"cached_tokens": usage.cache_read_tokens});
+        json["cache_creation_input_tokens"] = usage.cache_creation_tokens.into();
+    }
+    json
+}
+
+/// An OpenAI error event in a stream.
+pub fn error_event(out: &mut Vec<u8>, kind: &str, message: &str) {
+    push_event(
+        out,
+        &serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": kind}}),
+    );
+}
+
+/// A provider answer the gateway cannot read: 502.
+pub fn malformed(message: String) -> Rejection {
+    Rejection::typed(502, "server_error", "upstream_protocol_error", message)
+}
+
+/// A fresh id for what a provider leaves unnamed (Gemini's function calls and answers), unique across turns.
+pub fn call_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Text content of an OpenAI message: a string, or its text parts joined.
+pub fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
+    }
+}
+
+/// A `data:` URL's media type and base64 data.
+pub fn data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media = meta.strip_suffix(";base64")?;
+    Some((media, data))
+}
+
+/// A tool call's arguments (a JSON string in OpenAI's form) as an object; text that is not a JSON object is
+/// kept under `input`, so nothing is lost.
+pub fn arguments_object(arguments: Option<&Value>) -> Value {
+    match arguments {
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => Value::Object(map),
+            Ok(_) | Err(_) if text.trim().is_empty() => Value::Object(Map::new()),
+            _ => serde_json::json!({ "input": text }),
+        },
+        Some(Value::Object(map)) => Value::Object(map.clone()),
+        _ => Value::Object(Map::new()),
+    }
+}

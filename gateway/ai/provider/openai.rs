@@ -1,0 +1,89 @@
+//! OpenAI-compatible providers (OpenAI, OpenRouter, DeepSeek, Groq, Mistral, vLLM, Ollama's `/v1`): the
+//! common form is their own, so the request changes only its model id (and asks for the usage of a stream),
+//! and answers pass through unread by this adapter.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use super::{Call, Rendered, StreamDecoder, Wire};
+use crate::ai::dialect::openai::{self, Endpoint};
+use crate::error::Rejection;
+
+pub struct OpenAiWire;
+
+impl Wire for OpenAiWire {
+    fn supports(&self, _endpoint: Endpoint) -> bool {
+        true
+    }
+
+    fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
+        let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
+            .map_err(|_| "contains characters not allowed in a header")?;
+        value.set_sensitive(true);
+        Ok(vec![(http::header::AUTHORIZATION, value)])
+    }
+
+    fn render<'a>(
+        &self,
+        call: &Call<'a>,
+        body: &mut Map<String, Value>,
+    ) -> Result<Rendered<'a>, Rejection> {
+        if call.stream
+            && call.endpoint == Endpoint::ChatCompletions
+            && !body.contains_key("stream_options")
+        {
+            // Ask for the final usage chunk, so streamed answers are accounted too.
+            body.insert(
+                "stream_options".to_string(),
+                serde_json::json!({"include_usage": true}),
+            );
+        }
+        body.insert(
+            "model".to_string(),
+            Value::String(call.upstream_model.to_string()),
+        );
+        let payload =
+            serde_json::to_vec(&*body).map_err(|e| openai::invalid_json(&e.to_string()))?;
+        Ok(Rendered {
+            path: [
+                Cow::Borrowed(call.deployment.base_path.as_str()),
+                Cow::Borrowed(call.endpoint.upstream_path()),
+            ],
+            headers: Vec::new(),
+            body: Bytes::from(payload),
+        })
+    }
+
+    fn context_exceeded(&self, body: &str) -> bool {
+        body.contains("context_length_exceeded")
+    }
+
+    fn error_message(&self, body: &str) -> Option<(String, String)> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        let error = value.get("error")?;
+        let message = match error {
+            Value::String(message) => message.clone(),
+            _ => error.get("message")?.as_str()?.to_string(),
+        };
+        let kind = error
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("invalid_request_error");
+        Some((kind.to_string(), message))
+    }
+
+    fn whole_answer(&self, _body: &[u8], _model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+        Ok(None)
+    }
+
+    fn stream_decoder(&self, _model: &str) -> Option<Box<dyn StreamDecoder>> {
+        None
+    }
+
+    fn speaks_openai_errors(&self) -> bool {
+        true
+    }
+}
