@@ -4,8 +4,9 @@ pub mod llm;
 pub mod origin;
 pub mod raw_origin;
 mod server;
+mod wires;
 
-pub use llm::{Behavior, MockLlm, RecordedCall};
+pub use llm::{Behavior, MockLlm, RecordedCall, Speaks};
 pub use origin::{MockOrigin, RecordedRequest};
 pub use raw_origin::{RawOrigin, RawRequest};
 pub use server::listen_args;

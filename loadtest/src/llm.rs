@@ -2,6 +2,7 @@
 //! `/v1/embeddings`, `/v1/models` and `/health`. Its behaviour is set per server (`set_behavior`): status,
 //! latency before the response head, time to first token, number of chunks and the delay between them,
 //! dropping the connection mid-stream, stalling, and a `Retry-After` on errors. Request bodies are recorded.
+//! A server may speak a provider's native format instead (`MockLlm::start_speaking`, see `wires.rs`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -57,6 +58,14 @@ pub struct Behavior {
     pub deltas: Vec<Value>,
     /// For plain answers: this `message` object instead of one with `text` as its content.
     pub message: Option<Value>,
+    /// Native formats: answer with a call of this tool (name, arguments) after the text.
+    pub tool_call: Option<(String, Value)>,
+    /// Native formats: the message of error answers (e.g. "prompt is too long").
+    pub error_message: Option<String>,
+    /// Native formats, streams: after this many text pieces, send the format's error event.
+    pub error_after: Option<usize>,
+    /// Gemini: block the prompt (`promptFeedback.blockReason: SAFETY`).
+    pub blocked: bool,
 }
 
 impl Default for Behavior {
@@ -79,17 +88,32 @@ impl Default for Behavior {
             pieces: Vec::new(),
             deltas: Vec::new(),
             message: None,
+            tool_call: None,
+            error_message: None,
+            error_after: None,
+            blocked: false,
         }
     }
 }
 
-struct State {
-    name: String,
+/// The wire format a mock speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speaks {
+    OpenAi,
+    /// Anthropic's Messages API; requires `x-api-key` and `anthropic-version`.
+    Anthropic,
+    /// Gemini's generateContent; requires `x-goog-api-key`.
+    Gemini,
+}
+
+pub(crate) struct State {
+    pub(crate) name: String,
+    speaks: Speaks,
     behavior: Mutex<Behavior>,
     bodies: Mutex<VecDeque<RecordedCall>>,
     calls: AtomicUsize,
     /// Streams whose client went away before the end.
-    cancelled: AtomicUsize,
+    pub(crate) cancelled: AtomicUsize,
 }
 
 /// One call the mock received.
@@ -127,9 +151,19 @@ impl MockLlm {
         Self::start_on("127.0.0.1:0".parse().expect("static address"), name).await
     }
 
+    /// Start on a free loopback port, speaking a provider's native format.
+    pub async fn start_speaking(name: &str, speaks: Speaks) -> std::io::Result<MockLlm> {
+        Self::start_with("127.0.0.1:0".parse().expect("static address"), name, speaks).await
+    }
+
     pub async fn start_on(addr: SocketAddr, name: &str) -> std::io::Result<MockLlm> {
+        Self::start_with(addr, name, Speaks::OpenAi).await
+    }
+
+    async fn start_with(addr: SocketAddr, name: &str, speaks: Speaks) -> std::io::Result<MockLlm> {
         let state = Arc::new(State {
             name: name.to_string(),
+            speaks,
             behavior: Mutex::new(Behavior::default()),
             bodies: Mutex::new(VecDeque::new()),
             calls: AtomicUsize::new(0),
@@ -205,10 +239,10 @@ impl Drop for MockLlm {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, BoxError>;
-type Chunk = Result<Frame<Bytes>, BoxError>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+pub(crate) type Chunk = Result<Frame<Bytes>, BoxError>;
 
-fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -220,7 +254,7 @@ fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Bod
         .unwrap_or_else(|_| Response::new(empty()))
 }
 
-fn empty() -> Body {
+pub(crate) fn empty() -> Body {
     Full::new(Bytes::new())
         .map_err(|never| match never {})
         .boxed()
@@ -265,6 +299,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         });
     }
     pause(behavior.head_delay).await;
+    if state.speaks != Speaks::OpenAi {
+        return Ok(crate::wires::answer(state.speaks, &parts, &body, behavior, state).await);
+    }
     if behavior.status != 200 {
         let error = json!({"error": {"message": format!("mock {} failing with {}", state.name, behavior.status), "type": "server_error", "param": null, "code": null}});
         let mut response = full(behavior.status, "application/json", error.to_string());
@@ -390,7 +427,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
 }
 
 /// Sleep, but not at all for zero: a zero tokio sleep still waits for the next timer tick (about 1 ms).
-async fn pause(duration: Duration) {
+pub(crate) async fn pause(duration: Duration) {
     if !duration.is_zero() {
         tokio::time::sleep(duration).await;
     }
@@ -411,7 +448,7 @@ fn streamed_json(length: Option<usize>, receiver: mpsc::Receiver<Chunk>) -> Resp
 }
 
 /// Split text into `n` pieces of about equal size (on char boundaries); fewer only when the text is shorter.
-fn split_text(text: &str, n: usize) -> Vec<String> {
+pub(crate) fn split_text(text: &str, n: usize) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     let n = n.clamp(1, chars.len().max(1));
     (0..n)
@@ -423,7 +460,7 @@ fn split_text(text: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-struct ReceiverStream(mpsc::Receiver<Chunk>);
+pub(crate) struct ReceiverStream(pub(crate) mpsc::Receiver<Chunk>);
 
 impl futures_core::Stream for ReceiverStream {
     type Item = Chunk;

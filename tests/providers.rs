@@ -1,0 +1,655 @@
+//! Native provider adapters and the Anthropic Messages ingress over real sockets, with mock servers that
+//! speak each provider's own wire format: OpenAI clients through native Anthropic and Gemini providers,
+//! Anthropic clients (`/v1/messages`) through OpenAI-compatible and native providers, fallback classes per
+//! provider, errors and mid-stream failures in the client's dialect, masking across chunks in every dialect,
+//! and usage (with cache tokens) in the access log and metrics.
+
+mod common;
+
+use common::*;
+use loadtest::{Behavior, MockLlm, Speaks};
+use serde_json::{json, Value};
+
+const KEY: &str = "providers-test-key-0123456789";
+
+/// A gateway with `providers` (each a whole section) and one model per provider named after it; profile
+/// `default` is `chain`. Requests need the API key `KEY`. `secrets` turns response masking on.
+async fn gateway(providers: Vec<Value>, chain: &[&str], secrets: bool) -> (TestDir, Gateway) {
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let models: Vec<Value> = providers
+        .iter()
+        .map(|p| {
+            let name = p["name"].as_str().unwrap();
+            json!({"name": name, "provider": name, "upstream_model": format!("{name}-upstream"),
+                   "max_tokens": 1234, "input_price": 1.0, "output_price": 2.0})
+        })
+        .collect();
+    let yaml = TestConfig::new(&dir, &ports)
+        .consumer("client", &[hash_key(KEY)])
+        .section(
+            "ai",
+            json!({
+                "attempts": 3,
+                "providers": providers,
+                "models": models,
+                "profiles": {"default": chain},
+                "guards": {"response_secrets": {"enabled": secrets}},
+            }),
+        )
+        .route(json!({"name": "ai", "match": {"path": {"prefix": "/v1"}},
+                      "auth": {"methods": ["api_key"]}, "ai": {}}))
+        .yaml();
+    let gateway = Gateway::start(&dir, ports, &yaml).await;
+    (dir, gateway)
+}
+
+fn anthropic(name: &str, llm: &MockLlm) -> Value {
+    json!({"name": name, "type": "anthropic", "base_url": llm.base_url(), "api_key": "sk-ant-provider-secret"})
+}
+
+fn gemini(name: &str, llm: &MockLlm) -> Value {
+    json!({"name": name, "type": "gemini", "base_url": format!("http://{}/v1beta", llm.addr), "api_key": "gemini-provider-secret"})
+}
+
+fn openai(name: &str, llm: &MockLlm) -> Value {
+    json!({"name": name, "type": "openai", "base_url": llm.base_url()})
+}
+
+async fn post(gateway: &Gateway, path: &str, body: Value, key: Option<&str>) -> reqwest::Response {
+    let mut request = client().post(gateway.url(path)).json(&body);
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    request.send().await.unwrap()
+}
+
+fn chat(stream: bool) -> Value {
+    json!({
+        "model": "auto", "stream": stream,
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "weather in Oslo?"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+    })
+}
+
+fn messages(stream: bool) -> Value {
+    json!({
+        "model": "auto", "max_tokens": 300, "stream": stream, "system": "be brief",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "weather in Oslo?"}]}],
+        "tools": [{"name": "weather", "description": "w", "input_schema": {"type": "object"}}],
+    })
+}
+
+/// (event name, data) of every event of an Anthropic stream.
+fn named_events(raw: &str) -> Vec<(String, Value)> {
+    raw.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|event| {
+            let name = event
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or_default()
+                .to_string();
+            let data = event
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .and_then(|d| serde_json::from_str(d).ok())
+                .unwrap_or(Value::Null);
+            (name, data)
+        })
+        .collect()
+}
+
+/// The text and the tool call arguments a stream of Anthropic events carries, checking that it is
+/// well-formed: `message_start` first, blocks opened before their deltas and closed once, `message_delta`
+/// then `message_stop` last.
+fn read_anthropic_stream(raw: &str) -> (String, String, Value) {
+    let events = named_events(raw);
+    assert_eq!(
+        events.first().map(|e| e.0.as_str()),
+        Some("message_start"),
+        "{raw}"
+    );
+    assert_eq!(
+        events.last().map(|e| e.0.as_str()),
+        Some("message_stop"),
+        "{raw}"
+    );
+    let (mut text, mut arguments, mut open) = (String::new(), String::new(), None);
+    let mut stop = Value::Null;
+    for (name, data) in &events {
+        assert_eq!(data["type"], name.as_str(), "{raw}");
+        match name.as_str() {
+            "content_block_start" => {
+                assert!(open.is_none(), "a block opened inside another: {raw}");
+                open = data["index"].as_u64();
+            }
+            "content_block_delta" => {
+                assert_eq!(open, data["index"].as_u64(), "{raw}");
+                text.push_str(data["delta"]["text"].as_str().unwrap_or_default());
+                arguments.push_str(data["delta"]["partial_json"].as_str().unwrap_or_default());
+            }
+            "content_block_stop" => assert_eq!(open.take(), data["index"].as_u64(), "{raw}"),
+            "message_delta" => stop = data.clone(),
+            _ => {}
+        }
+    }
+    (text, arguments, stop)
+}
+
+#[tokio::test]
+async fn openai_clients_get_text_tools_and_cache_usage_from_a_native_anthropic_provider() {
+    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
+        .await
+        .unwrap();
+    claude.set_behavior(Behavior {
+        text: Some("It is cold in Oslo.".into()),
+        tool_call: Some(("weather".into(), json!({"city": "Oslo"}))),
+        ..Behavior::default()
+    });
+    let (dir, gateway) = gateway(vec![anthropic("claude", &claude)], &["claude"], false).await;
+
+    let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-provider"], "claude");
+    let body: Value = response.json().await.unwrap();
+    let message = &body["choices"][0]["message"];
+    assert_eq!(message["content"], "It is cold in Oslo.");
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(message["tool_calls"][0]["function"]["name"], "weather");
+    let arguments: Value = serde_json::from_str(
+        message["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(arguments, json!({"city": "Oslo"}));
+    // Anthropic's input_tokens (11) leaves out cache reads (20) and writes (3): OpenAI's prompt_tokens counts them.
+    assert_eq!(body["usage"]["prompt_tokens"], 34);
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 20);
+
+    // What the provider got: its own path, headers and request shape.
+    let call = claude.last().unwrap();
+    assert_eq!(call.path, "/v1/messages");
+    assert_eq!(call.header("x-api-key"), Some("sk-ant-provider-secret"));
+    assert_eq!(call.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(call.header("authorization"), None);
+    let sent = call.json();
+    assert_eq!(sent["model"], "claude-upstream");
+    assert_eq!(sent["system"], "be brief");
+    assert_eq!(
+        sent["max_tokens"], 1234,
+        "the model's default max_tokens fills the gap"
+    );
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "weather in Oslo?"}]}])
+    );
+    assert_eq!(sent["tools"][0]["input_schema"], json!({"type": "object"}));
+
+    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse_content(&raw), "It is cold in Oslo.");
+    assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
+    let chunks: Vec<Value> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
+    let streamed_arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&streamed_arguments).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+
+    // Usage, cache tokens included, reaches the access log and the metrics.
+    let ok = eventually(std::time::Duration::from_secs(5), || async {
+        dir.access_log()
+            .lines()
+            .filter(|l| l.contains("\"cache_read_tokens\":20"))
+            .count()
+            == 2
+    })
+    .await;
+    assert!(ok, "{}", dir.access_log());
+    let metrics = get(&client(), &gateway.admin_url("/metrics")).await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"gateway_ai_tokens_total{kind="cache_read",model="claude"}"#
+        ),
+        40.0
+    );
+    assert!(
+        !dir.access_log().contains("sk-ant-provider-secret")
+            && !dir.gateway_log().contains("sk-ant-provider-secret")
+    );
+}
+
+#[tokio::test]
+async fn openai_clients_get_text_tools_and_usage_from_a_native_gemini_provider() {
+    let google = MockLlm::start_speaking("gem", Speaks::Gemini)
+        .await
+        .unwrap();
+    google.set_behavior(Behavior {
+        text: Some("Minus three.".into()),
+        tool_call: Some(("weather".into(), json!({"city": "Oslo"}))),
+        ..Behavior::default()
+    });
+    let (_dir, gateway) = gateway(vec![gemini("gem", &google)], &["gem"], false).await;
+
+    let body: Value = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "Minus three.");
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Oslo\"}"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 13);
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    let call = google.last().unwrap();
+    assert_eq!(call.path, "/v1beta/models/gem-upstream:generateContent");
+    assert_eq!(
+        call.header("x-goog-api-key"),
+        Some("gemini-provider-secret")
+    );
+    let sent = call.json();
+    assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "be brief");
+    assert_eq!(sent["contents"][0]["role"], "user");
+    assert_eq!(
+        sent["tools"][0]["functionDeclarations"][0]["name"],
+        "weather"
+    );
+
+    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse_content(&raw), "Minus three.");
+    assert!(
+        raw.contains("\"finish_reason\":\"tool_calls\"")
+            && raw.trim_end().ends_with("data: [DONE]"),
+        "{raw}"
+    );
+    assert_eq!(
+        google.last().unwrap().path,
+        "/v1beta/models/gem-upstream:streamGenerateContent"
+    );
+
+    // A blocked prompt is a clear error, not an empty answer: plain and streamed.
+    google.set_behavior(Behavior {
+        blocked: true,
+        ..Behavior::default()
+    });
+    let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "content_blocked");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("SAFETY"));
+    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        raw.contains("content_blocked") && raw.contains("SAFETY"),
+        "{raw}"
+    );
+}
+
+#[tokio::test]
+async fn provider_errors_fall_back_or_pass_through_by_their_class_in_the_clients_dialect() {
+    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
+        .await
+        .unwrap();
+    let backup = MockLlm::start("backup").await.unwrap();
+    let (_dir, gateway) = gateway(
+        vec![anthropic("claude", &claude), openai("backup", &backup)],
+        &["claude", "backup"],
+        false,
+    )
+    .await;
+    let answered_by = |response: &reqwest::Response| {
+        response.headers()["x-gateway-provider"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // Overloaded (529), rate-limited (429) and "prompt is too long" move on to the next candidate.
+    for (status, message) in [
+        (529, "Overloaded"),
+        (400, "prompt is too long: 250000 tokens > 200000 maximum"),
+    ] {
+        claude.set_behavior(Behavior {
+            status,
+            error_message: Some(message.into()),
+            ..Behavior::default()
+        });
+        let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
+        assert_eq!(
+            (response.status().as_u16(), answered_by(&response)),
+            (200, "backup".into()),
+            "{status}"
+        );
+    }
+    // An error event before any content (after message_start) also falls back.
+    claude.set_behavior(Behavior {
+        error_after: Some(0),
+        ..Behavior::default()
+    });
+    let response = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY)).await;
+    assert_eq!(answered_by(&response), "backup");
+    assert_eq!(
+        sse_content(&response.text().await.unwrap()),
+        "Hello from backup."
+    );
+
+    // An invalid request does not: the client gets it, in its own dialect.
+    claude.set_behavior(Behavior {
+        status: 400,
+        error_message: Some("messages.0: bad block".into()),
+        ..Behavior::default()
+    });
+    let before = backup.calls();
+    let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad block"),
+        "{error}"
+    );
+    let response = post(&gateway, "/v1/messages", messages(false), Some(KEY)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad block"),
+        "{error}"
+    );
+    assert_eq!(backup.calls(), before);
+
+    // Once text reached the client, a provider error ends the stream with an error event in its dialect.
+    claude.set_behavior(Behavior {
+        chunks: 4,
+        error_after: Some(2),
+        ..Behavior::default()
+    });
+    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !sse_content(&raw).is_empty() && raw.contains("\"error\"") && raw.contains("Overloaded"),
+        "{raw}"
+    );
+    assert!(!raw.contains("[DONE]"), "{raw}");
+    let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let events = named_events(&raw);
+    let last = events.last().unwrap();
+    assert_eq!(last.0, "error", "{raw}");
+    assert_eq!(last.1["error"]["type"], "overloaded_error", "{raw}");
+}
+
+#[tokio::test]
+async fn the_messages_api_is_served_through_openai_compatible_and_native_providers() {
+    let local = MockLlm::start("local").await.unwrap();
+    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
+        .await
+        .unwrap();
+    let (dir, gateway) = gateway(
+        vec![openai("local", &local), anthropic("claude", &claude)],
+        &["local", "claude"],
+        false,
+    )
+    .await;
+    // Through an OpenAI-compatible provider: text and a tool call streamed as OpenAI deltas.
+    local.set_behavior(Behavior {
+        deltas: vec![
+            json!({"content": "Let me "}),
+            json!({"content": "check."}),
+            json!({"tool_calls": [{"index": 0, "id": "call_7", "type": "function", "function": {"name": "weather", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}),
+        ],
+        ..Behavior::default()
+    });
+    let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (text, arguments, _) = read_anthropic_stream(&raw);
+    assert_eq!(text, "Let me check.");
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    let sent = local.last().unwrap().json();
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "be brief"})
+    );
+    assert_eq!(sent["max_tokens"], 300);
+    assert_eq!(
+        sent["tools"][0]["function"]["parameters"],
+        json!({"type": "object"})
+    );
+
+    local.set_behavior(Behavior {
+        text: Some("Cold.".into()),
+        ..Behavior::default()
+    });
+    let response = post(&gateway, "/v1/messages", messages(false), Some(KEY)).await;
+    assert_eq!(response.status(), 200);
+    let message: Value = response.json().await.unwrap();
+    assert_eq!(message["type"], "message");
+    assert_eq!(
+        message["content"],
+        json!([{"type": "text", "text": "Cold."}])
+    );
+    assert_eq!(message["stop_reason"], "end_turn");
+    assert_eq!(message["usage"]["input_tokens"], 10);
+
+    // Through the native Anthropic provider (the local one failing): both translations, usage intact.
+    local.set_behavior(Behavior {
+        status: 503,
+        ..Behavior::default()
+    });
+    claude.set_behavior(Behavior {
+        text: Some("Frosty.".into()),
+        tool_call: Some(("weather".into(), json!({"city": "Oslo"}))),
+        ..Behavior::default()
+    });
+    let message: Value = post(&gateway, "/v1/messages", messages(false), Some(KEY))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(message["content"][0]["text"], "Frosty.");
+    assert_eq!(message["content"][1]["type"], "tool_use");
+    assert_eq!(message["content"][1]["input"], json!({"city": "Oslo"}));
+    assert_eq!(message["stop_reason"], "tool_use");
+    assert_eq!(message["usage"]["input_tokens"], 11);
+    assert_eq!(message["usage"]["cache_read_input_tokens"], 20);
+    let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (text, arguments, stop) = read_anthropic_stream(&raw);
+    assert_eq!(text, "Frosty.");
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+
+    // The tool result goes back as the provider's own block.
+    let mut follow_up = messages(false);
+    follow_up["messages"] = json!([
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "-3C"}]},
+    ]);
+    assert_eq!(
+        post(&gateway, "/v1/messages", follow_up, Some(KEY))
+            .await
+            .status(),
+        200
+    );
+    let sent = claude.last().unwrap().json();
+    assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
+    assert_eq!(
+        sent["messages"][2]["content"][0],
+        json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "-3C"})
+    );
+
+    let counted: Value = post(
+        &gateway,
+        "/v1/messages/count_tokens",
+        json!({"model": "auto", "messages": [{"role": "user", "content": "hello there"}]}),
+        Some(KEY),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(counted["input_tokens"].as_u64().unwrap() > 0, "{counted}");
+    assert!(dir.access_log().contains("\"provider\":\"claude\""));
+}
+
+#[tokio::test]
+async fn messages_errors_are_anthropic_shaped_from_auth_to_routing() {
+    let local = MockLlm::start("local").await.unwrap();
+    let (_dir, gateway) = gateway(vec![openai("local", &local)], &["local"], false).await;
+    let check = |status: u16, kind: &'static str| {
+        move |response: reqwest::Response| async move {
+            assert_eq!(response.status(), status);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["type"], "error", "{body}");
+            assert_eq!(body["error"]["type"], kind, "{body}");
+            assert!(body["error"]["message"].is_string());
+        }
+    };
+    check(401, "authentication_error")(post(&gateway, "/v1/messages", messages(false), None).await)
+        .await;
+    check(401, "authentication_error")(
+        post(
+            &gateway,
+            "/v1/messages",
+            messages(false),
+            Some("wrong-key-0123456789"),
+        )
+        .await,
+    )
+    .await;
+    let mut no_max = messages(false);
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    check(400, "invalid_request_error")(post(&gateway, "/v1/messages", no_max, Some(KEY)).await)
+        .await;
+    let mut unknown = messages(false);
+    unknown["model"] = json!("claude-nonexistent");
+    check(404, "not_found_error")(post(&gateway, "/v1/messages", unknown, Some(KEY)).await).await;
+    let response = client()
+        .post(gateway.url("/v1/messages"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    check(400, "invalid_request_error")(response).await;
+    // `Authorization: Bearer` works as well as `x-api-key`.
+    let response = client()
+        .post(gateway.url("/v1/messages"))
+        .header("authorization", format!("Bearer {KEY}"))
+        .json(&messages(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The OpenAI endpoints keep OpenAI's errors.
+    let response = post(&gateway, "/v1/chat/completions", chat(false), None).await;
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["type"].is_string() && body.get("type").is_none(),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_split_across_chunks_are_masked_in_every_dialect_and_provider() {
+    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
+        .await
+        .unwrap();
+    let google = MockLlm::start_speaking("gem", Speaks::Gemini)
+        .await
+        .unwrap();
+    let text = "Use sk-proj-ABCDEFGHIJKLMNOPQRSTUVWX and API_KEY=abcdef123456 now.";
+    let behavior = Behavior {
+        text: Some(text.into()),
+        chunks: 9,
+        ..Behavior::default()
+    };
+    claude.set_behavior(behavior.clone());
+    google.set_behavior(behavior);
+    let expected = "Use [REDACTED] and API_KEY=[REDACTED] now.";
+    for (provider, llm) in [("claude", &claude), ("gem", &google)] {
+        let config = if provider == "claude" {
+            anthropic(provider, llm)
+        } else {
+            gemini(provider, llm)
+        };
+        let (_dir, gateway) = gateway(vec![config], &[provider], true).await;
+        let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(sse_content(&raw), expected, "{provider}: {raw}");
+        let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !raw.contains("ABCDEFGHIJ") && !raw.contains("abcdef123456"),
+            "{provider}: {raw}"
+        );
+        assert_eq!(read_anthropic_stream(&raw).0, expected, "{provider}");
+        let message: Value = post(&gateway, "/v1/messages", messages(false), Some(KEY))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(message["content"][0]["text"], expected, "{provider}");
+    }
+}
