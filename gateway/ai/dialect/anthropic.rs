@@ -204,12 +204,14 @@ fn assistant_blocks(blocks: &[Value]) -> Value {
     message
 }
 
-/// Anthropic's stop reason for OpenAI's finish reason.
-fn stop_reason(finish: &str) -> &'static str {
+/// Anthropic's stop reason for OpenAI's finish reason. An answer that called tools stops for them even
+/// when its provider said `stop` (as some local servers do): Anthropic's clients run tools on `tool_use`.
+fn stop_reason(finish: &str, called_tools: bool) -> &'static str {
     match finish {
         "length" => "max_tokens",
-        "tool_calls" | "function_call" => "tool_use",
         "content_filter" => "refusal",
+        "tool_calls" | "function_call" => "tool_use",
+        _ if called_tools => "tool_use",
         _ => "end_turn",
     }
 }
@@ -274,7 +276,10 @@ pub fn render_answer(answer: &[u8]) -> Vec<u8> {
         "role": "assistant",
         "model": answer["model"],
         "content": content,
-        "stop_reason": stop_reason(choice["finish_reason"].as_str().unwrap_or("stop")),
+        "stop_reason": stop_reason(
+            choice["finish_reason"].as_str().unwrap_or("stop"),
+            message["tool_calls"].as_array().is_some_and(|c| !c.is_empty()),
+        ),
         "stop_sequence": null,
         "usage": usage(&answer["usage"]),
     })
@@ -310,6 +315,7 @@ pub struct StreamEncoder {
     /// Index of the next content block.
     next: u64,
     stop_reason: Option<&'static str>,
+    called_tools: bool,
     usage: Option<Value>,
     finished: bool,
 }
@@ -436,6 +442,7 @@ impl StreamEncoder {
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let index = call["index"].as_u64().unwrap_or(0);
+            self.called_tools = true;
             if self.open != Some(Block::Tool(index)) {
                 self.open(
                     out,
@@ -454,7 +461,7 @@ impl StreamEncoder {
             }
         }
         if let Some(finish) = choice["finish_reason"].as_str() {
-            self.stop_reason = Some(stop_reason(finish));
+            self.stop_reason = Some(stop_reason(finish, self.called_tools));
         }
     }
 
