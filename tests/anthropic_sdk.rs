@@ -1,6 +1,6 @@
 //! The official Python SDKs across dialects over TLS: Anthropic's SDK against `/v1/messages` (plain,
-//! streamed, tools) through an OpenAI-compatible provider and through the native Anthropic and Gemini
-//! providers, and OpenAI's SDK through the native providers. `.ci/setup` installs both SDKs into
+//! streamed, tools) through an OpenAI-compatible provider and through the native Anthropic, Gemini and
+//! Bedrock providers, and OpenAI's SDK through the native providers. `.ci/setup` installs both SDKs into
 //! `target/sdk-venv`; without them the test fails and says so (it is never skipped).
 
 mod common;
@@ -111,9 +111,13 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
     let google = MockLlm::start_speaking("gem", Speaks::Gemini)
         .await
         .unwrap();
+    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
+        .await
+        .unwrap();
     let local = MockLlm::start("local").await.unwrap();
     claude.set_behavior(with_tool(text));
     google.set_behavior(with_tool(text));
+    aws.set_behavior(with_tool(text));
     // The OpenAI-compatible mock calls the tool in both its plain and its streamed answer.
     let call = json!({"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}});
     local.set_behavior(Behavior {
@@ -143,18 +147,24 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
                     {"name": "claude", "type": "anthropic", "base_url": claude.base_url(), "api_key": "provider-key"},
                     {"name": "gem", "type": "gemini", "base_url": format!("http://{}/v1beta", google.addr), "api_key": "provider-key"},
                     {"name": "local", "type": "openai", "base_url": local.base_url()},
+                    {"name": "aws", "type": "bedrock", "region": "us-east-1", "base_url": format!("http://{}", aws.addr)},
                 ],
                 "models": [
                     {"name": "claude-model", "provider": "claude"},
                     {"name": "gemini-model", "provider": "gem"},
                     {"name": "local-model", "provider": "local"},
+                    {"name": "bedrock-model", "provider": "aws", "upstream_model": "anthropic.claude-3-5-sonnet-20240620-v1:0"},
                 ],
                 "profiles": {"default": ["local-model"]},
             }),
         )
         .route(json!({"name": "ai", "match": {"path": {"prefix": "/v1"}}, "auth": {"methods": ["api_key"]}, "ai": {}}))
         .yaml();
-    let _gateway = Gateway::start(&dir, ports, &yaml).await;
+    let aws_env = [
+        ("AWS_ACCESS_KEY_ID", "AKIDSDKTEST000000000"),
+        ("AWS_SECRET_ACCESS_KEY", "sdk-test-secret"),
+    ];
+    let _gateway = Gateway::start_with_env(&dir, ports, &yaml, &aws_env).await;
     let anthropic_script = dir.path("anthropic_sdk.py");
     std::fs::write(&anthropic_script, ANTHROPIC_SCRIPT).unwrap();
     let openai_script = dir.path("openai_sdk.py");
@@ -170,7 +180,12 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
     };
     let expected_calls = json!([{"name": "weather", "input": {"city": "Oslo"}}]);
 
-    for model in ["local-model", "claude-model", "gemini-model"] {
+    for model in [
+        "local-model",
+        "claude-model",
+        "gemini-model",
+        "bedrock-model",
+    ] {
         let lines = run(anthropic_script.clone(), args(&root, model)).await;
         assert_eq!(lines[0]["text"], text, "{model}: {}", lines[0]);
         assert!(lines[0]["output_tokens"].as_u64().unwrap() > 0, "{model}");
@@ -186,7 +201,7 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
         assert_eq!(lines[3]["calls"], expected_calls, "{model}");
         assert!(lines[4]["blocks"].as_u64().unwrap() >= 1, "{model}");
     }
-    for model in ["claude-model", "gemini-model"] {
+    for model in ["claude-model", "gemini-model", "bedrock-model"] {
         let lines = run(openai_script.clone(), args(&format!("{root}/v1"), model)).await;
         assert_eq!(lines[0]["text"], text, "{model}");
         assert_eq!(lines[0]["stop"], "tool_calls", "{model}");
@@ -194,11 +209,12 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
         assert_eq!(lines[2]["calls"], expected_calls, "{model}");
     }
     // The tool result reached the native providers as their own blocks.
-    for llm in [&claude, &google] {
+    for llm in [&claude, &google, &aws] {
         let answered_tool = llm.recorded().iter().any(|call| {
             let sent = call.json();
             sent["messages"][2]["content"][0]["type"] == "tool_result"
                 || sent["contents"][2]["parts"][0]["functionResponse"]["name"] == "weather"
+                || sent["messages"][2]["content"][0]["toolResult"]["toolUseId"] == "toolu_x"
         });
         assert!(answered_tool, "no tool result reached the provider");
     }

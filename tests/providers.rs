@@ -15,6 +15,16 @@ const KEY: &str = "providers-test-key-0123456789";
 /// A gateway with `providers` (each a whole section) and one model per provider named after it; profile
 /// `default` is `chain`. Requests need the API key `KEY`. `secrets` turns response masking on.
 async fn gateway(providers: Vec<Value>, chain: &[&str], secrets: bool) -> (TestDir, Gateway) {
+    gateway_with_env(providers, chain, secrets, &[]).await
+}
+
+/// The same, with environment variables for the gateway (AWS credentials).
+async fn gateway_with_env(
+    providers: Vec<Value>,
+    chain: &[&str],
+    secrets: bool,
+    env: &[(&str, &str)],
+) -> (TestDir, Gateway) {
     let (dir, ports) = (TestDir::new(), Ports::new());
     let models: Vec<Value> = providers
         .iter()
@@ -39,8 +49,21 @@ async fn gateway(providers: Vec<Value>, chain: &[&str], secrets: bool) -> (TestD
         .route(json!({"name": "ai", "match": {"path": {"prefix": "/v1"}},
                       "auth": {"methods": ["api_key"]}, "ai": {}}))
         .yaml();
-    let gateway = Gateway::start(&dir, ports, &yaml).await;
+    let gateway = Gateway::start_with_env(&dir, ports, &yaml, env).await;
     (dir, gateway)
+}
+
+const AWS_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "AKIDGATEWAYTEST01234"),
+    (
+        "AWS_SECRET_ACCESS_KEY",
+        "aws-secret-never-logged-0123456789",
+    ),
+    ("AWS_SESSION_TOKEN", "session-token-never-logged"),
+];
+
+fn bedrock(name: &str, llm: &MockLlm) -> Value {
+    json!({"name": name, "type": "bedrock", "region": "eu-west-1", "base_url": format!("http://{}", llm.addr)})
 }
 
 fn anthropic(name: &str, llm: &MockLlm) -> Value {
@@ -652,4 +675,136 @@ async fn secrets_split_across_chunks_are_masked_in_every_dialect_and_provider() 
             .unwrap();
         assert_eq!(message["content"][0]["text"], expected, "{provider}");
     }
+}
+
+#[tokio::test]
+async fn openai_and_anthropic_clients_reach_bedrock_with_signed_requests_and_event_streams() {
+    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
+        .await
+        .unwrap();
+    let backup = MockLlm::start("backup").await.unwrap();
+    aws.set_behavior(Behavior {
+        text: Some("Bedrock says hi.".into()),
+        tool_call: Some(("weather".into(), json!({"city": "Oslo"}))),
+        ..Behavior::default()
+    });
+    let (dir, gateway) = gateway_with_env(
+        vec![bedrock("aws", &aws), openai("backup", &backup)],
+        &["aws", "backup"],
+        false,
+        &AWS_ENV,
+    )
+    .await;
+    let body: Value = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "Bedrock says hi.",
+        "{body}"
+    );
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Oslo\"}"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 23);
+    let call = aws.last().unwrap();
+    assert_eq!(call.path, "/model/aws-upstream/converse");
+    let authorization = call.header("authorization").unwrap();
+    assert!(
+        authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDGATEWAYTEST01234/"),
+        "{authorization}"
+    );
+    assert!(
+        authorization.contains("/eu-west-1/bedrock/aws4_request"),
+        "{authorization}"
+    );
+    assert_eq!(
+        call.header("x-amz-security-token"),
+        Some("session-token-never-logged")
+    );
+    let sent = call.json();
+    assert_eq!(sent["system"], json!([{"text": "be brief"}]));
+    assert_eq!(sent["inferenceConfig"]["maxTokens"], 1234);
+    assert_eq!(
+        sent["toolConfig"]["tools"][0]["toolSpec"]["name"],
+        "weather"
+    );
+
+    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse_content(&raw), "Bedrock says hi.");
+    assert!(
+        raw.contains("\"finish_reason\":\"tool_calls\"")
+            && raw.trim_end().ends_with("data: [DONE]"),
+        "{raw}"
+    );
+    assert_eq!(
+        aws.last().unwrap().path,
+        "/model/aws-upstream/converse-stream"
+    );
+    let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (text, arguments, stop) = read_anthropic_stream(&raw);
+    assert_eq!(text, "Bedrock says hi.");
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+
+    // A throttling exception before any text falls back; after text, the client gets an error event.
+    aws.set_behavior(Behavior {
+        error_after: Some(0),
+        ..Behavior::default()
+    });
+    let response = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY)).await;
+    assert_eq!(response.headers()["x-gateway-provider"], "backup");
+    aws.set_behavior(Behavior {
+        chunks: 3,
+        error_after: Some(1),
+        ..Behavior::default()
+    });
+    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        raw.contains("throttlingException") && !raw.contains("[DONE]"),
+        "{raw}"
+    );
+    let log = dir.gateway_log() + &dir.access_log();
+    assert!(
+        !log.contains("aws-secret-never-logged") && !log.contains("session-token-never-logged")
+    );
+}
+
+#[tokio::test]
+async fn bedrock_without_credentials_is_disabled_and_says_which_variables_to_set() {
+    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
+        .await
+        .unwrap();
+    let backup = MockLlm::start("backup").await.unwrap();
+    let (dir, gateway) = gateway(
+        vec![bedrock("aws", &aws), openai("backup", &backup)],
+        &["aws", "backup"],
+        false,
+    )
+    .await;
+    let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
+    assert_eq!(response.headers()["x-gateway-provider"], "backup");
+    assert_eq!(aws.calls(), 0);
+    assert!(
+        dir.gateway_log().contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        dir.gateway_log()
+    );
 }

@@ -22,6 +22,8 @@ pub enum ProviderKind {
     Anthropic,
     /// Google's Gemini API (`generateContent`).
     Gemini,
+    /// Amazon Bedrock's Converse API (requests signed with AWS Signature V4).
+    Bedrock,
     /// Answers locally and deterministically.
     Mock,
 }
@@ -36,6 +38,8 @@ pub struct Deployment {
     pub auth: Vec<(HeaderName, HeaderValue)>,
     /// Host header value (`host[:port]`).
     pub host: HeaderValue,
+    /// Requests signed per request (Bedrock): the credentials and region.
+    pub signing: Option<Arc<super::provider::bedrock::Signing>>,
 }
 
 #[derive(Debug, Clone, Copy)]

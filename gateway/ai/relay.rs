@@ -218,7 +218,7 @@ impl Answer<'_, '_> {
             let content_type = upstream_head.headers.get(CONTENT_TYPE);
             let is_sse = content_type
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
+                .is_some_and(|v| self.wire.is_stream(v));
             let own_type = match (translated, is_sse) {
                 (false, _) => content_type.cloned(),
                 (true, true) => Some(HeaderValue::from_static("text/event-stream")),

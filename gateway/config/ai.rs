@@ -403,13 +403,45 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         ProviderKindSection::Openai => ProviderKind::OpenAi,
         ProviderKindSection::Anthropic => ProviderKind::Anthropic,
         ProviderKindSection::Gemini => ProviderKind::Gemini,
+        ProviderKindSection::Bedrock => ProviderKind::Bedrock,
         ProviderKindSection::Mock => ProviderKind::Mock,
+    };
+    let region = section.region.as_deref().filter(|r| !r.is_empty());
+    if kind == ProviderKind::Bedrock && region.is_none() {
+        c.error(
+            format!("{path}.region"),
+            "a bedrock provider names its AWS region, e.g. region: us-east-1",
+        );
+    } else if kind != ProviderKind::Bedrock && section.region.is_some() {
+        c.error(
+            format!("{path}.region"),
+            "only bedrock providers take a region; remove it",
+        );
+    }
+    // Bedrock signs each request with credentials from the environment: without them it is disabled.
+    let signing = match (kind, region) {
+        (ProviderKind::Bedrock, Some(region)) => {
+            let signing =
+                crate::ai::provider::bedrock::Signing::from_environment(region).map(Arc::new);
+            if signing.is_none() {
+                log::warn!(
+                    "AI provider `{}` is disabled: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                     (and AWS_SESSION_TOKEN for temporary credentials) to enable it",
+                    section.name
+                );
+            }
+            signing
+        }
+        _ => None,
     };
     let wire = crate::ai::provider::wire(kind);
     let default_base = match kind {
         ProviderKind::Anthropic => Some("https://api.anthropic.com/v1".to_string()),
         ProviderKind::Gemini => {
             Some("https://generativelanguage.googleapis.com/v1beta".to_string())
+        }
+        ProviderKind::Bedrock => {
+            region.map(|r| format!("https://bedrock-runtime.{r}.amazonaws.com"))
         }
         ProviderKind::OpenAi | ProviderKind::Mock => None,
     };
@@ -471,7 +503,11 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
                 c.error(format!("{dpath}.api_key"), message);
                 Vec::new()
             }),
-            None if kind != ProviderKind::OpenAi => {
+            None if kind == ProviderKind::Bedrock && signing.is_none() => {
+                enabled = false;
+                Vec::new()
+            }
+            None if kind != ProviderKind::OpenAi && kind != ProviderKind::Bedrock => {
                 c.error(
                     format!("{dpath}.api_key"),
                     "this provider type needs a key, e.g. api_key: ${ANTHROPIC_API_KEY:-}",
@@ -508,9 +544,10 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
                 .to_string(),
             auth,
             host: host_value,
+            signing: signing.clone(),
         });
     }
-    if !enabled {
+    if !enabled && kind != ProviderKind::Bedrock {
         let mut unset = c.config.unset_variables_at(&format!("{path}.api_key"));
         for j in 0..section.deployments.len() {
             unset.extend(

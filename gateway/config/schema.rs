@@ -993,15 +993,18 @@ pub enum PromptModeSection {
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     pub name: String,
-    /// `openai` (any OpenAI-compatible API), `anthropic` (Messages API), `gemini` (generateContent) or
-    /// `mock` (answers locally).
+    /// `openai` (any OpenAI-compatible API), `anthropic` (Messages API), `gemini` (generateContent),
+    /// `bedrock` (Converse, signed with AWS credentials from the environment) or `mock` (answers locally).
     #[serde(rename = "type")]
     pub kind: ProviderKindSection,
     /// E.g. `https://api.openai.com/v1`; with `deployments`, their default. `anthropic` and `gemini` default to
     /// their public APIs (`https://api.anthropic.com/v1`, `https://generativelanguage.googleapis.com/v1beta`).
     pub base_url: Option<String>,
-    /// Normally `${VAR:-}`: when it ends up empty the provider is disabled with a warning. Omit for local servers.
+    /// Normally `${VAR:-}`: when it ends up empty the provider is disabled with a warning. Omit for local servers
+    /// and for `bedrock` (it signs with `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`).
     pub api_key: Option<String>,
+    /// `bedrock`: the AWS region (signing, and the default base URL `https://bedrock-runtime.<region>.amazonaws.com`).
+    pub region: Option<String>,
     /// Extra request headers (values may use `${ENV}`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -1027,6 +1030,7 @@ pub enum ProviderKindSection {
     Openai,
     Anthropic,
     Gemini,
+    Bedrock,
     Mock,
 }
 

@@ -104,6 +104,9 @@ pub enum Speaks {
     Anthropic,
     /// Gemini's generateContent; requires `x-goog-api-key`.
     Gemini,
+    /// Bedrock's Converse and ConverseStream (event-stream framing); requires a SigV4 `authorization`
+    /// header of the right shape and `x-amz-date`.
+    Bedrock,
 }
 
 pub(crate) struct State {

@@ -1,6 +1,7 @@
 //! The mock LLM's native provider formats: Anthropic's Messages API (named SSE events, its error JSON, its
 //! auth headers) and Gemini's generateContent (one `GenerateContentResponse` per SSE event, `usageMetadata`,
-//! safety blocks, google.rpc errors). Each checks the provider's authentication headers and answers 401 in
+//! safety blocks, google.rpc errors) and Bedrock's Converse (ConverseStream in AWS's binary event-stream
+//! framing, SigV4 `authorization`). Each checks the provider's authentication headers and answers 401 in
 //! its own format without them.
 
 use std::sync::atomic::Ordering;
@@ -37,6 +38,10 @@ pub(crate) async fn answer(
             path.contains(":streamGenerateContent")
                 && parts.uri.query().is_some_and(|q| q.contains("alt=sse")),
         ),
+        Speaks::Bedrock => (
+            header("authorization").is_some_and(sigv4_shaped) && header("x-amz-date").is_some(),
+            path.ends_with("/converse-stream"),
+        ),
         Speaks::OpenAi => (true, false),
     };
     if !authorized {
@@ -50,6 +55,11 @@ pub(crate) async fn answer(
         return error(speaks, behavior.status, &message, behavior.retry_after);
     }
     let model = match speaks {
+        Speaks::Bedrock => path
+            .strip_prefix("/model/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("bedrock-mock")
+            .replace("%3A", ":"),
         Speaks::Gemini => path
             .rsplit('/')
             .next()
@@ -73,13 +83,20 @@ pub(crate) async fn answer(
     if !stream {
         let reply = match speaks {
             Speaks::Anthropic => anthropic_message(&model, &text, &behavior),
+            Speaks::Bedrock => converse_answer(&text, &behavior),
             _ => gemini_answer(&model, &text, &behavior),
         };
         return full(200, "application/json", reply.to_string());
     }
     let events = match speaks {
         Speaks::Anthropic => anthropic_events(&model, &pieces, &behavior),
+        Speaks::Bedrock => converse_frames(&pieces, &behavior),
         _ => gemini_events(&model, &pieces, &behavior),
+    };
+    let content_type = if speaks == Speaks::Bedrock {
+        "application/vnd.amazon.eventstream"
+    } else {
+        "text/event-stream"
     };
     let (sender, receiver) = mpsc::channel::<Chunk>(4);
     tokio::spawn(async move {
@@ -102,13 +119,34 @@ pub(crate) async fn answer(
     });
     Response::builder()
         .status(200)
-        .header("content-type", "text/event-stream")
+        .header("content-type", content_type)
         .body(BodyExt::boxed(StreamBody::new(ReceiverStream(receiver))))
         .unwrap_or_else(|_| Response::new(crate::llm::empty()))
 }
 
+/// `AWS4-HMAC-SHA256 Credential=<key>/<yyyymmdd>/<region>/bedrock/aws4_request, SignedHeaders=...,
+/// Signature=<64 hex>`.
+fn sigv4_shaped(value: &str) -> bool {
+    let Some(rest) = value.strip_prefix("AWS4-HMAC-SHA256 Credential=") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split(", ").collect();
+    let scope: Vec<&str> = parts[0].split('/').collect();
+    parts.len() == 3
+        && scope.len() == 5
+        && scope[1].len() == 8
+        && scope[3] == "bedrock"
+        && scope[4] == "aws4_request"
+        && parts[1].starts_with("SignedHeaders=")
+        && parts[1].contains("host")
+        && parts[2]
+            .strip_prefix("Signature=")
+            .is_some_and(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn error(speaks: Speaks, status: u16, message: &str, retry_after: Option<u64>) -> Response<Body> {
     let body = match speaks {
+        Speaks::Bedrock => json!({ "message": message }),
         Speaks::Anthropic => {
             let kind = match status {
                 400 => "invalid_request_error",
@@ -158,7 +196,14 @@ fn named(name: &str, data: Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
 
-fn anthropic_events(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<String> {
+fn anthropic_events(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<Bytes> {
+    anthropic_texts(model, pieces, behavior)
+        .into_iter()
+        .map(Bytes::from)
+        .collect()
+}
+
+fn anthropic_texts(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<String> {
     let mut events = vec![
         named(
             "message_start",
@@ -238,7 +283,14 @@ fn gemini_answer(model: &str, text: &str, behavior: &Behavior) -> Value {
     })
 }
 
-fn gemini_events(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<String> {
+fn gemini_events(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<Bytes> {
+    gemini_texts(model, pieces, behavior)
+        .into_iter()
+        .map(Bytes::from)
+        .collect()
+}
+
+fn gemini_texts(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<String> {
     let data = |value: Value| format!("data: {value}\r\n\r\n");
     if behavior.blocked {
         return vec![data(
@@ -261,4 +313,109 @@ fn gemini_events(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<Str
     events.push(data(json!({"candidates": [{"content": {"role": "model", "parts": last_parts}, "finishReason": "STOP", "index": 0}],
         "usageMetadata": gemini_usage(pieces.len()), "modelVersion": model})));
     events
+}
+
+fn converse_usage(output: usize) -> Value {
+    json!({"inputTokens": 17, "outputTokens": output, "totalTokens": 17 + output, "cacheReadInputTokens": 6, "cacheWriteInputTokens": 0})
+}
+
+fn converse_answer(text: &str, behavior: &Behavior) -> Value {
+    let mut content = vec![json!({ "text": text })];
+    if let Some((name, input)) = &behavior.tool_call {
+        content
+            .push(json!({"toolUse": {"toolUseId": "tooluse_mock1", "name": name, "input": input}}));
+    }
+    json!({
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": if behavior.tool_call.is_some() { "tool_use" } else { "end_turn" },
+        "usage": converse_usage(5), "metrics": {"latencyMs": 1},
+    })
+}
+
+/// One event-stream frame: `:message-type` event (or exception), `:event-type`, a JSON payload.
+fn converse_frame(kind: &str, name: &str, payload: Value) -> Bytes {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let type_header = if kind == "exception" {
+        ":exception-type"
+    } else {
+        ":event-type"
+    };
+    let message = Message::new(Bytes::from(payload.to_string()))
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String(kind.to_string().into()),
+        ))
+        .add_header(Header::new(
+            type_header,
+            HeaderValue::String(name.to_string().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ));
+    let mut out = Vec::new();
+    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut out);
+    Bytes::from(out)
+}
+
+fn converse_frames(pieces: &[String], behavior: &Behavior) -> Vec<Bytes> {
+    let mut frames = vec![converse_frame(
+        "event",
+        "messageStart",
+        json!({"role": "assistant"}),
+    )];
+    for (i, piece) in pieces.iter().enumerate() {
+        if behavior.error_after == Some(i) {
+            frames.push(converse_frame(
+                "exception",
+                "throttlingException",
+                json!({"message": "Too many requests"}),
+            ));
+            return frames;
+        }
+        frames.push(converse_frame(
+            "event",
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": piece}}),
+        ));
+    }
+    frames.push(converse_frame(
+        "event",
+        "contentBlockStop",
+        json!({"contentBlockIndex": 0}),
+    ));
+    if let Some((name, input)) = &behavior.tool_call {
+        frames.push(converse_frame("event", "contentBlockStart",
+            json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_mock1", "name": name}}})));
+        let arguments = input.to_string();
+        let half = arguments.len() / 2;
+        for part in [&arguments[..half], &arguments[half..]] {
+            frames.push(converse_frame(
+                "event",
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": part}}}),
+            ));
+        }
+        frames.push(converse_frame(
+            "event",
+            "contentBlockStop",
+            json!({"contentBlockIndex": 1}),
+        ));
+    }
+    let stop = if behavior.tool_call.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
+    frames.push(converse_frame(
+        "event",
+        "messageStop",
+        json!({"stopReason": stop}),
+    ));
+    frames.push(converse_frame(
+        "event",
+        "metadata",
+        json!({"usage": converse_usage(pieces.len()), "metrics": {"latencyMs": 1}}),
+    ));
+    frames
 }

@@ -5,6 +5,7 @@
 //! here, in its own file. A new provider type is one file in this folder plus its `ProviderKind` variant.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
@@ -83,6 +84,11 @@ pub trait Wire: Sync {
     fn whole_answer(&self, body: &[u8], upstream_model: &str)
         -> Result<Option<Vec<u8>>, Rejection>;
 
+    /// Whether an answer of this type is this provider's stream (server-sent events, for most).
+    fn is_stream(&self, content_type: &str) -> bool {
+        content_type.starts_with("text/event-stream")
+    }
+
     /// The decoder of this provider's streams into common SSE chunks; `None` when they already are.
     fn stream_decoder(&self, upstream_model: &str) -> Option<Box<dyn StreamDecoder>>;
 
@@ -115,6 +121,7 @@ pub fn wire(kind: ProviderKind) -> &'static dyn Wire {
         ProviderKind::OpenAi => &openai::OpenAiWire,
         ProviderKind::Anthropic => &anthropic::AnthropicWire,
         ProviderKind::Gemini => &gemini::GeminiWire,
+        ProviderKind::Bedrock => &bedrock::BedrockWire,
         ProviderKind::Mock => &mock::MockWire,
     }
 }

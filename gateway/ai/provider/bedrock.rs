@@ -1,0 +1,590 @@
+//! Amazon Bedrock's Converse and ConverseStream APIs (`POST {base}/model/{id}/converse`, `/converse-stream`),
+//! each request signed with AWS Signature V4 by AWS's own signing crate (credentials from the environment,
+//! region from the config). ConverseStream's answer is AWS's binary event-stream framing, decoded by AWS's
+//! own decoder; its events (`messageStart`, `contentBlockStart/Delta/Stop`, `messageStop`, `metadata`, and
+//! exceptions) become OpenAI chunks.
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
+use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_types::event_stream::{HeaderValue as FrameValue, Message};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
+use serde_json::{json, Map, Value};
+
+use super::{
+    arguments_object, chunk, data_url, error_event, push_event, text_of, usage_chunk, usage_json,
+    Call, Rendered, StreamDecoder, Wire,
+};
+use crate::ai::dialect::openai::{self, Endpoint};
+use crate::ai::usage::Usage;
+use crate::error::Rejection;
+
+/// How a deployment's requests are signed: the credentials (from the environment when the config loaded)
+/// and the region. Never logged.
+pub struct Signing {
+    identity: Identity,
+    region: String,
+}
+
+impl std::fmt::Debug for Signing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signing {{ region: {:?} }}", self.region)
+    }
+}
+
+impl Signing {
+    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and (for temporary credentials)
+    /// `AWS_SESSION_TOKEN`; `None` when the key pair is not set.
+    pub fn from_environment(region: &str) -> Option<Signing> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let credentials = Credentials::new(
+            var("AWS_ACCESS_KEY_ID")?,
+            var("AWS_SECRET_ACCESS_KEY")?,
+            var("AWS_SESSION_TOKEN"),
+            None,
+            "environment",
+        );
+        Some(Signing {
+            identity: credentials.into(),
+            region: region.to_string(),
+        })
+    }
+}
+
+pub struct BedrockWire;
+
+impl Wire for BedrockWire {
+    fn supports(&self, endpoint: Endpoint) -> bool {
+        endpoint == Endpoint::ChatCompletions
+    }
+
+    fn auth_headers(&self, _key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
+        Err("bedrock signs its requests with AWS credentials from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); remove api_key")
+    }
+
+    fn render<'a>(
+        &self,
+        call: &Call<'a>,
+        body: &mut Map<String, Value>,
+    ) -> Result<Rendered<'a>, Rejection> {
+        let request = to_converse_request(body, call.default_max_tokens);
+        let payload =
+            serde_json::to_vec(&request).map_err(|e| openai::invalid_json(&e.to_string()))?;
+        let action = if call.stream {
+            "converse-stream"
+        } else {
+            "converse"
+        };
+        let path = format!("/model/{}/{action}", escape(call.upstream_model));
+        let headers = match &call.deployment.signing {
+            Some(signing) => sign_request(call, signing, &path, &payload)?,
+            None => Vec::new(),
+        };
+        Ok(Rendered {
+            path: [
+                Cow::Borrowed(call.deployment.base_path.as_str()),
+                Cow::Owned(path),
+            ],
+            headers,
+            body: Bytes::from(payload),
+        })
+    }
+
+    fn context_exceeded(&self, body: &str) -> bool {
+        body.contains("too long") || body.contains("too many input tokens")
+    }
+
+    fn error_message(&self, body: &str) -> Option<(String, String)> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        let message = value
+            .get("message")
+            .or_else(|| value.get("Message"))?
+            .as_str()?;
+        Some(("bedrock_error".to_string(), message.to_string()))
+    }
+
+    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+        let answer: Value = serde_json::from_slice(body).map_err(|e| {
+            super::malformed(format!("the provider's answer is not Converse JSON: {e}"))
+        })?;
+        Ok(Some(
+            to_chat_completion(&answer, model).to_string().into_bytes(),
+        ))
+    }
+
+    fn is_stream(&self, content_type: &str) -> bool {
+        content_type.starts_with("application/vnd.amazon.eventstream")
+    }
+
+    fn stream_decoder(&self, model: &str) -> Option<Box<dyn StreamDecoder>> {
+        Some(Box::new(ConverseStream {
+            model: model.to_string(),
+            id: super::call_id("bedrock"),
+            ..ConverseStream::default()
+        }))
+    }
+}
+
+/// A model id as one path segment (`anthropic.claude-3-5-sonnet-20240620-v1:0` has a `:`).
+fn escape(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The Signature V4 headers (`authorization`, `x-amz-date`, and `x-amz-security-token` for temporary
+/// credentials) of one request.
+fn sign_request(
+    call: &Call<'_>,
+    signing: &Signing,
+    path: &str,
+    payload: &[u8],
+) -> Result<Vec<(HeaderName, HeaderValue)>, Rejection> {
+    let failed = |e: &dyn std::fmt::Display| {
+        log::warn!("signing a Bedrock request failed: {e}");
+        Rejection::typed(
+            500,
+            "server_error",
+            "signing_failed",
+            "the request could not be signed",
+        )
+    };
+    let host = call.deployment.host.to_str().map_err(|e| failed(&e))?;
+    let url = format!("https://{host}{}{path}", call.deployment.base_path);
+    let params = v4::SigningParams::builder()
+        .identity(&signing.identity)
+        .region(&signing.region)
+        .name("bedrock")
+        .time(SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| failed(&e))?
+        .into();
+    let headers = [("host", host), ("content-type", "application/json")];
+    let request = SignableRequest::new(
+        "POST",
+        url,
+        headers.into_iter(),
+        SignableBody::Bytes(payload),
+    )
+    .map_err(|e| failed(&e))?;
+    let (instructions, _) = sign(request, &params).map_err(|e| failed(&e))?.into_parts();
+    instructions
+        .headers()
+        .map(|(name, value)| {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| failed(&e))?;
+            let mut value = HeaderValue::from_str(value).map_err(|e| failed(&e))?;
+            value.set_sensitive(true);
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// The Converse request for a common-form body.
+pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value {
+    let mut system = Vec::new();
+    let mut messages: Vec<Value> = Vec::new();
+    for message in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (role, content) = match message.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => {
+                system.push(json!({"text": text_of(message.get("content"))}));
+                continue;
+            }
+            Some("assistant") => {
+                let mut content = content_blocks(message.get("content"));
+                for call in message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    content.push(json!({"toolUse": {"toolUseId": call["id"], "name": call["function"]["name"],
+                        "input": arguments_object(call["function"].get("arguments"))}}));
+                }
+                ("assistant", content)
+            }
+            Some("tool" | "function") => (
+                "user",
+                vec![
+                    json!({"toolResult": {"toolUseId": message.get("tool_call_id").cloned().unwrap_or_default(),
+                    "content": [{"text": text_of(message.get("content"))}]}}),
+                ],
+            ),
+            _ => ("user", content_blocks(message.get("content"))),
+        };
+        if content.is_empty() {
+            continue;
+        }
+        match messages.last_mut() {
+            Some(last) if last["role"] == role => {
+                if let Some(existing) = last["content"].as_array_mut() {
+                    existing.extend(content);
+                }
+            }
+            _ => messages.push(json!({"role": role, "content": content})),
+        }
+    }
+    let mut request = Map::new();
+    request.insert("messages".into(), messages.into());
+    if !system.is_empty() {
+        request.insert("system".into(), system.into());
+    }
+    let mut config = Map::new();
+    let max = ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k).and_then(Value::as_u64))
+        .unwrap_or(default_max);
+    config.insert("maxTokens".into(), max.into());
+    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
+        if let Some(value) = body.get(from).filter(|v| !v.is_null()) {
+            config.insert(to.into(), value.clone());
+        }
+    }
+    match body.get("stop") {
+        Some(Value::String(stop)) => {
+            config.insert("stopSequences".into(), json!([stop]));
+        }
+        Some(Value::Array(stops)) => {
+            config.insert("stopSequences".into(), Value::Array(stops.clone()));
+        }
+        _ => {}
+    }
+    request.insert("inferenceConfig".into(), config.into());
+    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+        let specs: Vec<Value> = tools
+            .iter()
+            .filter_map(|tool| {
+                let function = tool.get("function")?;
+                let mut spec = json!({"name": function.get("name")?,
+                    "inputSchema": {"json": function.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))}});
+                if let Some(description) = function.get("description") {
+                    spec["description"] = description.clone();
+                }
+                Some(json!({ "toolSpec": spec }))
+            })
+            .collect();
+        if !specs.is_empty() {
+            let mut tool_config = json!({ "tools": specs });
+            let choice = match body.get("tool_choice") {
+                Some(Value::String(mode)) if mode == "required" => Some(json!({"any": {}})),
+                Some(Value::String(mode)) if mode == "auto" => Some(json!({"auto": {}})),
+                Some(Value::Object(named)) => named
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .map(|name| json!({"tool": {"name": name}})),
+                _ => None,
+            };
+            if let Some(choice) = choice {
+                tool_config["toolChoice"] = choice;
+            }
+            request.insert("toolConfig".into(), tool_config);
+        }
+    }
+    Value::Object(request)
+}
+
+/// Text and inline images (Bedrock takes image bytes, not URLs: those are left out).
+fn content_blocks(content: Option<&Value>) -> Vec<Value> {
+    match content {
+        Some(Value::String(text)) if !text.is_empty() => vec![json!({ "text": text })],
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|part| match part["type"].as_str() {
+                Some("text") => Some(json!({"text": part["text"]})),
+                Some("image_url") => {
+                    let (media, data) = data_url(part["image_url"]["url"].as_str()?)?;
+                    let format = media.strip_prefix("image/")?;
+                    Some(json!({"image": {"format": format, "source": {"bytes": data}}}))
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn finish_reason(stop: &str) -> &'static str {
+    match stop {
+        "max_tokens" => "length",
+        "tool_use" => "tool_calls",
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        _ => "stop",
+    }
+}
+
+fn usage_of(usage: &Value, into: &mut Usage) {
+    let count = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+    if usage.is_object() {
+        into.cache_read_tokens = count("cacheReadInputTokens");
+        into.cache_creation_tokens = count("cacheWriteInputTokens");
+        into.prompt_tokens =
+            count("inputTokens") + into.cache_read_tokens + into.cache_creation_tokens;
+        into.completion_tokens = count("outputTokens");
+    }
+}
+
+/// A whole Converse answer as a chat completion.
+pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
+    let (mut text, mut reasoning, mut calls) = (String::new(), String::new(), Vec::new());
+    for block in answer["output"]["message"]["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(piece) = block["text"].as_str() {
+            text.push_str(piece);
+        } else if let Some(piece) = block["reasoningContent"]["reasoningText"]["text"].as_str() {
+            reasoning.push_str(piece);
+        } else if let Some(call) = block.get("toolUse") {
+            calls.push(json!({"id": call["toolUseId"], "type": "function",
+                "function": {"name": call["name"], "arguments": call["input"].to_string()}}));
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": text});
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = reasoning.into();
+    }
+    if !calls.is_empty() {
+        message["tool_calls"] = calls.into();
+    }
+    let mut usage = Usage::default();
+    usage_of(&answer["usage"], &mut usage);
+    json!({
+        "id": super::call_id("bedrock"), "object": "chat.completion", "created": super::now(), "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": null,
+            "finish_reason": finish_reason(answer["stopReason"].as_str().unwrap_or("end_turn"))}],
+        "usage": usage_json(&usage),
+    })
+}
+
+/// ConverseStream's frames into OpenAI chunks. The stream ends with `metadata` (the usage) after
+/// `messageStop`; `[DONE]` follows the metadata.
+#[derive(Default)]
+struct ConverseStream {
+    frames: MessageFrameDecoder,
+    buffer: BytesMut,
+    model: String,
+    id: String,
+    usage: Usage,
+    started: bool,
+    /// (content block index, tool call index) of tool-use blocks.
+    tools: Vec<(u64, usize)>,
+    finish: Option<&'static str>,
+    failure: Option<String>,
+    done: bool,
+}
+
+fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
+    message
+        .headers()
+        .iter()
+        .find(|h| h.name().as_str() == name)
+        .and_then(|h| match h.value() {
+            FrameValue::String(value) => Some(value.as_str()),
+            _ => None,
+        })
+}
+
+impl ConverseStream {
+    fn delta(&mut self, out: &mut Vec<u8>, mut delta: Value) {
+        if !self.started {
+            delta["role"] = "assistant".into();
+            self.started = true;
+        }
+        push_event(out, &chunk(&self.id, &self.model, delta, None));
+    }
+
+    fn frame(&mut self, message: &Message, out: &mut Vec<u8>) {
+        let payload: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
+        if header(message, ":message-type") == Some("exception") {
+            let kind = header(message, ":exception-type").unwrap_or("exception");
+            self.failure = Some(format!("stream error: {kind}"));
+            let text = payload["message"].as_str().unwrap_or("the provider failed");
+            error_event(out, kind, text);
+            self.done = true;
+            return;
+        }
+        match header(message, ":event-type") {
+            Some("contentBlockStart") => {
+                if let Some(tool) = payload["start"].get("toolUse") {
+                    let index = self.tools.len();
+                    self.tools
+                        .push((payload["contentBlockIndex"].as_u64().unwrap_or(0), index));
+                    let delta = json!({"tool_calls": [{"index": index, "id": tool["toolUseId"], "type": "function",
+                        "function": {"name": tool["name"], "arguments": ""}}]});
+                    self.delta(out, delta);
+                }
+            }
+            Some("contentBlockDelta") => {
+                let delta = &payload["delta"];
+                if let Some(text) = delta["text"].as_str() {
+                    self.delta(out, json!({ "content": text }));
+                } else if let Some(text) = delta["reasoningContent"]["text"].as_str() {
+                    self.delta(out, json!({ "reasoning_content": text }));
+                } else if let Some(input) = delta["toolUse"]["input"].as_str() {
+                    let block = payload["contentBlockIndex"].as_u64().unwrap_or(0);
+                    let index = self
+                        .tools
+                        .iter()
+                        .find(|(b, _)| *b == block)
+                        .map_or(0, |(_, i)| *i);
+                    self.delta(
+                        out,
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": input}}]}),
+                    );
+                }
+            }
+            Some("messageStop") => {
+                let finish = finish_reason(payload["stopReason"].as_str().unwrap_or("end_turn"));
+                self.finish = Some(finish);
+                push_event(out, &chunk(&self.id, &self.model, json!({}), Some(finish)));
+            }
+            Some("metadata") => {
+                usage_of(&payload["usage"], &mut self.usage);
+                if self.finish.is_some() {
+                    push_event(out, &usage_chunk(&self.id, &self.model, &self.usage));
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                    self.done = true;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl StreamDecoder for ConverseStream {
+    fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        self.buffer.extend_from_slice(input);
+        while !self.done {
+            match self.frames.decode_frame(&mut self.buffer) {
+                Ok(DecodedFrame::Complete(message)) => self.frame(&message, out),
+                Ok(DecodedFrame::Incomplete) => break,
+                Err(e) => {
+                    self.failure = Some(format!("event-stream framing: {e}"));
+                    error_event(
+                        out,
+                        "server_error",
+                        "the provider's event stream is malformed",
+                    );
+                    self.done = true;
+                }
+            }
+        }
+        if self.done {
+            self.buffer.advance(self.buffer.len());
+        }
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_eventstream::frame::write_message_to;
+    use aws_smithy_types::event_stream::Header;
+
+    fn frame(event: &str, payload: Value) -> Vec<u8> {
+        let message = Message::new(Bytes::from(payload.to_string()))
+            .add_header(Header::new(
+                ":message-type",
+                FrameValue::String("event".into()),
+            ))
+            .add_header(Header::new(
+                ":event-type",
+                FrameValue::String(event.to_string().into()),
+            ));
+        let mut out = Vec::new();
+        write_message_to(&message, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn requests_use_converse_blocks_and_tool_config() {
+        let body: Map<String, Value> = serde_json::from_value(json!({
+            "tool_choice": "required",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBOR"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function",
+                    "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "t1", "content": "cold"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+        })).unwrap();
+        let request = to_converse_request(&body, 777);
+        assert_eq!(request["system"], json!([{"text": "be brief"}]));
+        assert_eq!(request["inferenceConfig"]["maxTokens"], 777);
+        assert_eq!(
+            request["messages"][0]["content"][1]["image"]["format"],
+            "png"
+        );
+        assert_eq!(
+            request["messages"][1]["content"][0]["toolUse"]["input"],
+            json!({"city": "Oslo"})
+        );
+        assert_eq!(
+            request["messages"][2]["content"][0]["toolResult"]["toolUseId"],
+            "t1"
+        );
+        assert_eq!(request["toolConfig"]["toolChoice"], json!({"any": {}}));
+        assert_eq!(escape("anthropic.claude-v2:1"), "anthropic.claude-v2%3A1");
+    }
+
+    #[test]
+    fn event_stream_frames_become_chunks_split_anywhere() {
+        let mut stream = Vec::new();
+        stream.extend(frame("messageStart", json!({"role": "assistant"})));
+        stream.extend(frame(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"text": "Hi"}}),
+        ));
+        stream.extend(frame(
+            "contentBlockStart",
+            json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t1", "name": "w"}}}),
+        ));
+        stream.extend(frame(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{}"}}}),
+        ));
+        stream.extend(frame("messageStop", json!({"stopReason": "tool_use"})));
+        stream.extend(frame(
+            "metadata",
+            json!({"usage": {"inputTokens": 7, "outputTokens": 3, "cacheReadInputTokens": 2}}),
+        ));
+        let mut decoder = BedrockWire.stream_decoder("m").unwrap();
+        let mut out = Vec::new();
+        for piece in stream.chunks(5) {
+            decoder.push(piece, &mut out);
+        }
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("\"content\":\"Hi\"") && out.contains("\"name\":\"w\""),
+            "{out}"
+        );
+        assert!(out.contains("\"finish_reason\":\"tool_calls\""));
+        assert!(out.contains("\"prompt_tokens\":9") && out.contains("\"cached_tokens\":2"));
+        assert!(out.ends_with("data: [DONE]\n\n"));
+        assert!(decoder.failure().is_none());
+    }
+}
