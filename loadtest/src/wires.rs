@@ -106,11 +106,7 @@ pub(crate) async fn answer(
                 let _ = sender.send(Err("mock drops the stream".into())).await;
                 return;
             }
-            if sender
-                .send(Ok(Frame::data(Bytes::from(event))))
-                .await
-                .is_err()
-            {
+            if sender.send(Ok(Frame::data(event))).await.is_err() {
                 state.cancelled.fetch_add(1, Ordering::Relaxed);
                 return;
             }
