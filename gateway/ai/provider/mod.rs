@@ -224,3 +224,125 @@ pub fn arguments_object(arguments: Option<&Value>) -> Value {
         _ => Value::Object(Map::new()),
     }
 }
+
+/// Every pair of ingress dialect and provider: a request rendered to the provider's format keeps its text,
+/// images, tool calls with their arguments and tool results; the provider's answer rendered back for the
+/// client keeps text, tool calls with their arguments, and the finish reason.
+#[cfg(test)]
+mod round_trip {
+    use serde_json::{json, Map, Value};
+
+    use super::{anthropic, bedrock, gemini};
+    use crate::ai::dialect;
+
+    /// The same conversation in each ingress dialect, parsed into the common form.
+    fn requests() -> Vec<(&'static str, Map<String, Value>)> {
+        let openai = json!({
+            "model": "m", "max_tokens": 99,
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "look at this"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                    "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "minus 3C"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+        });
+        let anthropic = json!({
+            "model": "m", "max_tokens": 99, "system": "be brief",
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "look at this"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1", "name": "weather", "input": {"city": "Oslo"}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "minus 3C"}]},
+            ],
+            "tools": [{"name": "weather", "input_schema": {"type": "object"}}],
+        });
+        vec![
+            (
+                "openai",
+                dialect::Operation::OpenAi(dialect::openai::Endpoint::ChatCompletions)
+                    .parse(openai.to_string().as_bytes())
+                    .unwrap(),
+            ),
+            (
+                "anthropic",
+                dialect::Operation::Messages
+                    .parse(anthropic.to_string().as_bytes())
+                    .unwrap(),
+            ),
+        ]
+    }
+
+    /// Each provider's rendering of a common request, and its answer (text "Done.", a call of `weather`
+    /// with `{"city":"Bergen"}`) turned into the common form.
+    fn providers() -> Vec<(&'static str, fn(&Map<String, Value>) -> Value, Value)> {
+        vec![
+            (
+                "anthropic",
+                |body| anthropic::to_messages_request(body, "m", 100),
+                anthropic::to_chat_completion(
+                    &json!({"id": "msg_1", "content": [{"type": "text", "text": "Done."},
+                        {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Bergen"}}],
+                        "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 2}}),
+                    "m",
+                ),
+            ),
+            (
+                "gemini",
+                gemini::to_generate_request,
+                gemini::to_chat_completion(
+                    &json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "Done."},
+                        {"functionCall": {"name": "weather", "args": {"city": "Bergen"}}}]}, "finishReason": "STOP"}]}),
+                    "m",
+                )
+                .unwrap(),
+            ),
+            (
+                "bedrock",
+                |body| bedrock::to_converse_request(body, 100),
+                bedrock::to_chat_completion(
+                    &json!({"output": {"message": {"role": "assistant", "content": [{"text": "Done."},
+                        {"toolUse": {"toolUseId": "t1", "name": "weather", "input": {"city": "Bergen"}}}]}},
+                        "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 2}}),
+                    "m",
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_pair_keeps_text_images_tool_calls_results_and_finish_reasons() {
+        for (ingress, body) in requests() {
+            for (provider, render, answer) in providers() {
+                let pair = format!("{ingress} -> {provider}");
+                let sent = render(&body).to_string();
+                for kept in ["be brief", "look at this", "iVBORw0KGgo", "weather", "minus 3C"] {
+                    assert!(sent.contains(kept), "{pair}: `{kept}` lost in {sent}");
+                }
+                assert!(
+                    sent.contains(r#"{"city":"Oslo"}"#),
+                    "{pair}: tool arguments lost in {sent}"
+                );
+                assert!(sent.contains("image/png") || sent.contains("\"png\""), "{pair}: {sent}");
+
+                let choice = &answer["choices"][0];
+                assert_eq!(choice["message"]["content"], "Done.", "{pair}");
+                assert_eq!(choice["finish_reason"], "tool_calls", "{pair}");
+                let call = &choice["message"]["tool_calls"][0]["function"];
+                assert_eq!(call["name"], "weather", "{pair}");
+                let arguments: Value =
+                    serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+                assert_eq!(arguments, json!({"city": "Bergen"}), "{pair}");
+                if ingress == "anthropic" {
+                    let rendered = dialect::anthropic::render_answer(answer.to_string().as_bytes());
+                    let message: Value = serde_json::from_slice(&rendered).unwrap();
+                    assert_eq!(message["content"][0]["text"], "Done.", "{pair}");
+                    assert_eq!(message["content"][1]["input"], json!({"city": "Bergen"}), "{pair}");
+                    assert_eq!(message["stop_reason"], "tool_use", "{pair}");
+                }
+            }
+        }
+    }
+}
