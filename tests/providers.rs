@@ -556,6 +556,18 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
         json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "-3C"})
     );
 
+    // Claude Code's `?beta=true` and `anthropic-beta` header: accepted, and the header is not forwarded.
+    let response = client()
+        .post(gateway.url("/v1/messages?beta=true"))
+        .header("x-api-key", KEY)
+        .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+        .json(&messages(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(claude.last().unwrap().header("anthropic-beta"), None);
+    assert_eq!(claude.last().unwrap().path, "/v1/messages");
     let counted: Value = post(
         &gateway,
         "/v1/messages/count_tokens",

@@ -318,14 +318,23 @@ mod round_trip {
             for (provider, render, answer) in providers() {
                 let pair = format!("{ingress} -> {provider}");
                 let sent = render(&body).to_string();
-                for kept in ["be brief", "look at this", "iVBORw0KGgo", "weather", "minus 3C"] {
+                for kept in [
+                    "be brief",
+                    "look at this",
+                    "iVBORw0KGgo",
+                    "weather",
+                    "minus 3C",
+                ] {
                     assert!(sent.contains(kept), "{pair}: `{kept}` lost in {sent}");
                 }
                 assert!(
                     sent.contains(r#"{"city":"Oslo"}"#),
                     "{pair}: tool arguments lost in {sent}"
                 );
-                assert!(sent.contains("image/png") || sent.contains("\"png\""), "{pair}: {sent}");
+                assert!(
+                    sent.contains("image/png") || sent.contains("\"png\""),
+                    "{pair}: {sent}"
+                );
 
                 let choice = &answer["choices"][0];
                 assert_eq!(choice["message"]["content"], "Done.", "{pair}");
@@ -339,7 +348,11 @@ mod round_trip {
                     let rendered = dialect::anthropic::render_answer(answer.to_string().as_bytes());
                     let message: Value = serde_json::from_slice(&rendered).unwrap();
                     assert_eq!(message["content"][0]["text"], "Done.", "{pair}");
-                    assert_eq!(message["content"][1]["input"], json!({"city": "Bergen"}), "{pair}");
+                    assert_eq!(
+                        message["content"][1]["input"],
+                        json!({"city": "Bergen"}),
+                        "{pair}"
+                    );
                     assert_eq!(message["stop_reason"], "tool_use", "{pair}");
                 }
             }
