@@ -12,7 +12,6 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;
 use pingora::protocols::http::v1::client::HttpSession;
 use pingora::proxy::Session;
-use pingora::upstreams::peer::HttpPeer;
 use serde_json::{Map, Value};
 
 use super::catalog::{Model, ProviderKind};
@@ -113,7 +112,7 @@ pub async fn relay(
         )
         .await;
         drop(rendered);
-        let upstream = match sent {
+        let mut upstream = match sent {
             Ok(upstream) => upstream,
             Err(reason) => {
                 cluster.record_failure(index);
@@ -152,7 +151,17 @@ pub async fn relay(
             wire,
             model,
         };
-        match answer.relay(session, outcome, upstream, &peer).await? {
+        // The answer's futures borrow the provider session (they stay small: a future is copied whole each
+        // time it is moved); it goes back to the pool here once its answer was read to the end, after the
+        // client has it (pooling is not on the answer's path), whether or not the client was still there.
+        let mut reusable = false;
+        let relayed = answer
+            .relay(session, outcome, &mut upstream, &mut reusable)
+            .await;
+        if reusable {
+            transport::release(upstream, &peer).await;
+        }
+        match relayed? {
             Relayed::Done => return Ok(()),
             Relayed::BrokeOff(reason) => {
                 cluster.record_failure(index);
@@ -206,15 +215,15 @@ impl Answer<'_, '_> {
         &self,
         session: &mut Session,
         outcome: &mut AiOutcome,
-        upstream: HttpSession,
-        peer: &HttpPeer,
+        upstream: &mut HttpSession,
+        reusable: &mut bool,
     ) -> Result<Relayed, Failure> {
         let provider = &*self.model.provider;
         let decoder = self.wire.stream_decoder(&self.model.upstream_model);
         // Answers the client gets in another form than the provider's need a type of their own.
         let translated = decoder.is_some() || self.op != Operation::OpenAi(self.op.endpoint());
         let (head, is_sse, length) = {
-            let upstream_head = transport::response_head(&upstream)?;
+            let upstream_head = transport::response_head(upstream)?;
             let content_type = upstream_head.headers.get(CONTENT_TYPE);
             let is_sse = content_type
                 .and_then(|v| v.to_str().ok())
@@ -258,7 +267,7 @@ impl Answer<'_, '_> {
                     session,
                     outcome,
                     upstream,
-                    peer,
+                    reusable,
                     head,
                     length,
                     &read_timeout,
@@ -276,7 +285,7 @@ impl Answer<'_, '_> {
             session,
             outcome,
             upstream,
-            peer,
+            reusable,
             client,
             decoder,
             is_sse,
@@ -292,8 +301,8 @@ impl Answer<'_, '_> {
         &self,
         session: &mut Session,
         outcome: &mut AiOutcome,
-        mut upstream: HttpSession,
-        peer: &HttpPeer,
+        upstream: &mut HttpSession,
+        reusable: &mut bool,
         mut head: pingora::http::ResponseHeader,
         length: Option<usize>,
         read_timeout: &impl Fn() -> Option<Duration>,
@@ -319,7 +328,7 @@ impl Answer<'_, '_> {
             return Err(too_large());
         }
         let capacity = length.unwrap_or(0).min(WHOLE_ANSWER_LIMIT);
-        let body = match transport::read_whole(&mut upstream, capacity, limit, read_timeout).await {
+        let body = match transport::read_whole(upstream, capacity, limit, read_timeout).await {
             Ok(Some(body)) => body,
             Ok(None) => return Err(too_large()),
             Err(e) => {
@@ -349,11 +358,9 @@ impl Answer<'_, '_> {
         if !bodiless(&head) {
             head.insert_header(CONTENT_LENGTH, body.len())?;
         }
-        let written = write_whole(session, head, body).await;
-        // The provider connection goes back to the pool after the client has its answer (pooling it is
-        // not on the answer's path), whether or not the client was still there to take it.
-        transport::release(upstream, peer).await;
-        written?;
+        // Read to its end: the connection can serve the next request, once the client has this answer.
+        *reusable = true;
+        write_whole(session, head, body).await?;
         Ok(Relayed::Done)
     }
 
@@ -366,8 +373,8 @@ impl Answer<'_, '_> {
         &self,
         session: &mut Session,
         outcome: &mut AiOutcome,
-        mut upstream: HttpSession,
-        peer: &HttpPeer,
+        upstream: &mut HttpSession,
+        reusable: &mut bool,
         mut client: ClientStream<'_>,
         mut decoder: Option<Box<dyn StreamDecoder>>,
         is_sse: bool,
@@ -378,7 +385,7 @@ impl Answer<'_, '_> {
         let mut usage = UsageScanner::new(is_sse);
         let mut decoded = Vec::new();
         loop {
-            match transport::read_chunk(&mut upstream, read_timeout()).await {
+            match transport::read_chunk(upstream, read_timeout()).await {
                 Ok(Some(chunk)) => {
                     let chunk = match &mut decoder {
                         Some(decoder) => {
@@ -433,8 +440,8 @@ impl Answer<'_, '_> {
                     if let Some(found) = usage.finish() {
                         outcome.account(model, found);
                     }
+                    *reusable = true;
                     client.end(session, None).await?;
-                    transport::release(upstream, peer).await;
                     return Ok(Relayed::Done);
                 }
                 Err(e) => {
