@@ -277,7 +277,10 @@ mod round_trip {
 
     /// Each provider's rendering of a common request, and its answer (text "Done.", a call of `weather`
     /// with `{"city":"Bergen"}`) turned into the common form.
-    fn providers() -> Vec<(&'static str, fn(&Map<String, Value>) -> Value, Value)> {
+    /// A provider's name, its request renderer, and its sample answer in the common form.
+    type Case = (&'static str, fn(&Map<String, Value>) -> Value, Value);
+
+    fn providers() -> Vec<Case> {
         vec![
             (
                 "anthropic",
