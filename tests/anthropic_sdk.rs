@@ -42,6 +42,7 @@ follow = ask + [{"role": "assistant", "content": [{"type": "tool_use", "id": "to
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "-3C"}]}]
 reply = client.messages.create(model=model, max_tokens=200, messages=follow, tools=tools)
 print(json.dumps({"kind": "follow_up", "blocks": len(reply.content)}))
+print(json.dumps({"kind": "models", "ids": [m.id for m in client.models.list()]}))
 "#;
 
 const OPENAI_SCRIPT: &str = r#"
@@ -200,6 +201,16 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
         assert_eq!(lines[2]["stop"], "tool_use", "{model}");
         assert_eq!(lines[3]["calls"], expected_calls, "{model}");
         assert!(lines[4]["blocks"].as_u64().unwrap() >= 1, "{model}");
+        assert_eq!(
+            lines[5]["ids"],
+            json!([
+                "claude-model",
+                "gemini-model",
+                "local-model",
+                "bedrock-model"
+            ]),
+            "the Anthropic SDK lists the catalog"
+        );
     }
     for model in ["claude-model", "gemini-model", "bedrock-model"] {
         let lines = run(openai_script.clone(), args(&format!("{root}/v1"), model)).await;

@@ -657,13 +657,21 @@ async fn secrets_split_across_chunks_are_masked_in_every_dialect_and_provider() 
     claude.set_behavior(behavior.clone());
     google.set_behavior(behavior);
     let expected = "Use [REDACTED] and API_KEY=[REDACTED] now.";
-    for (provider, llm) in [("claude", &claude), ("gem", &google)] {
-        let config = if provider == "claude" {
-            anthropic(provider, llm)
-        } else {
-            gemini(provider, llm)
+    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
+        .await
+        .unwrap();
+    aws.set_behavior(Behavior {
+        text: Some(text.into()),
+        chunks: 9,
+        ..Behavior::default()
+    });
+    for (provider, llm) in [("claude", &claude), ("gem", &google), ("aws", &aws)] {
+        let config = match provider {
+            "claude" => anthropic(provider, llm),
+            "gem" => gemini(provider, llm),
+            _ => bedrock(provider, llm),
         };
-        let (_dir, gateway) = gateway(vec![config], &[provider], true).await;
+        let (_dir, gateway) = gateway_with_env(vec![config], &[provider], true, &AWS_ENV).await;
         let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
             .await
             .text()
@@ -819,4 +827,169 @@ async fn bedrock_without_credentials_is_disabled_and_says_which_variables_to_set
         "{}",
         dir.gateway_log()
     );
+}
+
+#[tokio::test]
+async fn a_provider_failing_mid_stream_ends_each_dialects_stream_with_its_error_event() {
+    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
+        .await
+        .unwrap();
+    let google = MockLlm::start_speaking("gem", Speaks::Gemini)
+        .await
+        .unwrap();
+    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
+        .await
+        .unwrap();
+    let local = MockLlm::start("local").await.unwrap();
+    for llm in [&claude, &google, &aws] {
+        llm.set_behavior(Behavior {
+            chunks: 4,
+            error_after: Some(2),
+            ..Behavior::default()
+        });
+    }
+    // The OpenAI-compatible provider breaks its connection after two chunks.
+    local.set_behavior(Behavior {
+        chunks: 4,
+        drop_after: Some(2),
+        // Apart in time, so the first chunks reach the client before the connection breaks.
+        chunk_delay: std::time::Duration::from_millis(20),
+        ..Behavior::default()
+    });
+    let (_dir, gateway) = gateway_with_env(
+        vec![
+            anthropic("claude", &claude),
+            gemini("gem", &google),
+            bedrock("aws", &aws),
+            openai("local", &local),
+        ],
+        &["claude"],
+        false,
+        &AWS_ENV,
+    )
+    .await;
+    for model in ["claude", "gem", "aws", "local"] {
+        let mut ask = chat(true);
+        ask["model"] = json!(model);
+        let raw = post(&gateway, "/v1/chat/completions", ask, Some(KEY))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !sse_content(&raw).is_empty(),
+            "{model}: text went out first: {raw}"
+        );
+        let last: Value = raw
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .next_back()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap();
+        assert!(last["error"]["message"].is_string(), "{model}: {raw}");
+        assert!(!raw.contains("[DONE]"), "{model}: {raw}");
+
+        let mut ask = messages(true);
+        ask["model"] = json!(model);
+        let raw = post(&gateway, "/v1/messages", ask, Some(KEY))
+            .await
+            .text()
+            .await
+            .unwrap();
+        let events = named_events(&raw);
+        assert_eq!(events[0].0, "message_start", "{model}: {raw}");
+        assert!(
+            events.iter().any(|(name, _)| name == "content_block_delta"),
+            "{model}: {raw}"
+        );
+        let (name, data) = events.last().unwrap();
+        assert_eq!(name, "error", "{model}: {raw}");
+        assert_eq!(data["type"], "error", "{model}: {raw}");
+        assert!(
+            data["error"]["type"].is_string() && data["error"]["message"].is_string(),
+            "{model}: {raw}"
+        );
+        assert!(
+            !events.iter().any(|(name, _)| name == "message_stop"),
+            "{model}: {raw}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn usage_from_every_provider_reaches_the_access_log_and_metrics() {
+    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
+        .await
+        .unwrap();
+    let google = MockLlm::start_speaking("gem", Speaks::Gemini)
+        .await
+        .unwrap();
+    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
+        .await
+        .unwrap();
+    let local = MockLlm::start("local").await.unwrap();
+    let (dir, gateway) = gateway_with_env(
+        vec![
+            anthropic("claude", &claude),
+            gemini("gem", &google),
+            bedrock("aws", &aws),
+            openai("local", &local),
+        ],
+        &["claude"],
+        false,
+        &AWS_ENV,
+    )
+    .await;
+    // (model, prompt tokens as the common form counts them, completion tokens of a plain answer, cache reads)
+    let expected = [
+        ("claude", 34, 5, 20),
+        ("gem", 13, 5, 4),
+        ("aws", 23, 5, 6),
+        ("local", 10, 5, 0),
+    ];
+    for (model, _, _, _) in expected {
+        for (path, body) in [
+            ("/v1/chat/completions", chat(false)),
+            ("/v1/messages", messages(true)),
+        ] {
+            let mut body = body;
+            body["model"] = json!(model);
+            let response = post(&gateway, path, body, Some(KEY)).await;
+            assert_eq!(response.status(), 200, "{model} {path}");
+            response.text().await.unwrap();
+        }
+    }
+    let logged = eventually(std::time::Duration::from_secs(5), || async {
+        dir.access_log()
+            .lines()
+            .filter(|l| l.contains("\"prompt_tokens\""))
+            .count()
+            == 8
+    })
+    .await;
+    assert!(logged, "{}", dir.access_log());
+    let log = dir.access_log();
+    let metrics = get(&client(), &gateway.admin_url("/metrics")).await.1;
+    for (model, prompt, completion, cache) in expected {
+        let line: Value = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["model"] == model && l["path"] == "/v1/chat/completions")
+            .unwrap();
+        assert_eq!(line["prompt_tokens"], prompt, "{model}: {line}");
+        assert_eq!(line["completion_tokens"], completion, "{model}: {line}");
+        if cache > 0 {
+            assert_eq!(line["cache_read_tokens"], cache, "{model}: {line}");
+        }
+        assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{model}: {line}");
+        let prompt_total = metric_value(
+            &metrics,
+            &format!(r#"gateway_ai_tokens_total{{kind="prompt",model="{model}"}}"#),
+        );
+        assert_eq!(
+            prompt_total,
+            2.0 * prompt as f64,
+            "{model}: plain and streamed"
+        );
+    }
 }

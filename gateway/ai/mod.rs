@@ -4,6 +4,7 @@
 
 pub mod answer;
 pub mod catalog;
+pub mod deliver;
 pub mod dialect;
 pub mod guard;
 pub mod heuristics;

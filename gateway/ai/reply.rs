@@ -215,7 +215,8 @@ pub async fn pass_error(
         .error_message(&text)
         .map(|(kind, message)| format!("{kind}: {message}"))
         .unwrap_or_else(|| format!("the provider answered {status}"));
-    let error = Rejection::typed(status, "invalid_request_error", "provider_error", message);
+    // The class follows the status (an `authentication_error` for a 401, ...), in the client's dialect.
+    let error = Rejection::new(status, "provider_error", message);
     let mut head = client_head(status, request, outcome, Some(plan), None, None)?;
     let body = error.body(
         request.decor.dialect,

@@ -142,6 +142,8 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Failure> 
     Ok(body.freeze())
 }
 
+/// The models this route may use, in a list both SDKs read: OpenAI's (`object`, `created`, `owned_by`) and
+/// Anthropic's (`type`, `display_name`, `created_at`, `has_more`, `first_id`, `last_id`) fields side by side.
 fn models_list(catalog: &Catalog, policy: &AiPolicy) -> Bytes {
     let data: Vec<Value> = catalog
         .models
@@ -150,9 +152,15 @@ fn models_list(catalog: &Catalog, policy: &AiPolicy) -> Bytes {
         .map(|m| {
             serde_json::json!({
                 "id": &*m.name, "object": "model", "created": 0, "owned_by": &*m.provider.name,
+                "type": "model", "display_name": &*m.name, "created_at": "1970-01-01T00:00:00Z",
                 "context_window": m.context_window, "capabilities": m.capabilities, "local": m.local,
             })
         })
         .collect();
-    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+    let first = data.first().map(|m| m["id"].clone());
+    let last = data.last().map(|m| m["id"].clone());
+    Bytes::from(
+        serde_json::json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last})
+            .to_string(),
+    )
 }

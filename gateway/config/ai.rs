@@ -435,16 +435,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         _ => None,
     };
     let wire = crate::ai::provider::wire(kind);
-    let default_base = match kind {
-        ProviderKind::Anthropic => Some("https://api.anthropic.com/v1".to_string()),
-        ProviderKind::Gemini => {
-            Some("https://generativelanguage.googleapis.com/v1beta".to_string())
-        }
-        ProviderKind::Bedrock => {
-            region.map(|r| format!("https://bedrock-runtime.{r}.amazonaws.com"))
-        }
-        ProviderKind::OpenAi | ProviderKind::Mock => None,
-    };
+    let default_base = wire.default_base_url(region);
     let base_url = section.base_url.as_ref().or(default_base.as_ref());
     // One deployment from base_url/api_key unless deployments are listed.
     let listed: Vec<(Option<&String>, Option<&String>, u32)> = if section.deployments.is_empty() {

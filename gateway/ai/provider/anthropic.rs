@@ -29,6 +29,10 @@ impl Wire for AnthropicWire {
         endpoint == Endpoint::ChatCompletions
     }
 
+    fn default_base_url(&self, _region: Option<&str>) -> Option<String> {
+        Some("https://api.anthropic.com/v1".to_string())
+    }
+
     fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
         let mut value = HeaderValue::from_str(key)
             .map_err(|_| "contains characters not allowed in a header")?;

@@ -64,6 +64,10 @@ impl Wire for BedrockWire {
         endpoint == Endpoint::ChatCompletions
     }
 
+    fn default_base_url(&self, region: Option<&str>) -> Option<String> {
+        region.map(|region| format!("https://bedrock-runtime.{region}.amazonaws.com"))
+    }
+
     fn auth_headers(&self, _key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
         Err("bedrock signs its requests with AWS credentials from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); remove api_key")
     }

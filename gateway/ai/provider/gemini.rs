@@ -26,6 +26,10 @@ impl Wire for GeminiWire {
         endpoint == Endpoint::ChatCompletions
     }
 
+    fn default_base_url(&self, _region: Option<&str>) -> Option<String> {
+        Some("https://generativelanguage.googleapis.com/v1beta".to_string())
+    }
+
     fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
         let mut value = HeaderValue::from_str(key)
             .map_err(|_| "contains characters not allowed in a header")?;

@@ -62,6 +62,11 @@ pub trait Wire: Sync {
     /// Whether this format has the endpoint (native providers speak chat only).
     fn supports(&self, endpoint: Endpoint) -> bool;
 
+    /// The public API's base URL, for a provider configured without one (`region`: Bedrock's).
+    fn default_base_url(&self, _region: Option<&str>) -> Option<String> {
+        None
+    }
+
     /// A deployment's authentication headers from its key, rendered once when the config loads.
     fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str>;
 
