@@ -487,6 +487,21 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
         json!({"type": "object"})
     );
 
+    let mut cached = messages(false);
+    cached["system"] =
+        json!([{"type": "text", "text": "long rules", "cache_control": {"type": "ephemeral"}}]);
+    assert_eq!(
+        post(&gateway, "/v1/messages", cached, Some(KEY))
+            .await
+            .status(),
+        200
+    );
+    let sent = local.last().unwrap().json();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        json!([{"type": "text", "text": "long rules"}])
+    );
+
     local.set_behavior(Behavior {
         text: Some("Cold.".into()),
         ..Behavior::default()
@@ -554,6 +569,23 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
     assert_eq!(
         sent["messages"][2]["content"][0],
         json!({"type": "tool_result", "tool_use_id": "toolu_1", "content": "-3C"})
+    );
+
+    // Prompt-cache marks reach the native provider in their places (and an OpenAI-compatible one never:
+    // see the start of the test).
+    let mut cached = messages(false);
+    cached["system"] =
+        json!([{"type": "text", "text": "long rules", "cache_control": {"type": "ephemeral"}}]);
+    assert_eq!(
+        post(&gateway, "/v1/messages", cached, Some(KEY))
+            .await
+            .status(),
+        200
+    );
+    let sent = claude.last().unwrap().json();
+    assert_eq!(
+        sent["system"],
+        json!([{"type": "text", "text": "long rules", "cache_control": {"type": "ephemeral"}}])
     );
 
     // Claude Code's `?beta=true` and `anthropic-beta` header: accepted, and the header is not forwarded.

@@ -78,6 +78,7 @@ pub async fn relay(
             endpoint,
             stream,
             default_max_tokens: model.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            cache_marks: op == Operation::Messages,
         };
         let rendered = wire.render(&call, &mut body)?;
         let timeouts = PeerTimeouts {

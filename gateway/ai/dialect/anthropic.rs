@@ -40,6 +40,15 @@ pub fn parse_request(raw: &[u8], count_only: bool) -> Result<Map<String, Value>,
         Some(Value::String(text)) if !text.is_empty() => {
             out.push(json!({"role": "system", "content": text}));
         }
+        // With a cache mark the blocks stay text parts, each with its mark (see `marked`).
+        Some(Value::Array(blocks)) if blocks.iter().any(|b| b.get("cache_control").is_some()) => {
+            let parts: Vec<Value> = blocks
+                .iter()
+                .filter(|b| b["type"] == "text")
+                .map(|b| marked(json!({"type": "text", "text": b["text"]}), b))
+                .collect();
+            out.push(json!({"role": "system", "content": parts}));
+        }
         Some(Value::Array(blocks)) => {
             let text = blocks_text(blocks);
             if !text.is_empty() {
@@ -97,7 +106,7 @@ pub fn parse_request(raw: &[u8], count_only: bool) -> Result<Map<String, Value>,
                 if let Some(description) = tool.get("description") {
                     function["description"] = description.clone();
                 }
-                json!({"type": "function", "function": function})
+                marked(json!({"type": "function", "function": function}), tool)
             })
             .collect();
         if !tools.is_empty() {
@@ -130,6 +139,16 @@ pub fn parse_request(raw: &[u8], count_only: bool) -> Result<Map<String, Value>,
     Ok(body)
 }
 
+/// `part` with the `cache_control` mark of the Anthropic `block` it came from: the common form carries
+/// prompt-cache marks on content parts, tool results and tools, so the Anthropic provider can put them back
+/// (and Claude Code's prompt caching keeps working through the gateway); other adapters leave them out.
+fn marked(mut part: Value, block: &Value) -> Value {
+    if let Some(mark) = block.get("cache_control") {
+        part["cache_control"] = mark.clone();
+    }
+    part
+}
+
 fn blocks_text(blocks: &[Value]) -> String {
     blocks
         .iter()
@@ -156,9 +175,16 @@ fn user_blocks(blocks: &[Value], out: &mut Vec<Value>) {
                 } else {
                     content
                 };
+                let content = match block.get("cache_control") {
+                    Some(_) => json!([marked(json!({"type": "text", "text": content}), block)]),
+                    None => Value::String(content),
+                };
                 out.push(json!({"role": "tool", "tool_call_id": block["tool_use_id"], "content": content}));
             }
-            Some("text") => parts.push(json!({"type": "text", "text": block["text"]})),
+            Some("text") => parts.push(marked(
+                json!({"type": "text", "text": block["text"]}),
+                block,
+            )),
             Some("image") => {
                 let source = &block["source"];
                 let url = match source["type"].as_str() {
@@ -169,7 +195,10 @@ fn user_blocks(blocks: &[Value], out: &mut Vec<Value>) {
                     ),
                     _ => source["url"].as_str().unwrap_or_default().to_string(),
                 };
-                parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                parts.push(marked(
+                    json!({"type": "image_url", "image_url": {"url": url}}),
+                    block,
+                ));
             }
             _ => {}
         }
@@ -177,7 +206,9 @@ fn user_blocks(blocks: &[Value], out: &mut Vec<Value>) {
     if !parts.is_empty() {
         // A single text part stays a plain string, as most clients send it.
         let content = match parts.as_slice() {
-            [only] if only["type"] == "text" => only["text"].clone(),
+            [only] if only["type"] == "text" && only.get("cache_control").is_none() => {
+                only["text"].clone()
+            }
             _ => Value::Array(parts),
         };
         out.push(json!({"role": "user", "content": content}));
@@ -507,9 +538,10 @@ mod tests {
         });
         let body = parse_request(raw.to_string().as_bytes(), false).unwrap();
         let messages = body["messages"].as_array().unwrap();
+        // The system block's cache mark stays on it (a text part).
         assert_eq!(
             messages[0],
-            json!({"role": "system", "content": "be brief"})
+            json!({"role": "system", "content": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}]})
         );
         assert_eq!(
             messages[1]["content"][1]["image_url"]["url"],

@@ -98,7 +98,7 @@ impl Wire for AnthropicWire {
 
 /// The Messages request for a common-form (OpenAI chat) body.
 pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: u64) -> Value {
-    let mut system: Vec<String> = Vec::new();
+    let mut system: Vec<Value> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
     for message in body
         .get("messages")
@@ -112,7 +112,10 @@ pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: 
             .unwrap_or("user");
         let (role, blocks) = match role {
             "system" | "developer" => {
-                system.push(text_of(message.get("content")));
+                match message.get("content") {
+                    Some(Value::Array(parts)) => system.extend(parts.iter().filter_map(part_block)),
+                    content => system.push(json!({"type": "text", "text": text_of(content)})),
+                }
                 continue;
             }
             "assistant" => ("assistant", assistant_blocks(message)),
@@ -139,8 +142,16 @@ pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: 
         .find_map(|k| body.get(*k).and_then(Value::as_u64))
         .unwrap_or(default_max);
     request.insert("max_tokens".into(), max_tokens.into());
-    if !system.is_empty() {
-        request.insert("system".into(), system.join("\n\n").into());
+    system.retain(|block| block["text"].as_str().is_some_and(|t| !t.is_empty()));
+    if system
+        .iter()
+        .any(|block| block.get("cache_control").is_some())
+    {
+        // Marked blocks stay blocks, so the prompt cache keeps its breakpoints.
+        request.insert("system".into(), system.into());
+    } else if !system.is_empty() {
+        let texts: Vec<&str> = system.iter().filter_map(|b| b["text"].as_str()).collect();
+        request.insert("system".into(), texts.join("\n\n").into());
     }
     request.insert("messages".into(), messages.into());
     for key in ["temperature", "top_p", "top_k", "stream"] {
@@ -168,6 +179,9 @@ pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: 
                 });
                 if let Some(description) = function.get("description") {
                     out["description"] = description.clone();
+                }
+                if let Some(mark) = tool.get("cache_control") {
+                    out["cache_control"] = mark.clone();
                 }
                 Some(out)
             })
@@ -216,6 +230,14 @@ fn content_blocks(content: Option<&Value>) -> Vec<Value> {
 }
 
 fn part_block(part: &Value) -> Option<Value> {
+    let mut block = unmarked_block(part)?;
+    if let Some(mark) = part.get("cache_control") {
+        block["cache_control"] = mark.clone();
+    }
+    Some(block)
+}
+
+fn unmarked_block(part: &Value) -> Option<Value> {
     match part.get("type").and_then(Value::as_str) {
         Some("text") => {
             let text = part.get("text")?.as_str().filter(|t| !t.is_empty())?;
@@ -254,11 +276,18 @@ fn assistant_blocks(message: &Value) -> Vec<Value> {
 }
 
 fn tool_result(message: &Value) -> Value {
-    json!({
+    let mut block = json!({
         "type": "tool_result",
         "tool_use_id": message.get("tool_call_id").cloned().unwrap_or_default(),
         "content": text_of(message.get("content")),
-    })
+    });
+    let mark = message["content"]
+        .as_array()
+        .and_then(|parts| parts.iter().find_map(|p| p.get("cache_control")));
+    if let Some(mark) = mark {
+        block["cache_control"] = mark.clone();
+    }
+    block
 }
 
 /// OpenAI's finish reason for Anthropic's stop reason.

@@ -208,7 +208,10 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
     {
         let (role, content) = match message.get("role").and_then(Value::as_str) {
             Some("system" | "developer") => {
-                system.push(json!({"text": text_of(message.get("content"))}));
+                match message.get("content") {
+                    Some(content @ Value::Array(_)) => system.extend(content_blocks(Some(content))),
+                    content => system.push(json!({"text": text_of(content)})),
+                }
                 continue;
             }
             Some("assistant") => {
@@ -281,8 +284,9 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
                 if let Some(description) = function.get("description") {
                     spec["description"] = description.clone();
                 }
-                Some(json!({ "toolSpec": spec }))
+                Some((json!({ "toolSpec": spec }), tool.get("cache_control").is_some()))
             })
+            .flat_map(|(spec, marked)| std::iter::once(spec).chain(marked.then(cache_point)))
             .collect();
         if !specs.is_empty() {
             let mut tool_config = json!({ "tools": specs });
@@ -304,23 +308,34 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
     Value::Object(request)
 }
 
-/// Text and inline images (Bedrock takes image bytes, not URLs: those are left out).
+/// Bedrock's prompt-cache breakpoint, put after what a `cache_control` mark closes.
+fn cache_point() -> Value {
+    json!({"cachePoint": {"type": "default"}})
+}
+
+/// Text and inline images (Bedrock takes image bytes, not URLs: those are left out), with a cache point
+/// after each part that carries a cache mark.
 fn content_blocks(content: Option<&Value>) -> Vec<Value> {
     match content {
         Some(Value::String(text)) if !text.is_empty() => vec![json!({ "text": text })],
         Some(Value::Array(parts)) => parts
             .iter()
-            .filter_map(|part| match part["type"].as_str() {
-                Some("text") => Some(json!({"text": part["text"]})),
-                Some("image_url") => {
-                    let (media, data) = data_url(part["image_url"]["url"].as_str()?)?;
-                    let format = media.strip_prefix("image/")?;
-                    Some(json!({"image": {"format": format, "source": {"bytes": data}}}))
-                }
-                _ => None,
-            })
+            .filter_map(|part| Some((content_block(part)?, part.get("cache_control").is_some())))
+            .flat_map(|(block, marked)| std::iter::once(block).chain(marked.then(cache_point)))
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+fn content_block(part: &Value) -> Option<Value> {
+    match part["type"].as_str() {
+        Some("text") => Some(json!({"text": part["text"]})),
+        Some("image_url") => {
+            let (media, data) = data_url(part["image_url"]["url"].as_str()?)?;
+            let format = media.strip_prefix("image/")?;
+            Some(json!({"image": {"format": format, "source": {"bytes": data}}}))
+        }
+        _ => None,
     }
 }
 

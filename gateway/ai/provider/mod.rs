@@ -29,6 +29,9 @@ pub struct Call<'a> {
     pub stream: bool,
     /// `max_tokens` for providers that require one, when the client gave none.
     pub default_max_tokens: u64,
+    /// The body carries prompt-cache marks (`cache_control`) that the Anthropic ingress kept: providers
+    /// that do not take them leave them out.
+    pub cache_marks: bool,
 }
 
 /// A request answered in the gateway (by the mock provider).
@@ -365,5 +368,89 @@ mod round_trip {
                 }
             }
         }
+    }
+}
+
+/// Prompt-cache marks from an Anthropic client reach the providers that take them, in their places, and
+/// stay away from OpenAI-compatible ones.
+#[cfg(test)]
+mod cache_marks {
+    use std::borrow::Cow;
+
+    use serde_json::{json, Value};
+
+    use super::{anthropic, bedrock, openai::OpenAiWire, Call, Wire};
+    use crate::ai::catalog::Deployment;
+    use crate::ai::dialect::{openai::Endpoint, Operation};
+
+    #[test]
+    fn cache_marks_reach_anthropic_and_bedrock_and_stay_away_from_openai() {
+        let mark = json!({"type": "ephemeral"});
+        let request = json!({
+            "model": "m", "max_tokens": 10,
+            "system": [{"type": "text", "text": "rules"}, {"type": "text", "text": "long context", "cache_control": mark}],
+            "tools": [{"name": "weather", "input_schema": {"type": "object"}, "cache_control": mark}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "question", "cache_control": mark}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "weather", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "cold", "cache_control": mark}]},
+            ],
+        });
+        let mut body = Operation::Messages
+            .parse(request.to_string().as_bytes())
+            .unwrap();
+
+        let sent = anthropic::to_messages_request(&body, "m", 10);
+        assert_eq!(sent["system"][0], json!({"type": "text", "text": "rules"}));
+        assert_eq!(sent["system"][1]["cache_control"], mark);
+        assert_eq!(sent["tools"][0]["cache_control"], mark);
+        assert_eq!(sent["messages"][0]["content"][0]["cache_control"], mark);
+        assert_eq!(sent["messages"][2]["content"][0]["type"], "tool_result");
+        assert_eq!(sent["messages"][2]["content"][0]["cache_control"], mark);
+
+        let sent = bedrock::to_converse_request(&body, 10);
+        assert_eq!(
+            sent["system"][2],
+            json!({"cachePoint": {"type": "default"}}),
+            "{sent}"
+        );
+        assert_eq!(
+            sent["toolConfig"]["tools"][1],
+            json!({"cachePoint": {"type": "default"}})
+        );
+        assert_eq!(
+            sent["messages"][0]["content"][1],
+            json!({"cachePoint": {"type": "default"}})
+        );
+
+        let deployment = Deployment {
+            base_path: "/v1".into(),
+            auth: Vec::new(),
+            host: http::HeaderValue::from_static("localhost"),
+            signing: None,
+        };
+        let call = |cache_marks| Call {
+            deployment: &deployment,
+            upstream_model: "m",
+            endpoint: Endpoint::ChatCompletions,
+            stream: false,
+            default_max_tokens: 10,
+            cache_marks,
+        };
+        let rendered = OpenAiWire.render(&call(true), &mut body).unwrap();
+        assert_eq!(
+            rendered.path,
+            [Cow::Borrowed("/v1"), Cow::Borrowed("/chat/completions")]
+        );
+        let sent: Value = serde_json::from_slice(&rendered.body).unwrap();
+        assert!(!sent.to_string().contains("cache_control"), "{sent}");
+        assert_eq!(sent["messages"][0]["content"][1]["text"], "long context");
+
+        // An OpenAI client's own marks (OpenRouter takes them) pass as they came.
+        let mut own = serde_json::from_value(json!({"model": "m", "messages": [{"role": "user",
+            "content": [{"type": "text", "text": "q", "cache_control": mark}]}]}))
+        .unwrap();
+        let rendered = OpenAiWire.render(&call(false), &mut own).unwrap();
+        assert!(String::from_utf8_lossy(&rendered.body).contains("cache_control"));
     }
 }

@@ -14,6 +14,26 @@ use crate::error::Rejection;
 
 pub struct OpenAiWire;
 
+/// Leave out the `cache_control` marks the Anthropic ingress kept (on content parts and tools): OpenAI's API
+/// refuses fields it does not know.
+fn drop_cache_marks(body: &mut Map<String, Value>) {
+    for (key, nested) in [("messages", true), ("tools", false)] {
+        let Some(items) = body.get_mut(key).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for item in items {
+            let objects: Vec<&mut Value> = match item.get_mut("content") {
+                Some(Value::Array(parts)) if nested => parts.iter_mut().collect(),
+                _ if nested => Vec::new(),
+                _ => vec![item],
+            };
+            for object in objects.into_iter().filter_map(Value::as_object_mut) {
+                object.remove("cache_control");
+            }
+        }
+    }
+}
+
 impl Wire for OpenAiWire {
     fn supports(&self, _endpoint: Endpoint) -> bool {
         true
@@ -45,6 +65,9 @@ impl Wire for OpenAiWire {
             "model".to_string(),
             Value::String(call.upstream_model.to_string()),
         );
+        if call.cache_marks {
+            drop_cache_marks(body);
+        }
         let payload =
             serde_json::to_vec(&*body).map_err(|e| openai::invalid_json(&e.to_string()))?;
         Ok(Rendered {
