@@ -18,12 +18,24 @@ mod config;
 pub use config::TestConfig;
 
 /// A port that was free a moment ago on 127.0.0.1.
+///
+/// Never the same port twice in one test process: the kernel may hand a port it just gave out (and that was
+/// closed again) to the next caller, and then two tests' gateways would race for it — the loser exits while
+/// the winner's admin listener answers the loser's readiness check.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Ports of the standard test listeners.
