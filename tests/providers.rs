@@ -342,8 +342,11 @@ async fn provider_errors_fall_back_or_pass_through_by_their_class_in_the_clients
         .await
         .unwrap();
     let backup = MockLlm::start("backup").await.unwrap();
+    // Every failure below counts against the deployment: the breaker must not open in between.
+    let mut claude_config = anthropic("claude", &claude);
+    claude_config["circuit_breaker"] = json!({"consecutive_failures": 100});
     let (_dir, gateway) = gateway(
-        vec![anthropic("claude", &claude), openai("backup", &backup)],
+        vec![claude_config, openai("backup", &backup)],
         &["claude", "backup"],
         false,
     )
@@ -355,10 +358,14 @@ async fn provider_errors_fall_back_or_pass_through_by_their_class_in_the_clients
             .to_string()
     };
 
-    // Overloaded (529), rate-limited (429) and "prompt is too long" move on to the next candidate.
+    // Overloaded (529), "prompt is too long" and a refused provider key (401/403) move on to the next
+    // candidate.
     for (status, message) in [
         (529, "Overloaded"),
         (400, "prompt is too long: 250000 tokens > 200000 maximum"),
+        // The gateway's own key refused: the operator's problem; another provider may hold a good one.
+        (401, "invalid x-api-key"),
+        (403, "forbidden"),
     ] {
         claude.set_behavior(Behavior {
             status,

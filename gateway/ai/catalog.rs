@@ -85,8 +85,7 @@ pub struct Model {
     pub context_window: Option<u64>,
     /// `max_tokens` sent to providers that require one (Anthropic) when the client gave none.
     pub max_tokens: Option<u64>,
-    pub input_price: Option<f64>,
-    pub output_price: Option<f64>,
+    pub prices: super::usage::Prices,
     pub capabilities: Vec<String>,
     pub local: bool,
     pub metrics: ModelMetrics,

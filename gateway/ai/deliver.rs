@@ -34,9 +34,9 @@ pub enum Relayed {
     BrokeOff(String),
 }
 
-/// The SSE error event (in the common form) that ends a stream the provider broke.
-fn stream_error(message: &'static str) -> Bytes {
-    Rejection::typed(502, "server_error", "upstream_stream_error", message).sse_event()
+/// The error that ends a stream the provider broke (written in the client's dialect).
+fn stream_error(message: &'static str) -> Rejection {
+    Rejection::typed(502, "server_error", "upstream_stream_error", message)
 }
 
 /// A provider out of time: 504 `upstream_timeout`, as on proxy routes (`ErrorKind::UpstreamTimeout`).
@@ -197,9 +197,16 @@ impl Answer<'_, '_> {
                 return Ok(Relayed::BrokeOff(reason));
             }
         };
-        let body = match self.wire.whole_answer(&body, &self.model.upstream_model)? {
-            Some(common) => common,
-            None => body,
+        let body = match self.wire.whole_answer(&body, &self.model.upstream_model) {
+            Ok(Some(common)) => common,
+            Ok(None) => body,
+            // An answer the gateway cannot read (nothing was sent yet): the next candidate may answer.
+            Err(error) if error.status == 502 => {
+                log::warn!("AI provider {}: {}", provider.name, error.message);
+                return Ok(Relayed::BrokeOff(error.code.to_string()));
+            }
+            // The provider refused to answer (a safety block): that is the answer.
+            Err(error) => return Err(error.into()),
         };
         let secrets = self.request.catalog.secrets.as_ref();
         let body = render_whole(
@@ -284,7 +291,7 @@ impl Answer<'_, '_> {
                     outcome.error = Some("upstream_stream_incomplete");
                     let error =
                         stream_error("the provider's stream ended before the answer was complete");
-                    let _ = client.end(session, Some(error)).await;
+                    let _ = client.end(session, Some(&error)).await;
                     return Ok(Relayed::Done);
                 }
                 Ok(None) => {
@@ -326,7 +333,7 @@ impl Answer<'_, '_> {
                         return Ok(Relayed::Done);
                     }
                     let error = stream_error("the provider failed while streaming the answer");
-                    let _ = client.end(session, Some(error)).await;
+                    let _ = client.end(session, Some(&error)).await;
                     return Ok(Relayed::Done);
                 }
             }

@@ -78,9 +78,16 @@ pub async fn relay(
             endpoint,
             stream,
             default_max_tokens: model.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-            cache_marks: op == Operation::Messages,
+            from_anthropic: op == Operation::Messages,
         };
-        let rendered = wire.render(&call, &mut body)?;
+        let rendered = match wire.render(&call, &mut body) {
+            Ok(rendered) => rendered,
+            // This provider could not take the request (its signing failed): the next one may.
+            Err(error) => {
+                tried.push(describe(model, error.code));
+                continue;
+            }
+        };
         let timeouts = PeerTimeouts {
             connect: provider.timeouts.connect,
             read: provider.timeouts.first_byte,
@@ -113,7 +120,9 @@ pub async fn relay(
             tried.push(describe(model, "429"));
             continue;
         }
-        if status >= 500 {
+        // 5xx, and the gateway's own credentials refused (401/403: a bad or expired provider key is the
+        // operator's problem, not the client's, and another provider may hold good ones).
+        if status >= 500 || status == 401 || status == 403 {
             cluster.record_failure(index);
             tried.push(describe(model, &status.to_string()));
             continue;

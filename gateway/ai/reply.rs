@@ -52,7 +52,7 @@ impl AiOutcome {
         metrics
             .cache_creation_tokens
             .inc_by(usage.cache_creation_tokens);
-        self.cost = usage.cost(model.input_price, model.output_price);
+        self.cost = usage.cost(&model.prices);
         if let Some(cost) = self.cost {
             metrics.cost.inc_by(cost);
         }
@@ -283,6 +283,8 @@ pub fn frame_unknown_length(session: &Session, head: &mut ResponseHeader) -> pin
 /// head that goes out with the first bytes.
 pub struct ClientStream<'a> {
     head: Option<ResponseHeader>,
+    /// What went to the client so far ends an event (a blank line), or nothing went yet.
+    at_boundary: bool,
     masker: Option<StreamMasker<'a>>,
     encoder: Option<anthropic::StreamEncoder>,
 }
@@ -291,6 +293,7 @@ impl<'a> ClientStream<'a> {
     pub fn new(head: ResponseHeader, op: Operation, secrets: Option<&'a SecretMasker>) -> Self {
         ClientStream {
             head: Some(head),
+            at_boundary: true,
             masker: secrets.map(StreamMasker::new),
             encoder: (op == Operation::Messages).then(anthropic::StreamEncoder::default),
         }
@@ -323,6 +326,7 @@ impl<'a> ClientStream<'a> {
     }
 
     async fn write(&mut self, session: &mut Session, chunk: Bytes) -> bool {
+        self.at_boundary = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\r");
         if let Some(head) = self.head.take() {
             if session
                 .write_response_header(Box::new(head), false)
@@ -338,25 +342,40 @@ impl<'a> ClientStream<'a> {
             .is_ok()
     }
 
-    /// End the stream: what the masker held back, then `error` (an event in the common form) when the
-    /// stream failed, then the end of the body.
+    /// End the stream: what the masker held back, then, when the stream failed, `error` as an error event in
+    /// the client's dialect; an Anthropic client's stream is closed properly either way (its last block and
+    /// `message_delta`/`message_stop` when the provider's stream ended without them), and an event the
+    /// provider broke off in the middle is dropped, not glued to the error.
     pub async fn end(
         &mut self,
         session: &mut Session,
-        error: Option<Bytes>,
+        error: Option<&Rejection>,
     ) -> pingora::Result<()> {
         let mut tail = self
             .masker
             .as_mut()
             .map(StreamMasker::finish)
             .unwrap_or_default();
-        if let Some(error) = error {
-            tail.extend_from_slice(&error);
+        match &mut self.encoder {
+            Some(encoder) => {
+                let mut out = if tail.is_empty() {
+                    Vec::new()
+                } else {
+                    encoder.push(&tail)
+                };
+                out.extend_from_slice(&encoder.end(error));
+                tail = out;
+            }
+            None => {
+                if let Some(error) = error {
+                    if !self.at_boundary && !tail.ends_with(b"\n\n") {
+                        // A blank line ends what the provider broke off, so the error is an event of its own.
+                        tail.extend_from_slice(b"\n\n");
+                    }
+                    tail.extend_from_slice(&error.sse_event());
+                }
+            }
         }
-        let tail = match &mut self.encoder {
-            Some(encoder) if !tail.is_empty() => encoder.push(&tail),
-            _ => tail,
-        };
         if let Some(head) = self.head.take() {
             session.write_response_header(Box::new(head), false).await?;
         }

@@ -40,17 +40,36 @@ impl Usage {
         }
     }
 
-    /// USD, from prices per 1M tokens.
-    pub fn cost(&self, input_price: Option<f64>, output_price: Option<f64>) -> Option<f64> {
-        if input_price.is_none() && output_price.is_none() {
+    /// USD, from prices per 1M tokens. Prompt tokens read from or written to the provider's cache are priced
+    /// at their own rates (the input price when those are not given); the rest at the input price.
+    pub fn cost(&self, prices: &Prices) -> Option<f64> {
+        if prices.input.is_none() && prices.output.is_none() {
             return None;
         }
         let per_token = |price: Option<f64>| price.unwrap_or(0.0) / 1_000_000.0;
+        let uncached = self.prompt_tokens.saturating_sub(
+            self.cache_read_tokens
+                .saturating_add(self.cache_creation_tokens),
+        );
         Some(
-            self.prompt_tokens as f64 * per_token(input_price)
-                + self.completion_tokens as f64 * per_token(output_price),
+            uncached as f64 * per_token(prices.input)
+                + self.cache_read_tokens as f64 * per_token(prices.cache_read.or(prices.input))
+                + self.cache_creation_tokens as f64
+                    * per_token(prices.cache_write.or(prices.input))
+                + self.completion_tokens as f64 * per_token(prices.output),
         )
     }
+}
+
+/// A model's prices, USD per 1M tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prices {
+    pub input: Option<f64>,
+    pub output: Option<f64>,
+    /// Prompt tokens read from the provider's cache (default: the input price).
+    pub cache_read: Option<f64>,
+    /// Prompt tokens written to the provider's cache (default: the input price).
+    pub cache_write: Option<f64>,
 }
 
 /// Largest plain body kept whole for reading its usage. Past it only the last `TAIL` bytes are kept, and the
@@ -226,9 +245,29 @@ mod tests {
             completion_tokens: 500_000,
             ..Usage::default()
         };
-        let cost = usage.cost(Some(0.15), Some(0.60)).unwrap();
+        let prices = Prices {
+            input: Some(0.15),
+            output: Some(0.60),
+            ..Prices::default()
+        };
+        let cost = usage.cost(&prices).unwrap();
         assert!((cost - 0.45).abs() < 1e-12, "{cost}");
-        assert_eq!(usage.cost(None, None), None);
+        assert_eq!(usage.cost(&Prices::default()), None);
+        // Cache reads and writes at their own prices (Anthropic's: a tenth and 1.25x of input).
+        let cached = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 0,
+            cache_read_tokens: 800_000,
+            cache_creation_tokens: 100_000,
+        };
+        let prices = Prices {
+            input: Some(3.0),
+            output: Some(15.0),
+            cache_read: Some(0.3),
+            cache_write: Some(3.75),
+        };
+        let cost = cached.cost(&prices).unwrap();
+        assert!((cost - (0.3 + 0.24 + 0.375)).abs() < 1e-9, "{cost}");
     }
 
     #[test]

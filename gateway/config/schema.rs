@@ -1082,6 +1082,10 @@ pub struct ModelSection {
     pub input_price: Option<f64>,
     /// USD per 1M output tokens.
     pub output_price: Option<f64>,
+    /// USD per 1M prompt tokens read from the provider's prompt cache (default: `input_price`).
+    pub cache_read_price: Option<f64>,
+    /// USD per 1M prompt tokens written to the provider's prompt cache (default: `input_price`).
+    pub cache_write_price: Option<f64>,
     /// Any of `tools`, `vision`, `reasoning`, `long_context`.
     #[serde(default)]
     pub capabilities: Vec<String>,

@@ -255,7 +255,7 @@ fn usage(usage: &Value) -> Value {
     let cache_creation = count(&usage["cache_creation_input_tokens"]);
     let prompt = count(&usage["prompt_tokens"]);
     json!({
-        "input_tokens": prompt.saturating_sub(cache_read + cache_creation),
+        "input_tokens": prompt.saturating_sub(cache_read.saturating_add(cache_creation)),
         "output_tokens": count(&usage["completion_tokens"]),
         "cache_read_input_tokens": cache_read,
         "cache_creation_input_tokens": cache_creation,
@@ -496,6 +496,25 @@ impl StreamEncoder {
         }
     }
 
+    /// The end of the stream: an event left unfinished is dropped; then `error` as Anthropic's `error` event,
+    /// or, when the common stream ended without its `[DONE]` (a finish reason was its last word), the closing
+    /// events. Nothing when the stream was already closed.
+    pub fn end(&mut self, error: Option<&Rejection>) -> Vec<u8> {
+        self.events.take();
+        let mut out = Vec::new();
+        if self.finished {
+            return out;
+        }
+        match error {
+            Some(error) => {
+                out.extend_from_slice(&error.anthropic_event());
+                self.finished = true;
+            }
+            None => self.finish(&mut out),
+        }
+        out
+    }
+
     fn finish(&mut self, out: &mut Vec<u8>) {
         self.start(out, &Value::Null);
         self.close(out);
@@ -637,5 +656,48 @@ mod tests {
         );
         assert!(out.contains("\"stop_reason\":\"tool_use\""));
         assert!(out.contains("\"output_tokens\":2"));
+    }
+
+    #[test]
+    fn a_stream_is_closed_properly_when_it_ends_without_done_or_breaks_mid_event() {
+        let names = |out: &[u8]| -> Vec<String> {
+            String::from_utf8_lossy(out)
+                .lines()
+                .filter_map(|l| l.strip_prefix("event: "))
+                .map(str::to_string)
+                .collect()
+        };
+        // A finish reason was the provider's last word: no `[DONE]`.
+        let mut encoder = StreamEncoder::default();
+        let mut out = encoder.push(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n");
+        out.extend(encoder.end(None));
+        assert_eq!(
+            names(&out),
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert!(encoder.end(None).is_empty(), "closed once");
+
+        // The provider broke off inside an event: it is dropped, and the error is an event of its own.
+        let mut encoder = StreamEncoder::default();
+        let mut out = encoder.push(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choi");
+        let error = Rejection::typed(502, "server_error", "upstream_stream_error", "broken");
+        out.extend(encoder.end(Some(&error)));
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            names(text.as_bytes()).last().map(String::as_str),
+            Some("error"),
+            "{text}"
+        );
+        let last: Value =
+            serde_json::from_str(text.trim_end().rsplit("data: ").next().unwrap()).unwrap();
+        assert_eq!(last["error"]["type"], "api_error");
+        assert!(!text.contains("choi\""), "{text}");
     }
 }

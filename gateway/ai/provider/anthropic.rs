@@ -159,6 +159,10 @@ pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: 
             request.insert(key.into(), value.clone());
         }
     }
+    // OpenAI's temperature goes to 2, Anthropic's to 1.
+    if let Some(temperature) = body.get("temperature").and_then(Value::as_f64) {
+        request.insert("temperature".into(), temperature.min(1.0).into());
+    }
     match body.get("stop") {
         Some(Value::String(stop)) => {
             request.insert("stop_sequences".into(), json!([stop]));
@@ -308,7 +312,9 @@ fn usage_of(usage: &Value, into: &mut Usage) {
         into.cache_read_tokens = count("cache_read_input_tokens").unwrap_or(into.cache_read_tokens);
         into.cache_creation_tokens =
             count("cache_creation_input_tokens").unwrap_or(into.cache_creation_tokens);
-        into.prompt_tokens = input + into.cache_read_tokens + into.cache_creation_tokens;
+        into.prompt_tokens = input
+            .saturating_add(into.cache_read_tokens)
+            .saturating_add(into.cache_creation_tokens);
     }
     if let Some(output) = count("output_tokens") {
         into.completion_tokens = output;

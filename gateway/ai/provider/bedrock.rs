@@ -259,10 +259,12 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
         .find_map(|k| body.get(*k).and_then(Value::as_u64))
         .unwrap_or(default_max);
     config.insert("maxTokens".into(), max.into());
-    for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
-        if let Some(value) = body.get(from).filter(|v| !v.is_null()) {
-            config.insert(to.into(), value.clone());
-        }
+    // OpenAI's temperature goes to 2, Bedrock's (Anthropic's models) to 1.
+    if let Some(temperature) = body.get("temperature").and_then(Value::as_f64) {
+        config.insert("temperature".into(), temperature.min(1.0).into());
+    }
+    if let Some(top_p) = body.get("top_p").filter(|v| !v.is_null()) {
+        config.insert("topP".into(), top_p.clone());
     }
     match body.get("stop") {
         Some(Value::String(stop)) => {
@@ -353,8 +355,9 @@ fn usage_of(usage: &Value, into: &mut Usage) {
     if usage.is_object() {
         into.cache_read_tokens = count("cacheReadInputTokens");
         into.cache_creation_tokens = count("cacheWriteInputTokens");
-        into.prompt_tokens =
-            count("inputTokens") + into.cache_read_tokens + into.cache_creation_tokens;
+        into.prompt_tokens = count("inputTokens")
+            .saturating_add(into.cache_read_tokens)
+            .saturating_add(into.cache_creation_tokens);
         into.completion_tokens = count("outputTokens");
     }
 }

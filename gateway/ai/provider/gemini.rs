@@ -121,7 +121,14 @@ pub fn to_generate_request(body: &Map<String, Value>) -> Value {
                     if let Some(id) = call["id"].as_str() {
                         call_names.insert(id.to_string(), function["name"].clone());
                     }
-                    parts.push(json!({"functionCall": {"name": function["name"], "args": arguments_object(function.get("arguments"))}}));
+                    let mut part = json!({"functionCall": {"name": function["name"], "args": arguments_object(function.get("arguments"))}});
+                    // Gemini 3 wants the signature of its own call back with it.
+                    if let Some(signature) =
+                        call["extra_content"]["google"].get("thought_signature")
+                    {
+                        part["thoughtSignature"] = signature.clone();
+                    }
+                    parts.push(part);
                 }
                 ("model", parts)
             }
@@ -301,8 +308,10 @@ fn usage_of(metadata: &Value, into: &mut Usage) {
     let count = |key: &str| metadata.get(key).and_then(Value::as_u64).unwrap_or(0);
     if metadata.is_object() {
         *into = Usage {
-            prompt_tokens: count("promptTokenCount") + count("toolUsePromptTokenCount"),
-            completion_tokens: count("candidatesTokenCount") + count("thoughtsTokenCount"),
+            prompt_tokens: count("promptTokenCount")
+                .saturating_add(count("toolUsePromptTokenCount")),
+            completion_tokens: count("candidatesTokenCount")
+                .saturating_add(count("thoughtsTokenCount")),
             cache_read_tokens: count("cachedContentTokenCount"),
             cache_creation_tokens: 0,
         };
@@ -333,8 +342,14 @@ fn part_deltas(parts: &Value, calls: &mut usize) -> Vec<Value> {
             if let Some(call) = part.get("functionCall") {
                 let index = *calls;
                 *calls += 1;
-                return Some(json!({"tool_calls": [{"index": index, "id": super::call_id("call"), "type": "function",
-                    "function": {"name": call["name"], "arguments": call.get("args").map_or_else(|| "{}".to_string(), Value::to_string)}}]}));
+                let mut tool_call = json!({"index": index, "id": super::call_id("call"), "type": "function",
+                    "function": {"name": call["name"], "arguments": call.get("args").map_or_else(|| "{}".to_string(), Value::to_string)}});
+                // The call's thought signature rides along where Google's OpenAI-compatible API puts it, so a
+                // client that sends the assistant turn back as it came sends it back too.
+                if let Some(signature) = part.get("thoughtSignature") {
+                    tool_call["extra_content"] = json!({"google": {"thought_signature": signature}});
+                }
+                return Some(json!({ "tool_calls": [tool_call] }));
             }
             let text = part["text"].as_str()?;
             Some(if part["thought"] == true {
@@ -542,5 +557,33 @@ mod tests {
         assert!(out.contains("\"finish_reason\":\"stop\""));
         assert!(out.contains("\"completion_tokens\":2"));
         assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn thought_signatures_of_function_calls_make_the_round_trip() {
+        let answer = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "weather", "args": {"city": "Oslo"}}, "thoughtSignature": "c2lnbmF0dXJl"}]},
+            "finishReason": "STOP"}]});
+        let chat = to_chat_completion(&answer, "g").unwrap();
+        let call = chat["choices"][0]["message"]["tool_calls"][0].clone();
+        assert_eq!(
+            call["extra_content"]["google"]["thought_signature"],
+            "c2lnbmF0dXJl"
+        );
+        // The client sends the assistant turn back as it came.
+        let body: Map<String, Value> = serde_json::from_value(json!({"messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": chat["choices"][0]["message"]["tool_calls"][0]["id"], "content": "cold"},
+        ]})).unwrap();
+        let request = to_generate_request(&body);
+        assert_eq!(
+            request["contents"][1]["parts"][0]["thoughtSignature"],
+            "c2lnbmF0dXJl"
+        );
+        assert_eq!(
+            request["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "weather"
+        );
     }
 }

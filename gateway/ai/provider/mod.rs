@@ -29,9 +29,9 @@ pub struct Call<'a> {
     pub stream: bool,
     /// `max_tokens` for providers that require one, when the client gave none.
     pub default_max_tokens: u64,
-    /// The body carries prompt-cache marks (`cache_control`) that the Anthropic ingress kept: providers
-    /// that do not take them leave them out.
-    pub cache_marks: bool,
+    /// The body came from Anthropic's dialect: it may carry prompt-cache marks (`cache_control`) and fields
+    /// (`top_k`) that OpenAI-compatible APIs refuse as unknown.
+    pub from_anthropic: bool,
 }
 
 /// A request answered in the gateway (by the mock provider).
@@ -164,7 +164,7 @@ pub fn usage_json(usage: &super::usage::Usage) -> Value {
     let mut json = serde_json::json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens.saturating_add(usage.completion_tokens),
     });
     if usage.cache_read_tokens > 0 || usage.cache_creation_tokens > 0 {
         json["prompt_tokens_details"] =
@@ -429,13 +429,13 @@ mod cache_marks {
             host: http::HeaderValue::from_static("localhost"),
             signing: None,
         };
-        let call = |cache_marks| Call {
+        let call = |from_anthropic| Call {
             deployment: &deployment,
             upstream_model: "m",
             endpoint: Endpoint::ChatCompletions,
             stream: false,
             default_max_tokens: 10,
-            cache_marks,
+            from_anthropic,
         };
         let rendered = OpenAiWire.render(&call(true), &mut body).unwrap();
         assert_eq!(
@@ -445,6 +445,9 @@ mod cache_marks {
         let sent: Value = serde_json::from_slice(&rendered.body).unwrap();
         assert!(!sent.to_string().contains("cache_control"), "{sent}");
         assert_eq!(sent["messages"][0]["content"][1]["text"], "long context");
+        // The marks were left out of a copy: a fallback to Anthropic still has them.
+        let sent = anthropic::to_messages_request(&body, "m", 10);
+        assert_eq!(sent["system"][1]["cache_control"], mark);
 
         // An OpenAI client's own marks (OpenRouter takes them) pass as they came.
         let mut own = serde_json::from_value(json!({"model": "m", "messages": [{"role": "user",

@@ -14,9 +14,10 @@ use crate::error::Rejection;
 
 pub struct OpenAiWire;
 
-/// Leave out the `cache_control` marks the Anthropic ingress kept (on content parts and tools): OpenAI's API
-/// refuses fields it does not know.
-fn drop_cache_marks(body: &mut Map<String, Value>) {
+/// Leave out what an Anthropic client's request carries that OpenAI's API refuses as unknown: the
+/// `cache_control` marks (on content parts and tools) and `top_k`.
+fn drop_foreign_fields(body: &mut Map<String, Value>) {
+    body.remove("top_k");
     for (key, nested) in [("messages", true), ("tools", false)] {
         let Some(items) = body.get_mut(key).and_then(Value::as_array_mut) else {
             continue;
@@ -65,11 +66,15 @@ impl Wire for OpenAiWire {
             "model".to_string(),
             Value::String(call.upstream_model.to_string()),
         );
-        if call.cache_marks {
-            drop_cache_marks(body);
+        let payload = if call.from_anthropic {
+            // A copy: the next candidate (an Anthropic one) still renders from the marked body.
+            let mut copy = body.clone();
+            drop_foreign_fields(&mut copy);
+            serde_json::to_vec(&copy)
+        } else {
+            serde_json::to_vec(&*body)
         }
-        let payload =
-            serde_json::to_vec(&*body).map_err(|e| openai::invalid_json(&e.to_string()))?;
+        .map_err(|e| openai::invalid_json(&e.to_string()))?;
         Ok(Rendered {
             path: [
                 Cow::Borrowed(call.deployment.base_path.as_str()),
