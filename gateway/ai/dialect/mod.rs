@@ -27,12 +27,10 @@ impl Operation {
     /// From the request path (under any prefix).
     pub fn from_path(path: &str) -> Option<Self> {
         let path = path.trim_end_matches('/');
-        if path.ends_with("/messages") {
-            Some(Operation::Messages)
-        } else if path.ends_with("/messages/count_tokens") {
-            Some(Operation::CountTokens)
-        } else {
-            Endpoint::from_path(path).map(Operation::OpenAi)
+        match of_path(path) {
+            Dialect::Anthropic if path.ends_with("/messages") => Some(Operation::Messages),
+            Dialect::Anthropic => Some(Operation::CountTokens),
+            _ => Endpoint::from_path(path).map(Operation::OpenAi),
         }
     }
 
@@ -72,9 +70,40 @@ impl Operation {
 /// for the rest (the refusals before the AI path — auth, limits — use it too).
 pub fn of_path(path: &str) -> Dialect {
     let path = path.trim_end_matches('/');
-    if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
+    // OpenAI's Assistants API has messages too (`/threads/{id}/messages`): not Anthropic's.
+    if (path.ends_with("/messages") || path.ends_with("/messages/count_tokens"))
+        && !path.contains("/threads/")
+    {
         Dialect::Anthropic
     } else {
         Dialect::OpenAi
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_are_read_from_paths() {
+        assert_eq!(
+            Operation::from_path("/v1/messages"),
+            Some(Operation::Messages)
+        );
+        assert_eq!(
+            Operation::from_path("/anthropic/v1/messages/"),
+            Some(Operation::Messages)
+        );
+        assert_eq!(
+            Operation::from_path("/v1/messages/count_tokens"),
+            Some(Operation::CountTokens)
+        );
+        assert_eq!(
+            Operation::from_path("/v1/chat/completions"),
+            Some(Operation::OpenAi(Endpoint::ChatCompletions))
+        );
+        assert_eq!(Operation::from_path("/v1/threads/t1/messages"), None);
+        assert_eq!(of_path("/v1/threads/t1/messages"), Dialect::OpenAi);
+        assert_eq!(Operation::from_path("/v1/messages/batches"), None);
     }
 }
