@@ -102,6 +102,37 @@ fn messages(stream: bool) -> Value {
     })
 }
 
+/// A streamed chat completion carries `text`, ends for a tool call and with `[DONE]`.
+async fn streams_text_and_a_tool_call(gateway: &Gateway, text: &str) {
+    let raw = post(gateway, "/v1/chat/completions", chat(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse_content(&raw), text);
+    assert!(
+        raw.contains("\"finish_reason\":\"tool_calls\"")
+            && raw.trim_end().ends_with("data: [DONE]"),
+        "{raw}"
+    );
+}
+
+/// A streamed Messages answer carries `text` and a call of `weather` for Oslo, and stops for it.
+async fn messages_stream_text_and_a_tool_call(gateway: &Gateway, text: &str) {
+    let raw = post(gateway, "/v1/messages", messages(true), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (streamed, arguments, stop) = read_anthropic_stream(&raw);
+    assert_eq!(streamed, text);
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Oslo"})
+    );
+    assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+}
+
 /// (event name, data) of every event of an Anthropic stream.
 fn named_events(raw: &str) -> Vec<(String, Value)> {
     raw.split("\n\n")
@@ -296,17 +327,7 @@ async fn openai_clients_get_text_tools_and_usage_from_a_native_gemini_provider()
         "weather"
     );
 
-    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(sse_content(&raw), "Minus three.");
-    assert!(
-        raw.contains("\"finish_reason\":\"tool_calls\"")
-            && raw.trim_end().ends_with("data: [DONE]"),
-        "{raw}"
-    );
+    streams_text_and_a_tool_call(&gateway, "Minus three.").await;
     assert_eq!(
         google.last().unwrap().path,
         "/v1beta/models/gem-upstream:streamGenerateContent"
@@ -545,18 +566,7 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
     assert_eq!(message["stop_reason"], "tool_use");
     assert_eq!(message["usage"]["input_tokens"], 11);
     assert_eq!(message["usage"]["cache_read_input_tokens"], 20);
-    let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let (text, arguments, stop) = read_anthropic_stream(&raw);
-    assert_eq!(text, "Frosty.");
-    assert_eq!(
-        serde_json::from_str::<Value>(&arguments).unwrap(),
-        json!({"city": "Oslo"})
-    );
-    assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+    messages_stream_text_and_a_tool_call(&gateway, "Frosty.").await;
 
     // The tool result goes back as the provider's own block.
     let mut follow_up = messages(false);
@@ -791,33 +801,12 @@ async fn openai_and_anthropic_clients_reach_bedrock_with_signed_requests_and_eve
         "weather"
     );
 
-    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(sse_content(&raw), "Bedrock says hi.");
-    assert!(
-        raw.contains("\"finish_reason\":\"tool_calls\"")
-            && raw.trim_end().ends_with("data: [DONE]"),
-        "{raw}"
-    );
+    streams_text_and_a_tool_call(&gateway, "Bedrock says hi.").await;
     assert_eq!(
         aws.last().unwrap().path,
         "/model/aws-upstream/converse-stream"
     );
-    let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
-    let (text, arguments, stop) = read_anthropic_stream(&raw);
-    assert_eq!(text, "Bedrock says hi.");
-    assert_eq!(
-        serde_json::from_str::<Value>(&arguments).unwrap(),
-        json!({"city": "Oslo"})
-    );
-    assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+    messages_stream_text_and_a_tool_call(&gateway, "Bedrock says hi.").await;
 
     // A throttling exception before any text falls back; after text, the client gets an error event.
     aws.set_behavior(Behavior {

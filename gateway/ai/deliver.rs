@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::HeaderValue;
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::v1::client::HttpSession;
 use pingora::proxy::Session;
 use serde_json::{Map, Value};
@@ -25,6 +26,7 @@ use super::transport;
 use super::usage::UsageScanner;
 use crate::error::{Dialect, Rejection};
 use crate::observe::metrics::METRICS;
+use crate::respond;
 
 /// How relaying one candidate's answer ended.
 pub enum Relayed {
@@ -339,68 +341,105 @@ impl Answer<'_, '_> {
             }
         }
     }
-}
 
-/// A provider that answers in the gateway (the mock): the same masking and rendering as any answer; a
-/// stream's events go out with the provider's configured delay between them.
-#[allow(clippy::too_many_arguments)]
-pub async fn answer_locally(
-    session: &mut Session,
-    request: &AiRequest<'_>,
-    outcome: &mut AiOutcome,
-    plan: &Plan,
-    op: Operation,
-    wire: &dyn Wire,
-    body: &Map<String, Value>,
-    model: &Model,
-    stream: bool,
-) -> Result<(), Failure> {
-    let settings = model.provider.mock;
-    let local = Local {
-        upstream_model: &model.upstream_model,
-        endpoint: op.endpoint(),
-        body,
-        stream,
-        request_id: request.request_id.to_str().unwrap_or("mock"),
-        chunks: settings.chunks,
-    };
-    let Some(answer) = wire.answer_locally(&local) else {
-        return Err(Rejection::typed(
-            500,
-            "server_error",
-            "internal_error",
-            "the provider does not answer locally",
-        )
-        .into());
-    };
-    if let Some(usage) = answer.usage {
-        outcome.account(model, usage);
-    }
-    let secrets = request.catalog.secrets.as_ref();
-    if let Some(whole) = answer.whole {
-        let whole = match secrets {
-            Some(secrets) => secrets.mask_body(&whole).unwrap_or(whole),
-            None => whole,
+    /// A provider that answers in the gateway (the mock): the same masking and rendering as any answer; a
+    /// stream's events go out with the provider's configured delay between them.
+    pub async fn locally(
+        &self,
+        session: &mut Session,
+        outcome: &mut AiOutcome,
+        body: &Map<String, Value>,
+        stream: bool,
+    ) -> Result<(), Failure> {
+        let (request, plan, op, wire, model) =
+            (self.request, self.plan, self.op, self.wire, self.model);
+        let settings = model.provider.mock;
+        let local = Local {
+            upstream_model: &model.upstream_model,
+            endpoint: op.endpoint(),
+            body,
+            stream,
+            request_id: request.request_id.to_str().unwrap_or("mock"),
+            chunks: settings.chunks,
         };
-        let body = render_whole(op, whole);
-        let mut head = client_head(200, request, outcome, Some(plan), None, None)?;
-        head.insert_header(CONTENT_LENGTH, body.len())?;
-        write_whole(session, head, body).await?;
-        return Ok(());
-    }
-    let event_stream = HeaderValue::from_static("text/event-stream");
-    let mut head = client_head(200, request, outcome, Some(plan), Some(&event_stream), None)?;
-    frame_unknown_length(session, &mut head)?;
-    let mut client = ClientStream::new(head, op, secrets);
-    for (i, event) in answer.events.into_iter().enumerate() {
-        if i > 0 && !settings.chunk_delay.is_zero() {
-            tokio::time::sleep(settings.chunk_delay).await;
+        let Some(answer) = wire.answer_locally(&local) else {
+            return Err(Rejection::typed(
+                500,
+                "server_error",
+                "internal_error",
+                "the provider does not answer locally",
+            )
+            .into());
+        };
+        if let Some(usage) = answer.usage {
+            outcome.account(model, usage);
         }
-        if !client.send(session, event).await {
-            outcome.error = Some("client_disconnected");
+        let secrets = request.catalog.secrets.as_ref();
+        if let Some(whole) = answer.whole {
+            let whole = match secrets {
+                Some(secrets) => secrets.mask_body(&whole).unwrap_or(whole),
+                None => whole,
+            };
+            let body = render_whole(op, whole);
+            let mut head = client_head(200, request, outcome, Some(plan), None, None)?;
+            head.insert_header(CONTENT_LENGTH, body.len())?;
+            write_whole(session, head, body).await?;
             return Ok(());
         }
+        let event_stream = HeaderValue::from_static("text/event-stream");
+        let mut head = client_head(200, request, outcome, Some(plan), Some(&event_stream), None)?;
+        frame_unknown_length(session, &mut head)?;
+        let mut client = ClientStream::new(head, op, secrets);
+        for (i, event) in answer.events.into_iter().enumerate() {
+            if i > 0 && !settings.chunk_delay.is_zero() {
+                tokio::time::sleep(settings.chunk_delay).await;
+            }
+            if !client.send(session, event).await {
+                outcome.error = Some("client_disconnected");
+                return Ok(());
+            }
+        }
+        client.end(session, None).await?;
+        Ok(())
     }
-    client.end(session, None).await?;
-    Ok(())
+
+    /// A provider's own client error (not worth a fallback): as it was when the client speaks the provider's
+    /// dialect, else its type and message in the client's.
+    pub async fn provider_error(
+        &self,
+        session: &mut Session,
+        outcome: &mut AiOutcome,
+        head: &ResponseHeader,
+        text: String,
+    ) -> Result<(), Failure> {
+        let (request, plan, op, wire) = (self.request, self.plan, self.op, self.wire);
+        outcome.error = Some("provider_error");
+        let status = head.status.as_u16();
+        if wire.speaks_openai_errors() && matches!(op, Operation::OpenAi(_)) {
+            let head = client_head(
+                status,
+                request,
+                outcome,
+                Some(plan),
+                head.headers.get(CONTENT_TYPE),
+                None,
+            )?;
+            respond::write(session, head, Bytes::from(text)).await?;
+            return Ok(());
+        }
+        let message = wire
+            .error_message(&text)
+            .map(|(kind, message)| format!("{kind}: {message}"))
+            .unwrap_or_else(|| format!("the provider answered {status}"));
+        // The class follows the status (an `authentication_error` for a 401, ...), in the client's dialect.
+        let error = Rejection::new(status, "provider_error", message);
+        let mut head = client_head(status, request, outcome, Some(plan), None, None)?;
+        let body = error.body(
+            request.decor.dialect,
+            request.request_id.to_str().unwrap_or(""),
+        );
+        head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        respond::write(session, head, body).await?;
+        Ok(())
+    }
 }

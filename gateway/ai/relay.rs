@@ -11,10 +11,10 @@ use pingora::proxy::Session;
 use serde_json::{Map, Value};
 
 use super::catalog::{Model, ProviderKind};
-use super::deliver::{answer_locally, Answer, Relayed};
+use super::deliver::{Answer, Relayed};
 use super::dialect::Operation;
 use super::provider::{self, Call};
-use super::reply::{pass_error, AiOutcome, AiRequest, Failure};
+use super::reply::{AiOutcome, AiRequest, Failure};
 use super::routing::Plan;
 use super::transport;
 use crate::error::Rejection;
@@ -56,12 +56,16 @@ pub async fn relay(
             continue;
         }
         outcome.model = Some(model.clone());
+        let answer = Answer {
+            request,
+            plan,
+            op,
+            wire,
+            model,
+        };
         if provider.kind == ProviderKind::Mock {
             outcome.attempts += 1;
-            return answer_locally(
-                session, request, outcome, plan, op, wire, &body, model, stream,
-            )
-            .await;
+            return answer.locally(session, outcome, &body, stream).await;
         }
         let Some(cluster) = &provider.cluster else {
             continue;
@@ -135,16 +139,9 @@ pub async fn relay(
             }
             cluster.record_success(index);
             let head = transport::response_head(&upstream)?;
-            return pass_error(session, request, outcome, plan, op, wire, head, text).await;
+            return answer.provider_error(session, outcome, head, text).await;
         }
         cluster.record_success(index);
-        let answer = Answer {
-            request,
-            plan,
-            op,
-            wire,
-            model,
-        };
         // The answer's futures borrow the provider session (they stay small: a future is copied whole each
         // time it is moved); it goes back to the pool here once its answer was read to the end, after the
         // client has it (pooling is not on the answer's path), whether or not the client was still there.

@@ -16,7 +16,6 @@ use pingora::proxy::Session;
 use super::answer::AnswerView;
 use super::catalog::Model;
 use super::dialect::{anthropic, Operation};
-use super::provider::Wire;
 use super::routing::Plan;
 use super::secrets::{SecretMasker, StreamMasker};
 use super::usage::Usage;
@@ -180,49 +179,6 @@ pub async fn write_json(
     body: Bytes,
 ) -> Result<(), Failure> {
     let head = client_head(status, request, outcome, None, None, None)?;
-    respond::write(session, head, body).await?;
-    Ok(())
-}
-
-/// A provider's own client error (not worth a fallback): as it was when the client speaks the provider's
-/// dialect, else its type and message in the client's.
-#[allow(clippy::too_many_arguments)]
-pub async fn pass_error(
-    session: &mut Session,
-    request: &AiRequest<'_>,
-    outcome: &mut AiOutcome,
-    plan: &Plan,
-    op: Operation,
-    wire: &dyn Wire,
-    head: &ResponseHeader,
-    text: String,
-) -> Result<(), Failure> {
-    outcome.error = Some("provider_error");
-    let status = head.status.as_u16();
-    if wire.speaks_openai_errors() && matches!(op, Operation::OpenAi(_)) {
-        let head = client_head(
-            status,
-            request,
-            outcome,
-            Some(plan),
-            head.headers.get(CONTENT_TYPE),
-            None,
-        )?;
-        respond::write(session, head, Bytes::from(text)).await?;
-        return Ok(());
-    }
-    let message = wire
-        .error_message(&text)
-        .map(|(kind, message)| format!("{kind}: {message}"))
-        .unwrap_or_else(|| format!("the provider answered {status}"));
-    // The class follows the status (an `authentication_error` for a 401, ...), in the client's dialect.
-    let error = Rejection::new(status, "provider_error", message);
-    let mut head = client_head(status, request, outcome, Some(plan), None, None)?;
-    let body = error.body(
-        request.decor.dialect,
-        request.request_id.to_str().unwrap_or(""),
-    );
-    head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     respond::write(session, head, body).await?;
     Ok(())
 }

@@ -134,6 +134,20 @@ impl EventBuffer {
         result
     }
 
+    /// The data of the complete events of `chunk`, each parsed as JSON (events whose data is not JSON, such
+    /// as a comment or `[DONE]`, are skipped): how the adapters read a provider's named or unnamed events.
+    pub fn json_events(&mut self, chunk: &[u8]) -> Vec<serde_json::Value> {
+        self.read(chunk, |events| {
+            let bytes = events.bytes();
+            events
+                .filter_map(|(event, _)| {
+                    let text = String::from_utf8_lossy(&bytes[event]);
+                    serde_json::from_str(&event_data(&text)).ok()
+                })
+                .collect()
+        })
+    }
+
     /// What is kept at the end of the stream: an event without its ending.
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.rest)

@@ -11,11 +11,11 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::{
-    arguments_object, chunk, data_url, error_event, push_event, text_of, usage_chunk, usage_json,
-    Call, Rendered, StreamDecoder, Wire,
+    arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
+    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
-use crate::ai::sse::{event_data, EventBuffer};
+use crate::ai::sse::EventBuffer;
 use crate::ai::usage::Usage;
 use crate::error::Rejection;
 
@@ -122,18 +122,7 @@ pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: 
             "tool" | "function" => ("user", vec![tool_result(message)]),
             _ => ("user", content_blocks(message.get("content"))),
         };
-        if blocks.is_empty() {
-            continue;
-        }
-        // Anthropic wants turns to alternate: consecutive turns of one role (tool results) merge.
-        match messages.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(content) = last["content"].as_array_mut() {
-                    content.extend(blocks);
-                }
-            }
-            _ => messages.push(json!({"role": role, "content": blocks})),
-        }
+        push_turn(&mut messages, role, "content", blocks);
     }
     let mut request = Map::new();
     request.insert("model".into(), model.into());
@@ -163,14 +152,8 @@ pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: 
     if let Some(temperature) = body.get("temperature").and_then(Value::as_f64) {
         request.insert("temperature".into(), temperature.min(1.0).into());
     }
-    match body.get("stop") {
-        Some(Value::String(stop)) => {
-            request.insert("stop_sequences".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            request.insert("stop_sequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
+    if let Some(stops) = stop_sequences(body) {
+        request.insert("stop_sequences".into(), stops);
     }
     if let Some(tools) = body.get("tools").and_then(Value::as_array) {
         let tools: Vec<Value> = tools
@@ -342,13 +325,7 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
             _ => {}
         }
     }
-    let mut message = json!({"role": "assistant", "content": text});
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = reasoning.into();
-    }
-    if !calls.is_empty() {
-        message["tool_calls"] = calls.into();
-    }
+    let message = assistant_message(text, reasoning, calls);
     let mut usage = Usage::default();
     usage_of(&answer["usage"], &mut usage);
     json!({
@@ -469,17 +446,7 @@ impl AnthropicStream {
 
 impl StreamDecoder for AnthropicStream {
     fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let mut parsed = Vec::new();
-        self.events.read(chunk, |events| {
-            let bytes = events.bytes();
-            for (event, _) in events {
-                let text = String::from_utf8_lossy(&bytes[event]);
-                if let Ok(data) = serde_json::from_str::<Value>(&event_data(&text)) {
-                    parsed.push(data);
-                }
-            }
-        });
-        for data in parsed {
+        for data in self.events.json_events(chunk) {
             if !self.done {
                 self.event(&data, out);
             }

@@ -18,8 +18,8 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::{
-    arguments_object, chunk, data_url, error_event, push_event, text_of, usage_chunk, usage_json,
-    Call, Rendered, StreamDecoder, Wire,
+    arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
+    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
 use crate::ai::usage::Usage;
@@ -236,17 +236,7 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
             ),
             _ => ("user", content_blocks(message.get("content"))),
         };
-        if content.is_empty() {
-            continue;
-        }
-        match messages.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(existing) = last["content"].as_array_mut() {
-                    existing.extend(content);
-                }
-            }
-            _ => messages.push(json!({"role": role, "content": content})),
-        }
+        push_turn(&mut messages, role, "content", content);
     }
     let mut request = Map::new();
     request.insert("messages".into(), messages.into());
@@ -266,14 +256,8 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
     if let Some(top_p) = body.get("top_p").filter(|v| !v.is_null()) {
         config.insert("topP".into(), top_p.clone());
     }
-    match body.get("stop") {
-        Some(Value::String(stop)) => {
-            config.insert("stopSequences".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            config.insert("stopSequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
+    if let Some(stops) = stop_sequences(body) {
+        config.insert("stopSequences".into(), stops);
     }
     request.insert("inferenceConfig".into(), config.into());
     if let Some(tools) = body.get("tools").and_then(Value::as_array) {
@@ -379,13 +363,7 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
                 "function": {"name": call["name"], "arguments": call["input"].to_string()}}));
         }
     }
-    let mut message = json!({"role": "assistant", "content": text});
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = reasoning.into();
-    }
-    if !calls.is_empty() {
-        message["tool_calls"] = calls.into();
-    }
+    let message = assistant_message(text, reasoning, calls);
     let mut usage = Usage::default();
     usage_of(&answer["usage"], &mut usage);
     json!({

@@ -11,11 +11,11 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::{
-    arguments_object, chunk, data_url, error_event, push_event, text_of, usage_chunk, usage_json,
-    Call, Rendered, StreamDecoder, Wire,
+    arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
+    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
-use crate::ai::sse::{event_data, EventBuffer};
+use crate::ai::sse::EventBuffer;
 use crate::ai::usage::Usage;
 use crate::error::Rejection;
 
@@ -150,17 +150,7 @@ pub fn to_generate_request(body: &Map<String, Value>) -> Value {
             }
             _ => ("user", content_parts(message.get("content"))),
         };
-        if parts.is_empty() {
-            continue;
-        }
-        match contents.last_mut() {
-            Some(last) if last["role"] == role => {
-                if let Some(existing) = last["parts"].as_array_mut() {
-                    existing.extend(parts);
-                }
-            }
-            _ => contents.push(json!({"role": role, "parts": parts})),
-        }
+        push_turn(&mut contents, role, "parts", parts);
     }
     let mut request = Map::new();
     request.insert("contents".into(), contents.into());
@@ -186,14 +176,8 @@ pub fn to_generate_request(body: &Map<String, Value>) -> Value {
             config.insert(to.into(), value.clone());
         }
     }
-    match body.get("stop") {
-        Some(Value::String(stop)) => {
-            config.insert("stopSequences".into(), json!([stop]));
-        }
-        Some(Value::Array(stops)) => {
-            config.insert("stopSequences".into(), Value::Array(stops.clone()));
-        }
-        _ => {}
+    if let Some(stops) = stop_sequences(body) {
+        config.insert("stopSequences".into(), stops);
     }
     let format = body.get("response_format").unwrap_or(&Value::Null);
     match format["type"].as_str() {
@@ -369,7 +353,6 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Result<Value, Rejectio
     if let Some(why) = blocked(answer, !deltas.is_empty()) {
         return Err(blocked_rejection(why));
     }
-    let mut message = json!({"role": "assistant", "content": ""});
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
@@ -384,13 +367,7 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Result<Value, Rejectio
             tool_calls.push(call);
         }
     }
-    message["content"] = text.into();
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = reasoning.into();
-    }
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = tool_calls.into();
-    }
+    let message = assistant_message(text, reasoning, tool_calls);
     let mut usage = Usage::default();
     usage_of(&answer["usageMetadata"], &mut usage);
     Ok(json!({
@@ -454,17 +431,7 @@ impl GeminiStream {
 
 impl StreamDecoder for GeminiStream {
     fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let mut parsed = Vec::new();
-        self.events.read(chunk, |events| {
-            let bytes = events.bytes();
-            for (event, _) in events {
-                let text = String::from_utf8_lossy(&bytes[event]);
-                if let Ok(data) = serde_json::from_str::<Value>(&event_data(&text)) {
-                    parsed.push(data);
-                }
-            }
-        });
-        for data in parsed {
+        for data in self.events.json_events(chunk) {
             if !self.done {
                 self.event(&data, out);
             }

@@ -211,6 +211,45 @@ pub fn text_of(content: Option<&Value>) -> String {
     }
 }
 
+/// The `message` of a whole answer in the common form: its text, reasoning (when there is any, as
+/// `reasoning_content`) and tool calls (when there are any).
+pub fn assistant_message(text: String, reasoning: String, calls: Vec<Value>) -> Value {
+    let mut message = serde_json::json!({"role": "assistant", "content": text});
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = reasoning.into();
+    }
+    if !calls.is_empty() {
+        message["tool_calls"] = calls.into();
+    }
+    message
+}
+
+/// OpenAI's `stop` (a string or a list) as a list, for the providers' stop sequences.
+pub fn stop_sequences(body: &Map<String, Value>) -> Option<Value> {
+    match body.get("stop")? {
+        Value::String(stop) => Some(Value::Array(vec![Value::String(stop.clone())])),
+        Value::Array(stops) => Some(Value::Array(stops.clone())),
+        _ => None,
+    }
+}
+
+/// Append a turn of `role` whose items (blocks or parts) sit under `key`, merged into the turn before when
+/// that one has the same role: Anthropic, Gemini and Bedrock want roles to alternate (consecutive tool
+/// results become one user turn). Turns without items are left out.
+pub fn push_turn(turns: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        return;
+    }
+    match turns.last_mut() {
+        Some(last) if last["role"] == role => {
+            if let Some(existing) = last[key].as_array_mut() {
+                existing.extend(items);
+            }
+        }
+        _ => turns.push(serde_json::json!({ "role": role, key: items })),
+    }
+}
+
 /// A `data:` URL's media type and base64 data.
 pub fn data_url(url: &str) -> Option<(&str, &str)> {
     let rest = url.strip_prefix("data:")?;
