@@ -168,6 +168,14 @@ fn read_anthropic_stream(raw: &str) -> (String, String, Value) {
         Some("message_stop"),
         "{raw}"
     );
+    // The prompt's size is there from the start (an estimate until the provider's count comes at the end).
+    assert!(
+        events[0].1["message"]["usage"]["input_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{raw}"
+    );
     let (mut text, mut arguments, mut open) = (String::new(), String::new(), None);
     let mut stop = Value::Null;
     for (name, data) in &events {

@@ -57,6 +57,8 @@ pub struct Answer<'r, 'a> {
     pub op: Operation,
     pub wire: &'static dyn Wire,
     pub model: &'r Model,
+    /// The prompt's tokens, estimated (for an Anthropic client's `message_start`; 0 for other clients).
+    pub prompt_estimate: u64,
 }
 
 impl Answer<'_, '_> {
@@ -132,7 +134,12 @@ impl Answer<'_, '_> {
             Some(length) if !is_sse => head.insert_header(CONTENT_LENGTH, length)?,
             _ => frame_unknown_length(session, &mut head)?,
         }
-        let client = ClientStream::new(head, self.op, secrets.filter(|_| is_sse));
+        let client = ClientStream::new(
+            head,
+            self.op,
+            secrets.filter(|_| is_sse),
+            self.prompt_estimate,
+        );
         let decoder = decoder.filter(|_| is_sse);
         self.stream(
             session,
@@ -389,7 +396,7 @@ impl Answer<'_, '_> {
         let event_stream = HeaderValue::from_static("text/event-stream");
         let mut head = client_head(200, request, outcome, Some(plan), Some(&event_stream), None)?;
         frame_unknown_length(session, &mut head)?;
-        let mut client = ClientStream::new(head, op, secrets);
+        let mut client = ClientStream::new(head, op, secrets, self.prompt_estimate);
         for (i, event) in answer.events.into_iter().enumerate() {
             if i > 0 && !settings.chunk_delay.is_zero() {
                 tokio::time::sleep(settings.chunk_delay).await;

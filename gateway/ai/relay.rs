@@ -39,6 +39,10 @@ pub async fn relay(
 ) -> Result<(), Failure> {
     let endpoint = op.endpoint();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let prompt_estimate = match op {
+        Operation::Messages => super::heuristics::estimate_prompt_tokens(&body) as u64,
+        _ => 0,
+    };
     let mut tried: Vec<String> = Vec::new();
     let mut any_attempt = false;
     for model in &plan.candidates {
@@ -62,6 +66,7 @@ pub async fn relay(
             op,
             wire,
             model,
+            prompt_estimate,
         };
         if provider.kind == ProviderKind::Mock {
             outcome.attempts += 1;

@@ -246,12 +246,19 @@ pub struct ClientStream<'a> {
 }
 
 impl<'a> ClientStream<'a> {
-    pub fn new(head: ResponseHeader, op: Operation, secrets: Option<&'a SecretMasker>) -> Self {
+    /// `prompt_estimate`: the request's prompt tokens, estimated, for an Anthropic client's `message_start`.
+    pub fn new(
+        head: ResponseHeader,
+        op: Operation,
+        secrets: Option<&'a SecretMasker>,
+        prompt_estimate: u64,
+    ) -> Self {
         ClientStream {
             head: Some(head),
             at_boundary: true,
             masker: secrets.map(StreamMasker::new),
-            encoder: (op == Operation::Messages).then(anthropic::StreamEncoder::default),
+            encoder: (op == Operation::Messages)
+                .then(|| anthropic::StreamEncoder::new(prompt_estimate)),
         }
     }
 

@@ -341,6 +341,10 @@ enum Block {
 #[derive(Default)]
 pub struct StreamEncoder {
     events: EventBuffer,
+    /// The prompt's tokens as estimated from the request, for `message_start` (the provider's count arrives
+    /// with the end of an OpenAI-style stream, in `message_delta`): clients that track their context from
+    /// `message_start` see no zero.
+    input_estimate: u64,
     started: bool,
     open: Option<Block>,
     /// Index of the next content block.
@@ -360,6 +364,13 @@ fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
 }
 
 impl StreamEncoder {
+    pub fn new(input_estimate: u64) -> Self {
+        StreamEncoder {
+            input_estimate,
+            ..StreamEncoder::default()
+        }
+    }
+
     /// Translate the common events `chunk` completes.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -395,7 +406,7 @@ impl StreamEncoder {
             &json!({"type": "message_start", "message": {
                 "id": message_id(chunk["id"].as_str()), "type": "message", "role": "assistant",
                 "model": chunk["model"], "content": [], "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+                "usage": {"input_tokens": self.input_estimate, "output_tokens": 0}}}),
         );
     }
 
