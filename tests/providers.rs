@@ -613,6 +613,25 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
         json!([{"type": "text", "text": "long rules", "cache_control": {"type": "ephemeral"}}])
     );
 
+    // Claude Code 2.1 puts a `system` turn between the others: it is lifted into the provider's `system`,
+    // and the user turns around it merge (Anthropic wants roles to alternate).
+    let mut reminded = messages(false);
+    reminded["messages"] = json!([
+        {"role": "user", "content": [{"type": "text", "text": "first"}]},
+        {"role": "system", "content": [{"type": "text", "text": "a reminder"}]},
+        {"role": "user", "content": "second"},
+    ]);
+    assert_eq!(
+        post(&gateway, "/v1/messages", reminded, Some(KEY))
+            .await
+            .status(),
+        200
+    );
+    let sent = claude.last().unwrap().json();
+    assert_eq!(sent["system"], "be brief\n\na reminder");
+    assert_eq!(sent["messages"].as_array().unwrap().len(), 1, "{sent}");
+    assert_eq!(sent["messages"][0]["content"][1]["text"], "second");
+
     // Claude Code's `?beta=true` and `anthropic-beta` header: accepted, and the header is not forwarded.
     let response = client()
         .post(gateway.url("/v1/messages?beta=true"))

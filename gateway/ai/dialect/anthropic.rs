@@ -69,14 +69,22 @@ pub fn parse_request(raw: &[u8], count_only: bool) -> Result<Map<String, Value>,
             }
             (Some("user"), Some(Value::Array(blocks))) => user_blocks(blocks, &mut out),
             (Some("assistant"), Some(Value::Array(blocks))) => out.push(assistant_blocks(blocks)),
-            (Some("user" | "assistant"), _) => {
+            // Claude Code (2.1) sends reminders as `system` turns between the others: they stay system
+            // messages of the common form, which each provider places as its API wants.
+            (Some("system"), Some(Value::String(text))) => {
+                out.push(json!({"role": "system", "content": text}))
+            }
+            (Some("system"), Some(Value::Array(blocks))) => {
+                out.push(json!({"role": "system", "content": blocks_text(blocks)}))
+            }
+            (Some("user" | "assistant" | "system"), _) => {
                 return Err(invalid(format!(
                     "messages.{i}.content: Input should be a string or a list of content blocks"
                 )))
             }
             _ => {
                 return Err(invalid(format!(
-                    "messages.{i}.role: Input should be 'user' or 'assistant'"
+                    "messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
                 )))
             }
         }
@@ -608,7 +616,7 @@ mod tests {
                 "messages",
             ),
             (
-                json!({"model": "m", "max_tokens": 1, "messages": [{"role": "system", "content": "x"}]}),
+                json!({"model": "m", "max_tokens": 1, "messages": [{"role": "tool", "content": "x"}]}),
                 "role",
             ),
         ] {
