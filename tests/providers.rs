@@ -1048,3 +1048,97 @@ async fn usage_from_every_provider_reaches_the_access_log_and_metrics() {
         );
     }
 }
+
+#[tokio::test]
+async fn extended_thinking_goes_to_the_anthropic_provider_and_back_signed() {
+    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
+        .await
+        .unwrap();
+    let local = MockLlm::start("local").await.unwrap();
+    claude.set_behavior(Behavior {
+        text: Some("Four.".into()),
+        thinking: Some("Two plus two is four.".into()),
+        ..Behavior::default()
+    });
+    let (_dir, gateway) = gateway(
+        vec![anthropic("claude", &claude), openai("local", &local)],
+        &["claude"],
+        false,
+    )
+    .await;
+    let mut ask = messages(false);
+    ask["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+    let message: Value = post(&gateway, "/v1/messages", ask.clone(), Some(KEY))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let thought = json!({"type": "thinking", "thinking": "Two plus two is four.", "signature": loadtest::MOCK_SIGNATURE});
+    assert_eq!(message["content"][0], thought, "{message}");
+    assert_eq!(message["content"][1]["text"], "Four.");
+    assert_eq!(claude.last().unwrap().json()["thinking"], ask["thinking"]);
+
+    // Streamed: the thinking block, its text and its signature, then the text.
+    ask["stream"] = json!(true);
+    let raw = post(&gateway, "/v1/messages", ask.clone(), Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (text, _, _) = read_anthropic_stream(&raw);
+    assert_eq!(text, "Four.");
+    let events = named_events(&raw);
+    assert_eq!(events[1].1["content_block"]["type"], "thinking", "{raw}");
+    let deltas: Vec<&Value> = events
+        .iter()
+        .filter(|(name, _)| name == "content_block_delta")
+        .map(|(_, data)| &data["delta"])
+        .collect();
+    assert_eq!(deltas[0]["thinking"], "Two plus two is four.");
+    assert_eq!(
+        deltas[1],
+        &json!({"type": "signature_delta", "signature": loadtest::MOCK_SIGNATURE})
+    );
+
+    // The next turn sends the signed block back: Anthropic gets it first in the assistant turn, unchanged.
+    let mut follow_up = ask.clone();
+    follow_up["stream"] = json!(false);
+    follow_up["messages"] = json!([
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": [thought, {"type": "text", "text": "Four."}]},
+        {"role": "user", "content": "and 3+3?"},
+    ]);
+    assert_eq!(
+        post(&gateway, "/v1/messages", follow_up.clone(), Some(KEY))
+            .await
+            .status(),
+        200
+    );
+    let sent = claude.last().unwrap().json();
+    assert_eq!(sent["messages"][1]["content"][0], thought, "{sent}");
+
+    // An OpenAI-compatible provider gets neither the request's thinking nor the blocks.
+    follow_up["model"] = json!("local");
+    assert_eq!(
+        post(&gateway, "/v1/messages", follow_up, Some(KEY))
+            .await
+            .status(),
+        200
+    );
+    let sent = local.last().unwrap().json();
+    assert!(
+        sent.get("thinking").is_none() && !sent.to_string().contains("thinking_blocks"),
+        "{sent}"
+    );
+
+    // An OpenAI client sees the thinking as reasoning.
+    let body: Value = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["reasoning_content"],
+        "Two plus two is four."
+    );
+}

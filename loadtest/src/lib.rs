@@ -6,6 +6,8 @@ pub mod raw_origin;
 mod server;
 mod wires;
 
+pub use wires::MOCK_SIGNATURE;
+
 pub use llm::{Behavior, MockLlm, RecordedCall, Speaks};
 pub use origin::{MockOrigin, RecordedRequest};
 pub use raw_origin::{RawOrigin, RawRequest};

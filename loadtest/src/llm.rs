@@ -66,6 +66,8 @@ pub struct Behavior {
     pub error_after: Option<usize>,
     /// Gemini: block the prompt (`promptFeedback.blockReason: SAFETY`).
     pub blocked: bool,
+    /// Anthropic: think this text first, in a thinking block signed `MOCK_SIGNATURE`.
+    pub thinking: Option<String>,
 }
 
 impl Default for Behavior {
@@ -92,6 +94,7 @@ impl Default for Behavior {
             error_message: None,
             error_after: None,
             blocked: false,
+            thinking: None,
         }
     }
 }

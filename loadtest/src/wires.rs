@@ -175,8 +175,18 @@ fn anthropic_usage(output: usize) -> Value {
     json!({"input_tokens": 11, "output_tokens": output, "cache_read_input_tokens": 20, "cache_creation_input_tokens": 3})
 }
 
+/// The signature of the Anthropic mock's thinking blocks.
+pub const MOCK_SIGNATURE: &str = "EqMockSignature0123456789";
+
 fn anthropic_message(model: &str, text: &str, behavior: &Behavior) -> Value {
-    let mut content = vec![json!({"type": "text", "text": text})];
+    let mut content: Vec<Value> = behavior
+        .thinking
+        .iter()
+        .map(
+            |thought| json!({"type": "thinking", "thinking": thought, "signature": MOCK_SIGNATURE}),
+        )
+        .collect();
+    content.push(json!({"type": "text", "text": text}));
     if let Some((name, input)) = &behavior.tool_call {
         content
             .push(json!({"type": "tool_use", "id": "toolu_mock1", "name": name, "input": input}));
@@ -207,11 +217,34 @@ fn anthropic_texts(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<S
             "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": anthropic_usage(1)}}),
         ),
         named("ping", json!({"type": "ping"})),
-        named(
-            "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
     ];
+    // A thinking block first (index 0), when the mock thinks: the text and the tool call follow it.
+    let first = usize::from(behavior.thinking.is_some());
+    if let Some(thought) = &behavior.thinking {
+        events.push(named(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "thinking", "thinking": ""}}),
+        ));
+        events.push(named(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": thought}}),
+        ));
+        events.push(named(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "signature_delta", "signature": MOCK_SIGNATURE}}),
+        ));
+        events.push(named(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+    }
+    events.push(named(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": first, "content_block": {"type": "text", "text": ""}}),
+    ));
     for (i, piece) in pieces.iter().enumerate() {
         if behavior.error_after == Some(i) {
             events.push(named(
@@ -222,17 +255,17 @@ fn anthropic_texts(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<S
         }
         events.push(named(
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+            json!({"type": "content_block_delta", "index": first, "delta": {"type": "text_delta", "text": piece}}),
         ));
     }
     events.push(named(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": first}),
     ));
     if let Some((name, input)) = &behavior.tool_call {
         events.push(named(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": name, "input": {}}}),
+            json!({"type": "content_block_start", "index": first + 1, "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": name, "input": {}}}),
         ));
         // The arguments in two fragments, as Anthropic streams them.
         let arguments = input.to_string();
@@ -240,12 +273,12 @@ fn anthropic_texts(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<S
         for part in [&arguments[..half], &arguments[half..]] {
             events.push(named(
                 "content_block_delta",
-                json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": part}}),
+                json!({"type": "content_block_delta", "index": first + 1, "delta": {"type": "input_json_delta", "partial_json": part}}),
             ));
         }
         events.push(named(
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_stop", "index": first + 1}),
         ));
     }
     let stop = if behavior.tool_call.is_some() {

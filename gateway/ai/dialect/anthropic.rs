@@ -100,6 +100,11 @@ pub fn parse_request(raw: &[u8], count_only: bool) -> Result<Map<String, Value>,
             body.insert(key.into(), value.clone());
         }
     }
+    // Extended thinking: the request's `thinking` rides along as it came, for the providers that take it
+    // (Anthropic); the others leave it out.
+    if let Some(thinking) = request.get("thinking").filter(|t| t.is_object()) {
+        body.insert("thinking".into(), thinking.clone());
+    }
     if let Some(stops) = request.get("stop_sequences").filter(|s| s.is_array()) {
         body.insert("stop".into(), stops.clone());
     }
@@ -240,6 +245,16 @@ fn assistant_blocks(blocks: &[Value]) -> Value {
         }
         message["tool_calls"] = calls.into();
     }
+    // Signed thinking blocks go back to Anthropic exactly as they came (it refuses modified ones): they ride
+    // in the common form as `thinking_blocks`, the name LiteLLM gives them.
+    let thinking: Vec<Value> = blocks
+        .iter()
+        .filter(|b| b["type"] == "thinking" || b["type"] == "redacted_thinking")
+        .cloned()
+        .collect();
+    if !thinking.is_empty() {
+        message["thinking_blocks"] = thinking.into();
+    }
     message
 }
 
@@ -287,11 +302,17 @@ pub fn render_answer(answer: &[u8]) -> Vec<u8> {
     let choice = &answer["choices"][0];
     let message = &choice["message"];
     let mut content = Vec::new();
-    if let Some(reasoning) = message["reasoning_content"]
-        .as_str()
-        .filter(|t| !t.is_empty())
-    {
-        content.push(json!({"type": "thinking", "thinking": reasoning, "signature": ""}));
+    match message["thinking_blocks"].as_array() {
+        // Anthropic's own blocks, signatures and all, so the client can send them back.
+        Some(blocks) => content.extend(blocks.iter().cloned()),
+        None => {
+            if let Some(reasoning) = message["reasoning_content"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+            {
+                content.push(json!({"type": "thinking", "thinking": reasoning, "signature": ""}));
+            }
+        }
     }
     let text = match &message["content"] {
         Value::String(text) => text.clone(),
@@ -341,6 +362,8 @@ pub fn count_tokens(body: &Map<String, Value>) -> Vec<u8> {
 enum Block {
     Text,
     Thinking,
+    /// Redacted thinking: opened and closed at once.
+    Redacted,
     /// A tool call, by its OpenAI index.
     Tool(u64),
 }
@@ -485,6 +508,24 @@ impl StreamEncoder {
                 json!({"type": "thinking", "thinking": "", "signature": ""}),
             );
             self.delta(out, json!({"type": "thinking_delta", "thinking": text}));
+        }
+        for block in delta["thinking_blocks"].as_array().into_iter().flatten() {
+            match block["type"].as_str() {
+                Some("thinking") if self.open == Some(Block::Thinking) => {
+                    if let Some(signature) = block["signature"].as_str() {
+                        self.delta(
+                            out,
+                            json!({"type": "signature_delta", "signature": signature}),
+                        );
+                    }
+                }
+                Some("redacted_thinking") => {
+                    self.close(out);
+                    self.open(out, Block::Redacted, block.clone());
+                    self.close(out);
+                }
+                _ => {}
+            }
         }
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
             self.open(out, Block::Text, json!({"type": "text", "text": ""}));

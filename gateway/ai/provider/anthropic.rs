@@ -155,6 +155,9 @@ pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: 
     if let Some(stops) = stop_sequences(body) {
         request.insert("stop_sequences".into(), stops);
     }
+    if let Some(thinking) = body.get("thinking").filter(|t| t.is_object()) {
+        request.insert("thinking".into(), thinking.clone());
+    }
     if let Some(tools) = body.get("tools").and_then(Value::as_array) {
         let tools: Vec<Value> = tools
             .iter()
@@ -244,7 +247,12 @@ fn unmarked_block(part: &Value) -> Option<Value> {
 }
 
 fn assistant_blocks(message: &Value) -> Vec<Value> {
-    let mut blocks = content_blocks(message.get("content"));
+    // Thinking blocks first, as Anthropic wrote them (it checks their signatures).
+    let mut blocks: Vec<Value> = message["thinking_blocks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    blocks.extend(content_blocks(message.get("content")));
     for call in message
         .get("tool_calls")
         .and_then(Value::as_array)
@@ -309,6 +317,7 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
     let mut text = String::new();
     let mut reasoning = String::new();
     let mut calls = Vec::new();
+    let mut thinking = Vec::new();
     for block in answer
         .get("content")
         .and_then(Value::as_array)
@@ -317,7 +326,11 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
     {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
-            Some("thinking") => reasoning.push_str(block["thinking"].as_str().unwrap_or_default()),
+            Some("thinking") => {
+                reasoning.push_str(block["thinking"].as_str().unwrap_or_default());
+                thinking.push(block.clone());
+            }
+            Some("redacted_thinking") => thinking.push(block.clone()),
             Some("tool_use") => calls.push(json!({
                 "id": block["id"], "type": "function",
                 "function": {"name": block["name"], "arguments": block["input"].to_string()},
@@ -325,7 +338,10 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
             _ => {}
         }
     }
-    let message = assistant_message(text, reasoning, calls);
+    let mut message = assistant_message(text, reasoning, calls);
+    if !thinking.is_empty() {
+        message["thinking_blocks"] = thinking.into();
+    }
     let mut usage = Usage::default();
     usage_of(&answer["usage"], &mut usage);
     json!({
@@ -395,6 +411,10 @@ impl AnthropicStream {
                             self.delta(out, json!({ "content": text }), None);
                         }
                     }
+                    Some("redacted_thinking") => {
+                        let blocks = json!([block]);
+                        self.delta(out, json!({ "thinking_blocks": blocks }), None);
+                    }
                     _ => {}
                 }
             }
@@ -406,6 +426,10 @@ impl AnthropicStream {
                     }
                     Some("thinking_delta") => {
                         self.delta(out, json!({"reasoning_content": delta["thinking"]}), None);
+                    }
+                    Some("signature_delta") => {
+                        let block = json!([{"type": "thinking", "signature": delta["signature"]}]);
+                        self.delta(out, json!({ "thinking_blocks": block }), None);
                     }
                     Some("input_json_delta") => {
                         let block = data["index"].as_u64().unwrap_or(0);

@@ -496,3 +496,85 @@ mod cache_marks {
         assert!(String::from_utf8_lossy(&rendered.body).contains("cache_control"));
     }
 }
+
+/// Anthropic's extended thinking between an Anthropic client and the Anthropic provider: signed and redacted
+/// blocks come through the common form unchanged, in a stream too.
+#[cfg(test)]
+mod thinking {
+    use serde_json::{json, Value};
+
+    use super::anthropic::AnthropicWire;
+    use super::Wire;
+    use crate::ai::dialect::anthropic::StreamEncoder;
+
+    #[test]
+    fn signed_and_redacted_thinking_blocks_stream_through_unchanged() {
+        let stream = [
+            json!({"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 3}}}),
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hmm"}}),
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "SIG"}}),
+            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "redacted_thinking", "data": "OPAQUE"}}),
+            json!({"type": "content_block_stop", "index": 1}),
+            json!({"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}}),
+            json!({"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "done"}}),
+            json!({"type": "content_block_stop", "index": 2}),
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 5}}),
+            json!({"type": "message_stop"}),
+        ];
+        let raw: String = stream
+            .iter()
+            .map(|event| {
+                format!(
+                    "event: {}\ndata: {event}\n\n",
+                    event["type"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let mut decoder = AnthropicWire.stream_decoder("m").unwrap();
+        let mut common = Vec::new();
+        decoder.push(raw.as_bytes(), &mut common);
+        let mut encoder = StreamEncoder::new(3);
+        let out = String::from_utf8(encoder.push(&common)).unwrap();
+        let events: Vec<Value> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ],
+            "{out}"
+        );
+        assert_eq!(
+            events[2]["delta"],
+            json!({"type": "thinking_delta", "thinking": "hmm"})
+        );
+        assert_eq!(
+            events[3]["delta"],
+            json!({"type": "signature_delta", "signature": "SIG"})
+        );
+        assert_eq!(
+            events[5]["content_block"],
+            json!({"type": "redacted_thinking", "data": "OPAQUE"})
+        );
+        // Every block has its own index, in order.
+        let indexes: Vec<u64> = events.iter().filter_map(|e| e["index"].as_u64()).collect();
+        assert_eq!(indexes, [0, 0, 0, 0, 1, 1, 2, 2, 2]);
+    }
+}

@@ -15,9 +15,16 @@ use crate::error::Rejection;
 pub struct OpenAiWire;
 
 /// Leave out what an Anthropic client's request carries that OpenAI's API refuses as unknown: the
-/// `cache_control` marks (on content parts and tools) and `top_k`.
+/// `cache_control` marks (on content parts and tools), `top_k`, and extended thinking (the request's
+/// `thinking`, the assistant turns' `thinking_blocks`).
 fn drop_foreign_fields(body: &mut Map<String, Value>) {
     body.remove("top_k");
+    body.remove("thinking");
+    if let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) {
+        for message in messages.iter_mut().filter_map(Value::as_object_mut) {
+            message.remove("thinking_blocks");
+        }
+    }
     for (key, nested) in [("messages", true), ("tools", false)] {
         let Some(items) = body.get_mut(key).and_then(Value::as_array_mut) else {
             continue;
