@@ -133,6 +133,38 @@ async fn messages_stream_text_and_a_tool_call(gateway: &Gateway, text: &str) {
     assert_eq!(stop["delta"]["stop_reason"], "tool_use");
 }
 
+/// One mock per native format and an OpenAI-compatible one, named as the tests' providers are.
+async fn every_kind_of_provider() -> [MockLlm; 4] {
+    [
+        MockLlm::start_speaking("claude", Speaks::Anthropic)
+            .await
+            .unwrap(),
+        MockLlm::start_speaking("gem", Speaks::Gemini)
+            .await
+            .unwrap(),
+        MockLlm::start_speaking("aws", Speaks::Bedrock)
+            .await
+            .unwrap(),
+        MockLlm::start("local").await.unwrap(),
+    ]
+}
+
+/// A gateway with those four as providers (`claude` first in the default profile), AWS credentials set.
+async fn gateway_of_every_kind(
+    claude: &MockLlm,
+    google: &MockLlm,
+    aws: &MockLlm,
+    local: &MockLlm,
+) -> (TestDir, Gateway) {
+    let providers = vec![
+        anthropic("claude", claude),
+        gemini("gem", google),
+        bedrock("aws", aws),
+        openai("local", local),
+    ];
+    gateway_with_env(providers, &["claude"], false, &AWS_ENV).await
+}
+
 /// (event name, data) of every event of an Anthropic stream.
 fn named_events(raw: &str) -> Vec<(String, Value)> {
     raw.split("\n\n")
@@ -886,16 +918,7 @@ async fn bedrock_without_credentials_is_disabled_and_says_which_variables_to_set
 
 #[tokio::test]
 async fn a_provider_failing_mid_stream_ends_each_dialects_stream_with_its_error_event() {
-    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
-        .await
-        .unwrap();
-    let google = MockLlm::start_speaking("gem", Speaks::Gemini)
-        .await
-        .unwrap();
-    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
-        .await
-        .unwrap();
-    let local = MockLlm::start("local").await.unwrap();
+    let [claude, google, aws, local] = every_kind_of_provider().await;
     for llm in [&claude, &google, &aws] {
         llm.set_behavior(Behavior {
             chunks: 4,
@@ -911,18 +934,7 @@ async fn a_provider_failing_mid_stream_ends_each_dialects_stream_with_its_error_
         chunk_delay: std::time::Duration::from_millis(20),
         ..Behavior::default()
     });
-    let (_dir, gateway) = gateway_with_env(
-        vec![
-            anthropic("claude", &claude),
-            gemini("gem", &google),
-            bedrock("aws", &aws),
-            openai("local", &local),
-        ],
-        &["claude"],
-        false,
-        &AWS_ENV,
-    )
-    .await;
+    let (_dir, gateway) = gateway_of_every_kind(&claude, &google, &aws, &local).await;
     for model in ["claude", "gem", "aws", "local"] {
         let mut ask = chat(true);
         ask["model"] = json!(model);
@@ -973,28 +985,8 @@ async fn a_provider_failing_mid_stream_ends_each_dialects_stream_with_its_error_
 
 #[tokio::test]
 async fn usage_from_every_provider_reaches_the_access_log_and_metrics() {
-    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
-        .await
-        .unwrap();
-    let google = MockLlm::start_speaking("gem", Speaks::Gemini)
-        .await
-        .unwrap();
-    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
-        .await
-        .unwrap();
-    let local = MockLlm::start("local").await.unwrap();
-    let (dir, gateway) = gateway_with_env(
-        vec![
-            anthropic("claude", &claude),
-            gemini("gem", &google),
-            bedrock("aws", &aws),
-            openai("local", &local),
-        ],
-        &["claude"],
-        false,
-        &AWS_ENV,
-    )
-    .await;
+    let [claude, google, aws, local] = every_kind_of_provider().await;
+    let (dir, gateway) = gateway_of_every_kind(&claude, &google, &aws, &local).await;
     // (model, prompt tokens as the common form counts them, completion tokens of a plain answer, cache reads)
     let expected = [
         ("claude", 34, 5, 20),

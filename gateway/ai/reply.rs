@@ -289,7 +289,9 @@ impl<'a> ClientStream<'a> {
     }
 
     async fn write(&mut self, session: &mut Session, chunk: Bytes) -> bool {
-        self.at_boundary = chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\r");
+        // An event ends with an empty line, whichever line end the provider uses.
+        self.at_boundary =
+            chunk.ends_with(b"\n\n") || chunk.ends_with(b"\r\n\r\n") || chunk.ends_with(b"\r\r");
         if let Some(head) = self.head.take() {
             if session
                 .write_response_header(Box::new(head), false)
