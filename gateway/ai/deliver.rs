@@ -206,6 +206,8 @@ impl Answer<'_, '_> {
                 return Ok(Relayed::BrokeOff(reason));
             }
         };
+        // Read to its end: the connection can serve the next request, once the client has this answer.
+        *reusable = true;
         let body = match self.wire.whole_answer(&body, &self.model.upstream_model) {
             Ok(Some(common)) => common,
             Ok(None) => body,
@@ -218,15 +220,20 @@ impl Answer<'_, '_> {
             Err(error) => return Err(error.into()),
         };
         let secrets = self.request.catalog.secrets.as_ref();
-        let body = render_whole(
+        let Some(body) = render_whole(
             self.op,
             account_and_mask(outcome, self.model, secrets, body),
-        );
+        ) else {
+            // Not an answer the client's dialect can be written from: the next candidate may answer.
+            log::warn!(
+                "AI provider {} answered with something that is not a chat completion",
+                provider.name
+            );
+            return Ok(Relayed::BrokeOff("unreadable answer".to_string()));
+        };
         if !bodiless(&head) {
             head.insert_header(CONTENT_LENGTH, body.len())?;
         }
-        // Read to its end: the connection can serve the next request, once the client has this answer.
-        *reusable = true;
         write_whole(session, head, body).await?;
         Ok(Relayed::Done)
     }
@@ -387,7 +394,7 @@ impl Answer<'_, '_> {
                 Some(secrets) => secrets.mask_body(&whole).unwrap_or(whole),
                 None => whole,
             };
-            let body = render_whole(op, whole);
+            let body = render_whole(op, whole).unwrap_or_default();
             let mut head = client_head(200, request, outcome, Some(plan), None, None)?;
             head.insert_header(CONTENT_LENGTH, body.len())?;
             write_whole(session, head, body).await?;

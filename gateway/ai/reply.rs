@@ -201,10 +201,10 @@ pub fn account_and_mask(
 }
 
 /// A whole answer in the client's dialect.
-pub fn render_whole(op: Operation, body: Vec<u8>) -> Vec<u8> {
+pub fn render_whole(op: Operation, body: Vec<u8>) -> Option<Vec<u8>> {
     match op {
         Operation::Messages => anthropic::render_answer(&body),
-        _ => body,
+        _ => Some(body),
     }
 }
 

@@ -295,10 +295,12 @@ fn message_id(id: Option<&str>) -> String {
 }
 
 /// A whole common answer (a chat completion) as an Anthropic message.
-pub fn render_answer(answer: &[u8]) -> Vec<u8> {
-    let Ok(answer) = serde_json::from_slice::<Value>(answer) else {
-        return answer.to_vec();
-    };
+/// `None` when it is not a chat completion (a provider's 200 with something else in it).
+pub fn render_answer(answer: &[u8]) -> Option<Vec<u8>> {
+    let answer = serde_json::from_slice::<Value>(answer).ok()?;
+    if !answer["choices"].is_array() {
+        return None;
+    }
     let choice = &answer["choices"][0];
     let message = &choice["message"];
     let mut content = Vec::new();
@@ -345,6 +347,7 @@ pub fn render_answer(answer: &[u8]) -> Vec<u8> {
     })
     .to_string()
     .into_bytes()
+    .into()
 }
 
 /// `count_tokens`: an estimate (4 bytes a token) of the prompt, as the gateway has no tokenizer of every
@@ -675,7 +678,7 @@ mod tests {
             "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]}}],
             "usage": {"prompt_tokens": 110, "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 100}}});
         let message: Value =
-            serde_json::from_slice(&render_answer(answer.to_string().as_bytes())).unwrap();
+            serde_json::from_slice(&render_answer(answer.to_string().as_bytes()).unwrap()).unwrap();
         assert_eq!(message["type"], "message");
         assert_eq!(
             message["content"][0],
@@ -685,6 +688,9 @@ mod tests {
         assert_eq!(message["stop_reason"], "tool_use");
         assert_eq!(message["usage"]["input_tokens"], 10);
         assert_eq!(message["usage"]["cache_read_input_tokens"], 100);
+        // Not a chat completion: nothing to render (the relay tries the next candidate).
+        assert!(render_answer(b"<html>busy</html>").is_none());
+        assert!(render_answer(br#"{"object":"list","data":[]}"#).is_none());
 
         let stream = "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"}}]}\n\n\
             data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"w\",\"arguments\":\"\"}}]}}]}\n\n\

@@ -395,7 +395,8 @@ mod round_trip {
                     serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
                 assert_eq!(arguments, json!({"city": "Bergen"}), "{pair}");
                 if ingress == "anthropic" {
-                    let rendered = dialect::anthropic::render_answer(answer.to_string().as_bytes());
+                    let rendered =
+                        dialect::anthropic::render_answer(answer.to_string().as_bytes()).unwrap();
                     let message: Value = serde_json::from_slice(&rendered).unwrap();
                     assert_eq!(message["content"][0]["text"], "Done.", "{pair}");
                     assert_eq!(
