@@ -1,8 +1,9 @@
 //! One candidate's answer on its way to the client: a plain answer read whole, put in the common form,
 //! accounted, masked and rendered in the client's dialect; a stream decoded from the provider's format,
 //! watched for usage and its proper end, masked and encoded for the client, with its head held back until
-//! the first bytes for the client so a provider that fails before then can still be replaced; and the
-//! answers of providers that answer in the gateway (the mock).
+//! the first bytes for the client so a provider that fails before then can still be replaced; a provider's
+//! own client error, in the client's dialect; and the answers of providers that answer in the gateway (the
+//! mock).
 
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,7 @@ fn timed_out(message: &'static str) -> Rejection {
 /// Plain answers up to this size are read whole and sent in one write.
 const WHOLE_ANSWER_LIMIT: usize = 1 << 20;
 
-/// One candidate's successful answer on its way to the client.
+/// One candidate's answer (or its client error) on its way to the client.
 pub struct Answer<'r, 'a> {
     pub request: &'r AiRequest<'a>,
     pub plan: &'r Plan,
