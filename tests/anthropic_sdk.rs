@@ -1,6 +1,6 @@
 //! The official Python SDKs across dialects over TLS: Anthropic's SDK against `/v1/messages` (plain,
 //! streamed, tools) through an OpenAI-compatible provider and through the native Anthropic, Gemini and
-//! Bedrock providers, and OpenAI's SDK through the native providers. `.ci/setup` installs both SDKs into
+//! Bedrock providers, OpenAI's SDK through the native providers, and both through the `mock` type. `.ci/setup` installs both SDKs into
 //! `target/sdk-venv`; without them the test fails and says so (it is never skipped).
 
 mod common;
@@ -67,6 +67,30 @@ print(json.dumps({"kind": "stream", "text": "".join(parts)}))
 reply = client.chat.completions.create(model=model, messages=ask, tools=tools)
 calls = [{"name": c.function.name, "input": json.loads(c.function.arguments)} for c in reply.choices[0].message.tool_calls or []]
 print(json.dumps({"kind": "tools", "calls": calls, "stop": reply.choices[0].finish_reason}))
+"#;
+
+/// Both SDKs, plain and streamed, against the `mock` provider type (it never calls tools).
+const MOCK_SCRIPT: &str = r#"
+import json, sys
+try:
+    import httpx2 as httpx
+except ImportError:
+    import httpx
+from anthropic import Anthropic
+from openai import OpenAI
+
+root, key, ca, model = sys.argv[1:5]
+anthropic = Anthropic(base_url=root, api_key=key, max_retries=0, http_client=httpx.Client(verify=ca))
+ask = [{"role": "user", "content": "hello mock"}]
+reply = anthropic.messages.create(model=model, max_tokens=100, messages=ask)
+with anthropic.messages.stream(model=model, max_tokens=100, messages=ask) as stream:
+    streamed = "".join(stream.text_stream)
+openai = OpenAI(base_url=root + "/v1", api_key=key, max_retries=0, http_client=httpx.Client(verify=ca))
+chat = openai.chat.completions.create(model=model, messages=ask)
+parts = [c.choices[0].delta.content for c in openai.chat.completions.create(model=model, messages=ask, stream=True)
+         if c.choices and c.choices[0].delta.content]
+print(json.dumps({"anthropic": reply.content[0].text, "anthropic_stream": streamed,
+                  "openai": chat.choices[0].message.content, "openai_stream": "".join(parts)}))
 "#;
 
 /// Run `script` with the SDK venv's Python (or a system Python that has the SDKs): one JSON line per check.
@@ -149,12 +173,14 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
                     {"name": "gem", "type": "gemini", "base_url": format!("http://{}/v1beta", google.addr), "api_key": "provider-key"},
                     {"name": "local", "type": "openai", "base_url": local.base_url()},
                     {"name": "aws", "type": "bedrock", "region": "us-east-1", "base_url": format!("http://{}", aws.addr)},
+                    {"name": "mock", "type": "mock", "mock": {"chunks": 3}},
                 ],
                 "models": [
                     {"name": "claude-model", "provider": "claude"},
                     {"name": "gemini-model", "provider": "gem"},
                     {"name": "local-model", "provider": "local"},
                     {"name": "bedrock-model", "provider": "aws", "upstream_model": "anthropic.claude-3-5-sonnet-20240620-v1:0"},
+                    {"name": "mock-model", "provider": "mock"},
                 ],
                 "profiles": {"default": ["local-model"]},
             }),
@@ -170,6 +196,8 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
     std::fs::write(&anthropic_script, ANTHROPIC_SCRIPT).unwrap();
     let openai_script = dir.path("openai_sdk.py");
     std::fs::write(&openai_script, OPENAI_SCRIPT).unwrap();
+    let mock_script = dir.path("mock_sdk.py");
+    std::fs::write(&mock_script, MOCK_SCRIPT).unwrap();
     let root = format!("https://localhost:{}", ports.https);
     let args = |base: &str, model: &str| {
         vec![
@@ -207,7 +235,8 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
                 "claude-model",
                 "gemini-model",
                 "local-model",
-                "bedrock-model"
+                "bedrock-model",
+                "mock-model"
             ]),
             "the Anthropic SDK lists the catalog"
         );
@@ -228,5 +257,14 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
                 || sent["messages"][2]["content"][0]["toolResult"]["toolUseId"] == "toolu_x"
         });
         assert!(answered_tool, "no tool result reached the provider");
+    }
+    // And the mock provider type, through both SDKs.
+    let lines = run(mock_script, args(&root, "mock-model")).await;
+    for key in ["anthropic", "anthropic_stream", "openai", "openai_stream"] {
+        let text = lines[0][key].as_str().unwrap();
+        assert!(
+            text.starts_with("[mock:mock-model]") && text.contains("hello mock"),
+            "{key}: {text}"
+        );
     }
 }
