@@ -1,7 +1,8 @@
 //! The official Python SDKs across dialects over TLS: Anthropic's SDK against `/v1/messages` (plain,
 //! streamed, tools) through an OpenAI-compatible provider and through the native Anthropic, Gemini and
-//! Bedrock providers, OpenAI's SDK through the native providers, and both through the `mock` type. `.ci/setup` installs both SDKs into
-//! `target/sdk-venv`; without them the test fails and says so (it is never skipped).
+//! Bedrock providers, OpenAI's SDK through the native providers, and both through the `mock` type.
+//! `.ci/setup` installs both SDKs into `target/sdk-venv`; without them the test fails and says so (it is
+//! never skipped).
 
 mod common;
 
