@@ -240,7 +240,10 @@ async fn openai_clients_get_text_tools_and_cache_usage_from_a_native_anthropic_p
         tool_call: Some(("weather".into(), json!({"city": "Oslo"}))),
         ..Behavior::default()
     });
-    let (dir, gateway) = gateway(vec![anthropic("claude", &claude)], &["claude"], false).await;
+    // A configured header wins over the type's own, and goes once.
+    let mut config = anthropic("claude", &claude);
+    config["headers"] = json!({"anthropic-version": "2099-01-01"});
+    let (dir, gateway) = gateway(vec![config], &["claude"], false).await;
 
     let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
     assert_eq!(response.status(), 200);
@@ -265,7 +268,13 @@ async fn openai_clients_get_text_tools_and_cache_usage_from_a_native_anthropic_p
     let call = claude.last().unwrap();
     assert_eq!(call.path, "/v1/messages");
     assert_eq!(call.header("x-api-key"), Some("sk-ant-provider-secret"));
-    assert_eq!(call.header("anthropic-version"), Some("2023-06-01"));
+    let versions: Vec<&str> = call
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "anthropic-version")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(versions, ["2099-01-01"]);
     assert_eq!(call.header("authorization"), None);
     let sent = call.json();
     assert_eq!(sent["model"], "claude-upstream");

@@ -511,6 +511,9 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
             }
             None => Vec::new(),
         };
+        // The provider's `headers:` win over the type's own (a newer `anthropic-version`): each is sent once.
+        let mut auth = auth;
+        auth.retain(|(name, _)| !headers.iter().any(|(configured, _)| configured == name));
         let Ok(host_value) = HeaderValue::from_str(&url.authority()) else {
             c.error(
                 format!("{dpath}.base_url"),
