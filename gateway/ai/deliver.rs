@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 use super::catalog::Model;
 use super::dialect::Operation;
-use super::provider::{Local, StreamDecoder, Wire};
+use super::provider::{Local, StreamDecoder, Unanswered, Wire};
 use super::reply::{
     account_and_mask, bodiless, client_head, frame_unknown_length, render_whole, write_whole,
     AiOutcome, AiRequest, ClientStream, Failure,
@@ -212,13 +212,11 @@ impl Answer<'_, '_> {
         let body = match self.wire.whole_answer(&body, &self.model.upstream_model) {
             Ok(Some(common)) => common,
             Ok(None) => body,
-            // An answer the gateway cannot read (nothing was sent yet): the next candidate may answer.
-            Err(error) if error.status == 502 => {
-                log::warn!("AI provider {}: {}", provider.name, error.message);
-                return Ok(Relayed::BrokeOff(error.code.to_string()));
+            Err(Unanswered::Unreadable(why)) => {
+                log::warn!("AI provider {}: {why}", provider.name);
+                return Ok(Relayed::BrokeOff("unreadable answer".to_string()));
             }
-            // The provider refused to answer (a safety block): that is the answer.
-            Err(error) => return Err(error.into()),
+            Err(Unanswered::Refused(refusal)) => return Err(refusal.into()),
         };
         let secrets = self.request.catalog.secrets.as_ref();
         let Some(body) = render_whole(

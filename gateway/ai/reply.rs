@@ -47,10 +47,15 @@ impl AiOutcome {
         let metrics = &model.metrics;
         metrics.prompt_tokens.inc_by(usage.prompt_tokens);
         metrics.completion_tokens.inc_by(usage.completion_tokens);
-        metrics.cache_read_tokens.inc_by(usage.cache_read_tokens);
-        metrics
-            .cache_creation_tokens
-            .inc_by(usage.cache_creation_tokens);
+        // Most answers use no prompt cache: no atomic add of nothing.
+        if usage.cache_read_tokens > 0 {
+            metrics.cache_read_tokens.inc_by(usage.cache_read_tokens);
+        }
+        if usage.cache_creation_tokens > 0 {
+            metrics
+                .cache_creation_tokens
+                .inc_by(usage.cache_creation_tokens);
+        }
         self.cost = usage.cost(&model.prices);
         if let Some(cost) = self.cost {
             metrics.cost.inc_by(cost);

@@ -350,12 +350,14 @@ pub fn render_answer(answer: &[u8]) -> Option<Vec<u8>> {
     .into()
 }
 
-/// `count_tokens`: an estimate (4 bytes a token) of the prompt, as the gateway has no tokenizer of every
-/// provider's models.
+/// `count_tokens`: the gateway's own estimate of the prompt (the one `prompt_tokens_over` rules and
+/// `message_start` use), plus the tool definitions at the same 4 bytes a token, as the gateway has no
+/// tokenizer of every provider's models.
 pub fn count_tokens(body: &Map<String, Value>) -> Vec<u8> {
-    let bytes = serde_json::to_vec(&body.get("messages")).map_or(0, |b| b.len())
-        + body.get("tools").map_or(0, |t| t.to_string().len());
-    json!({ "input_tokens": bytes.div_ceil(4) })
+    let tools = body
+        .get("tools")
+        .map_or(0, |t| t.to_string().len().div_ceil(4));
+    json!({ "input_tokens": crate::ai::heuristics::estimate_prompt_tokens(body) + tools })
         .to_string()
         .into_bytes()
 }

@@ -12,7 +12,8 @@ use serde_json::{json, Map, Value};
 
 use super::{
     arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
-    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Wire,
+    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Unanswered,
+    Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
 use crate::ai::sse::EventBuffer;
@@ -77,9 +78,9 @@ impl Wire for AnthropicWire {
         ))
     }
 
-    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Unanswered> {
         let answer: Value = serde_json::from_slice(body).map_err(|e| {
-            super::malformed(format!(
+            Unanswered::Unreadable(format!(
                 "the provider's answer is not an Anthropic message: {e}"
             ))
         })?;

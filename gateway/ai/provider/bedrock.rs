@@ -19,7 +19,8 @@ use serde_json::{json, Map, Value};
 
 use super::{
     arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
-    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Wire,
+    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Unanswered,
+    Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
 use crate::ai::usage::Usage;
@@ -113,9 +114,9 @@ impl Wire for BedrockWire {
         Some(("bedrock_error".to_string(), message.to_string()))
     }
 
-    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Unanswered> {
         let answer: Value = serde_json::from_slice(body).map_err(|e| {
-            super::malformed(format!("the provider's answer is not Converse JSON: {e}"))
+            Unanswered::Unreadable(format!("the provider's answer is not Converse JSON: {e}"))
         })?;
         Ok(Some(
             to_chat_completion(&answer, model).to_string().into_bytes(),

@@ -12,7 +12,8 @@ use serde_json::{json, Map, Value};
 
 use super::{
     arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
-    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Wire,
+    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Unanswered,
+    Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
 use crate::ai::sse::EventBuffer;
@@ -76,11 +77,13 @@ impl Wire for GeminiWire {
         ))
     }
 
-    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+    fn whole_answer(&self, body: &[u8], model: &str) -> Result<Option<Vec<u8>>, Unanswered> {
         let answer: Value = serde_json::from_slice(body).map_err(|e| {
-            super::malformed(format!("the provider's answer is not Gemini's JSON: {e}"))
+            Unanswered::Unreadable(format!("the provider's answer is not Gemini's JSON: {e}"))
         })?;
-        to_chat_completion(&answer, model).map(|chat| Some(chat.to_string().into_bytes()))
+        to_chat_completion(&answer, model)
+            .map(|chat| Some(chat.to_string().into_bytes()))
+            .map_err(Unanswered::Refused)
     }
 
     fn stream_decoder(&self, model: &str) -> Option<Box<dyn StreamDecoder>> {

@@ -7,7 +7,7 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{Call, Local, LocalAnswer, Rendered, StreamDecoder, Wire};
+use super::{Call, Local, LocalAnswer, Rendered, StreamDecoder, Unanswered, Wire};
 use crate::ai::dialect::openai::Endpoint;
 use crate::ai::usage::Usage;
 use crate::error::Rejection;
@@ -44,7 +44,7 @@ impl Wire for MockWire {
         None
     }
 
-    fn whole_answer(&self, _body: &[u8], _model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+    fn whole_answer(&self, _body: &[u8], _model: &str) -> Result<Option<Vec<u8>>, Unanswered> {
         Ok(None)
     }
 

@@ -87,10 +87,12 @@ pub trait Wire: Sync {
     /// A provider error body as (error type, message), for a client that speaks another dialect.
     fn error_message(&self, body: &str) -> Option<(String, String)>;
 
-    /// A whole successful answer in the common form; `None` when it already is (no copy). An answer that
-    /// cannot be read, or one the provider blocked, is an error for the client.
-    fn whole_answer(&self, body: &[u8], upstream_model: &str)
-        -> Result<Option<Vec<u8>>, Rejection>;
+    /// A whole successful answer in the common form; `None` when it already is (no copy).
+    fn whole_answer(
+        &self,
+        body: &[u8],
+        upstream_model: &str,
+    ) -> Result<Option<Vec<u8>>, Unanswered>;
 
     /// Whether an answer of this type is this provider's stream (server-sent events, for most).
     fn is_stream(&self, content_type: &str) -> bool {
@@ -182,9 +184,13 @@ pub fn error_event(out: &mut Vec<u8>, kind: &str, message: &str) {
     );
 }
 
-/// A provider answer the gateway cannot read: 502.
-pub fn malformed(message: String) -> Rejection {
-    Rejection::typed(502, "server_error", "upstream_protocol_error", message)
+/// Why a provider's 200 holds no answer for the client.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// The gateway cannot read it (why): nothing was sent yet, so the next candidate may answer.
+    Unreadable(String),
+    /// The provider refused to answer (a safety block): that refusal is the client's answer.
+    Refused(Rejection),
 }
 
 /// A fresh id for what a provider leaves unnamed (Gemini's function calls and answers), unique across turns.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::{Call, Rendered, StreamDecoder, Wire};
+use super::{Call, Rendered, StreamDecoder, Unanswered, Wire};
 use crate::ai::dialect::openai::{self, Endpoint};
 use crate::error::Rejection;
 
@@ -110,7 +110,7 @@ impl Wire for OpenAiWire {
         Some((kind.to_string(), message))
     }
 
-    fn whole_answer(&self, _body: &[u8], _model: &str) -> Result<Option<Vec<u8>>, Rejection> {
+    fn whole_answer(&self, _body: &[u8], _model: &str) -> Result<Option<Vec<u8>>, Unanswered> {
         Ok(None)
     }
 
