@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use loadtest::{Behavior, MockLlm, Speaks};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const ANTHROPIC_SCRIPT: &str = r#"
 import json, sys
@@ -93,34 +91,6 @@ parts = [c.choices[0].delta.content for c in openai.chat.completions.create(mode
 print(json.dumps({"anthropic": reply.content[0].text, "anthropic_stream": streamed,
                   "openai": chat.choices[0].message.content, "openai_stream": "".join(parts)}))
 "#;
-
-/// Run `script` with the SDK venv's Python (or a system Python that has the SDKs): one JSON line per check.
-async fn run(script: std::path::PathBuf, args: Vec<String>) -> Vec<Value> {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    let python = if venv.exists() {
-        venv.into_os_string()
-    } else {
-        "python3".into()
-    };
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args(args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        output.status.success(),
-        "the SDK script failed (run `.ci/setup`, which installs the SDKs into target/sdk-venv):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[tokio::test]
 async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
@@ -216,7 +186,7 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
         "gemini-model",
         "bedrock-model",
     ] {
-        let lines = run(anthropic_script.clone(), args(&root, model)).await;
+        let lines = run_sdk_script(anthropic_script.clone(), args(&root, model)).await;
         assert_eq!(lines[0]["text"], text, "{model}: {}", lines[0]);
         assert!(lines[0]["output_tokens"].as_u64().unwrap() > 0, "{model}");
         assert_eq!(lines[1]["text"], text, "{model}");
@@ -243,7 +213,7 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
         );
     }
     for model in ["claude-model", "gemini-model", "bedrock-model"] {
-        let lines = run(openai_script.clone(), args(&format!("{root}/v1"), model)).await;
+        let lines = run_sdk_script(openai_script.clone(), args(&format!("{root}/v1"), model)).await;
         assert_eq!(lines[0]["text"], text, "{model}");
         assert_eq!(lines[0]["stop"], "tool_calls", "{model}");
         assert_eq!(lines[1]["text"], text, "{model}");
@@ -260,7 +230,7 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
         assert!(answered_tool, "no tool result reached the provider");
     }
     // And the mock provider type, through both SDKs.
-    let lines = run(mock_script, args(&root, "mock-model")).await;
+    let lines = run_sdk_script(mock_script, args(&root, "mock-model")).await;
     for key in ["anthropic", "anthropic_stream", "openai", "openai_stream"] {
         let text = lines[0][key].as_str().unwrap();
         assert!(

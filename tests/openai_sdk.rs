@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use loadtest::{Behavior, MockLlm};
 
@@ -76,32 +74,12 @@ routes:
     let script = dir.path("sdk.py");
     std::fs::write(&script, SCRIPT).unwrap();
     let base_url = format!("https://localhost:{}/v1", ports.https);
-    // The SDK's virtual environment from `.ci/setup`, or a system Python that has the SDK.
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
-    let python = if venv.exists() {
-        venv.into_os_string()
-    } else {
-        "python3".into()
-    };
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .args([&base_url, api_key, ca_path.to_str().unwrap()])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the SDK script failed (run `.ci/setup`, which installs the SDK into target/sdk-venv):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let args = vec![
+        base_url,
+        api_key.to_string(),
+        ca_path.to_str().unwrap().to_string(),
+    ];
+    let lines = run_sdk_script(script, args).await;
     assert_eq!(lines[0]["content"], text);
     assert_eq!(
         lines[0]["model"], "provider-model",

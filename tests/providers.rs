@@ -86,6 +86,24 @@ async fn post(gateway: &Gateway, path: &str, body: Value, key: Option<&str>) -> 
     request.send().await.unwrap()
 }
 
+/// The body of the answer to `body` posted with the client's key.
+async fn ask_text(gateway: &Gateway, path: &str, body: Value) -> String {
+    post(gateway, path, body, Some(KEY))
+        .await
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The same, read as JSON.
+async fn ask_json(gateway: &Gateway, path: &str, body: Value) -> Value {
+    post(gateway, path, body, Some(KEY))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 fn chat(stream: bool) -> Value {
     json!({
         "model": "auto", "stream": stream,
@@ -104,11 +122,7 @@ fn messages(stream: bool) -> Value {
 
 /// A streamed chat completion carries `text`, ends for a tool call and with `[DONE]`.
 async fn streams_text_and_a_tool_call(gateway: &Gateway, text: &str) {
-    let raw = post(gateway, "/v1/chat/completions", chat(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(gateway, "/v1/chat/completions", chat(true)).await;
     assert_eq!(sse_content(&raw), text);
     assert!(
         raw.contains("\"finish_reason\":\"tool_calls\"")
@@ -119,11 +133,7 @@ async fn streams_text_and_a_tool_call(gateway: &Gateway, text: &str) {
 
 /// A streamed Messages answer carries `text` and a call of `weather` for Oslo, and stops for it.
 async fn messages_stream_text_and_a_tool_call(gateway: &Gateway, text: &str) {
-    let raw = post(gateway, "/v1/messages", messages(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(gateway, "/v1/messages", messages(true)).await;
     let (streamed, arguments, stop) = read_anthropic_stream(&raw);
     assert_eq!(streamed, text);
     assert_eq!(
@@ -289,11 +299,7 @@ async fn openai_clients_get_text_tools_and_cache_usage_from_a_native_anthropic_p
     );
     assert_eq!(sent["tools"][0]["input_schema"], json!({"type": "object"}));
 
-    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(&gateway, "/v1/chat/completions", chat(true)).await;
     assert_eq!(sse_content(&raw), "It is cold in Oslo.");
     assert!(raw.trim_end().ends_with("data: [DONE]"), "{raw}");
     let chunks: Vec<Value> = raw
@@ -349,11 +355,7 @@ async fn openai_clients_get_text_tools_and_usage_from_a_native_gemini_provider()
     });
     let (_dir, gateway) = gateway(vec![gemini("gem", &google)], &["gem"], false).await;
 
-    let body: Value = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = ask_json(&gateway, "/v1/chat/completions", chat(false)).await;
     assert_eq!(body["choices"][0]["message"]["content"], "Minus three.");
     assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(
@@ -395,11 +397,7 @@ async fn openai_clients_get_text_tools_and_usage_from_a_native_gemini_provider()
         .as_str()
         .unwrap()
         .contains("SAFETY"));
-    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(&gateway, "/v1/chat/completions", chat(true)).await;
     assert!(
         raw.contains("content_blocked") && raw.contains("SAFETY"),
         "{raw}"
@@ -498,21 +496,13 @@ async fn provider_errors_fall_back_or_pass_through_by_their_class_in_the_clients
         error_after: Some(2),
         ..Behavior::default()
     });
-    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(&gateway, "/v1/chat/completions", chat(true)).await;
     assert!(
         !sse_content(&raw).is_empty() && raw.contains("\"error\"") && raw.contains("Overloaded"),
         "{raw}"
     );
     assert!(!raw.contains("[DONE]"), "{raw}");
-    let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(&gateway, "/v1/messages", messages(true)).await;
     let events = named_events(&raw);
     let last = events.last().unwrap();
     assert_eq!(last.0, "error", "{raw}");
@@ -542,11 +532,7 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
         ],
         ..Behavior::default()
     });
-    let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(&gateway, "/v1/messages", messages(true)).await;
     let (text, arguments, _) = read_anthropic_stream(&raw);
     assert_eq!(text, "Let me check.");
     assert_eq!(
@@ -604,11 +590,7 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
         tool_call: Some(("weather".into(), json!({"city": "Oslo"}))),
         ..Behavior::default()
     });
-    let message: Value = post(&gateway, "/v1/messages", messages(false), Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let message = ask_json(&gateway, "/v1/messages", messages(false)).await;
     assert_eq!(message["content"][0]["text"], "Frosty.");
     assert_eq!(message["content"][1]["type"], "tool_use");
     assert_eq!(message["content"][1]["input"], json!({"city": "Oslo"}));
@@ -789,27 +771,15 @@ async fn secrets_split_across_chunks_are_masked_in_every_dialect_and_provider() 
             _ => bedrock(provider, llm),
         };
         let (_dir, gateway) = gateway_with_env(vec![config], &[provider], true, &AWS_ENV).await;
-        let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let raw = ask_text(&gateway, "/v1/chat/completions", chat(true)).await;
         assert_eq!(sse_content(&raw), expected, "{provider}: {raw}");
-        let raw = post(&gateway, "/v1/messages", messages(true), Some(KEY))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let raw = ask_text(&gateway, "/v1/messages", messages(true)).await;
         assert!(
             !raw.contains("ABCDEFGHIJ") && !raw.contains("abcdef123456"),
             "{provider}: {raw}"
         );
         assert_eq!(read_anthropic_stream(&raw).0, expected, "{provider}");
-        let message: Value = post(&gateway, "/v1/messages", messages(false), Some(KEY))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let message = ask_json(&gateway, "/v1/messages", messages(false)).await;
         assert_eq!(message["content"][0]["text"], expected, "{provider}");
     }
 }
@@ -832,11 +802,7 @@ async fn openai_and_anthropic_clients_reach_bedrock_with_signed_requests_and_eve
         &AWS_ENV,
     )
     .await;
-    let body: Value = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = ask_json(&gateway, "/v1/chat/completions", chat(false)).await;
     assert_eq!(
         body["choices"][0]["message"]["content"], "Bedrock says hi.",
         "{body}"
@@ -888,11 +854,7 @@ async fn openai_and_anthropic_clients_reach_bedrock_with_signed_requests_and_eve
         error_after: Some(1),
         ..Behavior::default()
     });
-    let raw = post(&gateway, "/v1/chat/completions", chat(true), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(&gateway, "/v1/chat/completions", chat(true)).await;
     assert!(
         raw.contains("throttlingException") && !raw.contains("[DONE]"),
         "{raw}"
@@ -947,11 +909,7 @@ async fn a_provider_failing_mid_stream_ends_each_dialects_stream_with_its_error_
     for model in ["claude", "gem", "aws", "local"] {
         let mut ask = chat(true);
         ask["model"] = json!(model);
-        let raw = post(&gateway, "/v1/chat/completions", ask, Some(KEY))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let raw = ask_text(&gateway, "/v1/chat/completions", ask).await;
         assert!(
             !sse_content(&raw).is_empty(),
             "{model}: text went out first: {raw}"
@@ -967,11 +925,7 @@ async fn a_provider_failing_mid_stream_ends_each_dialects_stream_with_its_error_
 
         let mut ask = messages(true);
         ask["model"] = json!(model);
-        let raw = post(&gateway, "/v1/messages", ask, Some(KEY))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let raw = ask_text(&gateway, "/v1/messages", ask).await;
         let events = named_events(&raw);
         assert_eq!(events[0].0, "message_start", "{model}: {raw}");
         assert!(
@@ -1069,11 +1023,7 @@ async fn extended_thinking_goes_to_the_anthropic_provider_and_back_signed() {
     .await;
     let mut ask = messages(false);
     ask["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
-    let message: Value = post(&gateway, "/v1/messages", ask.clone(), Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let message = ask_json(&gateway, "/v1/messages", ask.clone()).await;
     let thought = json!({"type": "thinking", "thinking": "Two plus two is four.", "signature": loadtest::MOCK_SIGNATURE});
     assert_eq!(message["content"][0], thought, "{message}");
     assert_eq!(message["content"][1]["text"], "Four.");
@@ -1081,11 +1031,7 @@ async fn extended_thinking_goes_to_the_anthropic_provider_and_back_signed() {
 
     // Streamed: the thinking block, its text and its signature, then the text.
     ask["stream"] = json!(true);
-    let raw = post(&gateway, "/v1/messages", ask.clone(), Some(KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let raw = ask_text(&gateway, "/v1/messages", ask.clone()).await;
     let (text, _, _) = read_anthropic_stream(&raw);
     assert_eq!(text, "Four.");
     let events = named_events(&raw);
@@ -1133,11 +1079,7 @@ async fn extended_thinking_goes_to_the_anthropic_provider_and_back_signed() {
     );
 
     // An OpenAI client sees the thinking as reasoning.
-    let body: Value = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body = ask_json(&gateway, "/v1/chat/completions", chat(false)).await;
     assert_eq!(
         body["choices"][0]["message"]["reasoning_content"],
         "Two plus two is four."

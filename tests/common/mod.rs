@@ -436,3 +436,32 @@ pub fn complete_responses(mut bytes: &[u8]) -> usize {
         bytes = &bytes[head + length..];
     }
 }
+
+/// Run a Python SDK script with `args`: the SDKs' virtual environment from `.ci/setup`, or a system Python
+/// that has them. Each line it prints is one JSON value. A failing script fails the test, with its stderr.
+pub async fn run_sdk_script(script: PathBuf, args: Vec<String>) -> Vec<serde_json::Value> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk-venv/bin/python");
+    let python = if venv.exists() {
+        venv.into_os_string()
+    } else {
+        "python3".into()
+    };
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK script failed (run `.ci/setup`, which installs the SDKs into target/sdk-venv):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
