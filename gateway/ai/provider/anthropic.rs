@@ -11,12 +11,11 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::{
-    arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
-    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Unanswered,
-    Wire,
+    arguments_object, assistant_message, data_url, function_tools, push_turn, stop_sequences,
+    text_of, tool_choice, usage_json, Call, Chunks, JsonEvents, Rendered, SseDecoder,
+    StreamDecoder, ToolChoice, Unanswered, Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
-use crate::ai::sse::EventBuffer;
 use crate::ai::usage::Usage;
 use crate::error::Rejection;
 
@@ -90,10 +89,9 @@ impl Wire for AnthropicWire {
     }
 
     fn stream_decoder(&self, model: &str) -> Option<Box<dyn StreamDecoder>> {
-        Some(Box::new(AnthropicStream {
-            model: model.to_string(),
-            ..AnthropicStream::default()
-        }))
+        Some(Box::new(SseDecoder::new(AnthropicStream {
+            chunks: Chunks::new(String::new(), model.to_string()),
+        })))
     }
 }
 
@@ -159,40 +157,27 @@ pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: 
     if let Some(thinking) = body.get("thinking").filter(|t| t.is_object()) {
         request.insert("thinking".into(), thinking.clone());
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        let tools: Vec<Value> = tools
-            .iter()
-            .filter_map(|tool| {
-                let function = tool.get("function")?;
-                let mut out = json!({
-                    "name": function.get("name")?,
-                    "input_schema": function.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"})),
-                });
-                if let Some(description) = function.get("description") {
-                    out["description"] = description.clone();
-                }
-                if let Some(mark) = tool.get("cache_control") {
-                    out["cache_control"] = mark.clone();
-                }
-                Some(out)
-            })
-            .collect();
-        if !tools.is_empty() {
-            request.insert("tools".into(), tools.into());
-        }
+    let tools: Vec<Value> = function_tools(body)
+        .map(|tool| {
+            let mut out = json!({"name": tool.name, "input_schema": tool.schema()});
+            if let Some(description) = tool.description {
+                out["description"] = description.clone();
+            }
+            if let Some(mark) = tool.cache_mark {
+                out["cache_control"] = mark.clone();
+            }
+            out
+        })
+        .collect();
+    if !tools.is_empty() {
+        request.insert("tools".into(), tools.into());
     }
-    let mut choice = match body.get("tool_choice") {
-        Some(Value::String(mode)) => match mode.as_str() {
-            "none" => Some(json!({"type": "none"})),
-            "required" => Some(json!({"type": "any"})),
-            _ => Some(json!({"type": "auto"})),
-        },
-        Some(Value::Object(named)) => named
-            .get("function")
-            .and_then(|f| f.get("name"))
-            .map(|name| json!({"type": "tool", "name": name})),
-        _ => None,
-    };
+    let mut choice = tool_choice(body).map(|choice| match choice {
+        ToolChoice::None => json!({"type": "none"}),
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Named(name) => json!({"type": "tool", "name": name}),
+    });
     if body.get("parallel_tool_calls") == Some(&Value::Bool(false)) && request.contains_key("tools")
     {
         choice
@@ -361,27 +346,13 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
 /// Anthropic's named events into OpenAI chunks. Nothing is written for `message_start`, `ping` and block
 /// starts of text: the first chunk carries the first text or tool call, so a provider that fails right
 /// after `message_start` can still be replaced.
-#[derive(Default)]
 struct AnthropicStream {
-    events: EventBuffer,
-    model: String,
-    id: String,
-    usage: Usage,
-    /// The role went out with the first delta.
-    started: bool,
-    /// (content block index, tool call index) of tool-use blocks.
-    tools: Vec<(u64, usize)>,
-    failure: Option<String>,
-    done: bool,
+    chunks: Chunks,
 }
 
-impl AnthropicStream {
-    fn delta(&mut self, out: &mut Vec<u8>, mut delta: Value, finish: Option<&str>) {
-        if !self.started {
-            delta["role"] = "assistant".into();
-            self.started = true;
-        }
-        push_event(out, &chunk(&self.id, &self.model, delta, finish));
+impl JsonEvents for AnthropicStream {
+    fn chunks(&self) -> &Chunks {
+        &self.chunks
     }
 
     fn event(&mut self, data: &Value, out: &mut Vec<u8>) {
@@ -389,32 +360,31 @@ impl AnthropicStream {
             Some("message_start") => {
                 let message = &data["message"];
                 if let Some(id) = message["id"].as_str() {
-                    self.id = id.to_string();
+                    self.chunks.id = id.to_string();
                 }
                 if let Some(model) = message["model"].as_str() {
-                    self.model = model.to_string();
+                    self.chunks.model = model.to_string();
                 }
-                usage_of(&message["usage"], &mut self.usage);
+                usage_of(&message["usage"], &mut self.chunks.usage);
             }
             Some("content_block_start") => {
                 let block = &data["content_block"];
                 match block["type"].as_str() {
                     Some("tool_use") => {
-                        let index = self.tools.len();
-                        self.tools
-                            .push((data["index"].as_u64().unwrap_or(0), index));
+                        let index = self.chunks.open_tool(data["index"].as_u64().unwrap_or(0));
                         let delta = json!({"tool_calls": [{"index": index, "id": block["id"], "type": "function",
                             "function": {"name": block["name"], "arguments": ""}}]});
-                        self.delta(out, delta, None);
+                        self.chunks.delta(out, delta, None);
                     }
                     Some("text") => {
                         if let Some(text) = block["text"].as_str().filter(|t| !t.is_empty()) {
-                            self.delta(out, json!({ "content": text }), None);
+                            self.chunks.delta(out, json!({ "content": text }), None);
                         }
                     }
                     Some("redacted_thinking") => {
                         let blocks = json!([block]);
-                        self.delta(out, json!({ "thinking_blocks": blocks }), None);
+                        self.chunks
+                            .delta(out, json!({ "thinking_blocks": blocks }), None);
                     }
                     _ => {}
                 }
@@ -423,63 +393,48 @@ impl AnthropicStream {
                 let delta = &data["delta"];
                 match delta["type"].as_str() {
                     Some("text_delta") => {
-                        self.delta(out, json!({"content": delta["text"]}), None);
+                        self.chunks
+                            .delta(out, json!({"content": delta["text"]}), None);
                     }
                     Some("thinking_delta") => {
-                        self.delta(out, json!({"reasoning_content": delta["thinking"]}), None);
+                        self.chunks.delta(
+                            out,
+                            json!({"reasoning_content": delta["thinking"]}),
+                            None,
+                        );
                     }
                     Some("signature_delta") => {
                         let block = json!([{"type": "thinking", "signature": delta["signature"]}]);
-                        self.delta(out, json!({ "thinking_blocks": block }), None);
+                        self.chunks
+                            .delta(out, json!({ "thinking_blocks": block }), None);
                     }
                     Some("input_json_delta") => {
-                        let block = data["index"].as_u64().unwrap_or(0);
-                        let index = self
-                            .tools
-                            .iter()
-                            .find(|(b, _)| *b == block)
-                            .map_or(0, |(_, i)| *i);
+                        let index = self.chunks.tool(data["index"].as_u64().unwrap_or(0));
                         let delta = json!({"tool_calls": [{"index": index, "function": {"arguments": delta["partial_json"]}}]});
-                        self.delta(out, delta, None);
+                        self.chunks.delta(out, delta, None);
                     }
                     _ => {}
                 }
             }
             Some("message_delta") => {
-                usage_of(&data["usage"], &mut self.usage);
+                usage_of(&data["usage"], &mut self.chunks.usage);
                 if let Some(stop) = data["delta"]["stop_reason"].as_str() {
-                    self.delta(out, json!({}), Some(finish_reason(stop)));
+                    self.chunks.delta(out, json!({}), Some(finish_reason(stop)));
                 }
             }
             Some("message_stop") => {
-                push_event(out, &usage_chunk(&self.id, &self.model, &self.usage));
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                self.done = true;
+                self.chunks.end(out);
             }
             Some("error") => {
                 let kind = data["error"]["type"].as_str().unwrap_or("api_error");
                 let message = data["error"]["message"]
                     .as_str()
                     .unwrap_or("the provider failed while streaming");
-                self.failure = Some(format!("stream error: {kind}"));
-                error_event(out, kind, message);
+                self.chunks
+                    .fail(out, kind, message, format!("stream error: {kind}"));
             }
             _ => {}
         }
-    }
-}
-
-impl StreamDecoder for AnthropicStream {
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for data in self.events.json_events(chunk) {
-            if !self.done {
-                self.event(&data, out);
-            }
-        }
-    }
-
-    fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
     }
 }
 

@@ -18,9 +18,9 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::{
-    arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
-    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Unanswered,
-    Wire,
+    arguments_object, assistant_message, data_url, function_tools, push_turn, stop_sequences,
+    text_of, tool_choice, usage_json, Call, Chunks, Rendered, StreamDecoder, ToolChoice,
+    Unanswered, Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
 use crate::ai::usage::Usage;
@@ -129,9 +129,10 @@ impl Wire for BedrockWire {
 
     fn stream_decoder(&self, model: &str) -> Option<Box<dyn StreamDecoder>> {
         Some(Box::new(ConverseStream {
-            model: model.to_string(),
-            id: super::call_id("bedrock"),
-            ..ConverseStream::default()
+            frames: MessageFrameDecoder::new(),
+            buffer: BytesMut::new(),
+            chunks: Chunks::new(super::call_id("bedrock"), model.to_string()),
+            stopped: false,
         }))
     }
 }
@@ -261,36 +262,29 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
         config.insert("stopSequences".into(), stops);
     }
     request.insert("inferenceConfig".into(), config.into());
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        let specs: Vec<Value> = tools
-            .iter()
-            .filter_map(|tool| {
-                let function = tool.get("function")?;
-                let mut spec = json!({"name": function.get("name")?,
-                    "inputSchema": {"json": function.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))}});
-                if let Some(description) = function.get("description") {
-                    spec["description"] = description.clone();
-                }
-                Some((json!({ "toolSpec": spec }), tool.get("cache_control").is_some()))
-            })
-            .flat_map(|(spec, marked)| std::iter::once(spec).chain(marked.then(cache_point)))
-            .collect();
-        if !specs.is_empty() {
-            let mut tool_config = json!({ "tools": specs });
-            let choice = match body.get("tool_choice") {
-                Some(Value::String(mode)) if mode == "required" => Some(json!({"any": {}})),
-                Some(Value::String(mode)) if mode == "auto" => Some(json!({"auto": {}})),
-                Some(Value::Object(named)) => named
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .map(|name| json!({"tool": {"name": name}})),
-                _ => None,
-            };
-            if let Some(choice) = choice {
-                tool_config["toolChoice"] = choice;
+    let specs: Vec<Value> = function_tools(body)
+        .flat_map(|tool| {
+            let mut spec = json!({"name": tool.name, "inputSchema": {"json": tool.schema()}});
+            if let Some(description) = tool.description {
+                spec["description"] = description.clone();
             }
-            request.insert("toolConfig".into(), tool_config);
+            std::iter::once(json!({ "toolSpec": spec }))
+                .chain(tool.cache_mark.map(|_| cache_point()))
+        })
+        .collect();
+    if !specs.is_empty() {
+        let mut tool_config = json!({ "tools": specs });
+        let choice = tool_choice(body).and_then(|choice| match choice {
+            ToolChoice::Required => Some(json!({"any": {}})),
+            ToolChoice::Auto => Some(json!({"auto": {}})),
+            ToolChoice::Named(name) => Some(json!({"tool": {"name": name}})),
+            // Converse has no "none": the tools stay offered.
+            ToolChoice::None => None,
+        });
+        if let Some(choice) = choice {
+            tool_config["toolChoice"] = choice;
         }
+        request.insert("toolConfig".into(), tool_config);
     }
     Value::Object(request)
 }
@@ -377,19 +371,12 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Value {
 
 /// ConverseStream's frames into OpenAI chunks. The stream ends with `metadata` (the usage) after
 /// `messageStop`; `[DONE]` follows the metadata.
-#[derive(Default)]
 struct ConverseStream {
     frames: MessageFrameDecoder,
     buffer: BytesMut,
-    model: String,
-    id: String,
-    usage: Usage,
-    started: bool,
-    /// (content block index, tool call index) of tool-use blocks.
-    tools: Vec<(u64, usize)>,
-    finish: Option<&'static str>,
-    failure: Option<String>,
-    done: bool,
+    chunks: Chunks,
+    /// `messageStop` came: the `metadata` event that follows ends the stream.
+    stopped: bool,
 }
 
 fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
@@ -404,65 +391,53 @@ fn header<'m>(message: &'m Message, name: &str) -> Option<&'m str> {
 }
 
 impl ConverseStream {
-    fn delta(&mut self, out: &mut Vec<u8>, mut delta: Value) {
-        if !self.started {
-            delta["role"] = "assistant".into();
-            self.started = true;
-        }
-        push_event(out, &chunk(&self.id, &self.model, delta, None));
-    }
-
     fn frame(&mut self, message: &Message, out: &mut Vec<u8>) {
         let payload: Value = serde_json::from_slice(message.payload()).unwrap_or(Value::Null);
         if header(message, ":message-type") == Some("exception") {
             let kind = header(message, ":exception-type").unwrap_or("exception");
-            self.failure = Some(format!("stream error: {kind}"));
             let text = payload["message"].as_str().unwrap_or("the provider failed");
-            error_event(out, kind, text);
-            self.done = true;
+            self.chunks
+                .fail(out, kind, text, format!("stream error: {kind}"));
             return;
         }
         match header(message, ":event-type") {
             Some("contentBlockStart") => {
                 if let Some(tool) = payload["start"].get("toolUse") {
-                    let index = self.tools.len();
-                    self.tools
-                        .push((payload["contentBlockIndex"].as_u64().unwrap_or(0), index));
+                    let index = self
+                        .chunks
+                        .open_tool(payload["contentBlockIndex"].as_u64().unwrap_or(0));
                     let delta = json!({"tool_calls": [{"index": index, "id": tool["toolUseId"], "type": "function",
                         "function": {"name": tool["name"], "arguments": ""}}]});
-                    self.delta(out, delta);
+                    self.chunks.delta(out, delta, None);
                 }
             }
             Some("contentBlockDelta") => {
                 let delta = &payload["delta"];
                 if let Some(text) = delta["text"].as_str() {
-                    self.delta(out, json!({ "content": text }));
+                    self.chunks.delta(out, json!({ "content": text }), None);
                 } else if let Some(text) = delta["reasoningContent"]["text"].as_str() {
-                    self.delta(out, json!({ "reasoning_content": text }));
+                    self.chunks
+                        .delta(out, json!({ "reasoning_content": text }), None);
                 } else if let Some(input) = delta["toolUse"]["input"].as_str() {
-                    let block = payload["contentBlockIndex"].as_u64().unwrap_or(0);
                     let index = self
-                        .tools
-                        .iter()
-                        .find(|(b, _)| *b == block)
-                        .map_or(0, |(_, i)| *i);
-                    self.delta(
+                        .chunks
+                        .tool(payload["contentBlockIndex"].as_u64().unwrap_or(0));
+                    self.chunks.delta(
                         out,
                         json!({"tool_calls": [{"index": index, "function": {"arguments": input}}]}),
+                        None,
                     );
                 }
             }
             Some("messageStop") => {
                 let finish = finish_reason(payload["stopReason"].as_str().unwrap_or("end_turn"));
-                self.finish = Some(finish);
-                push_event(out, &chunk(&self.id, &self.model, json!({}), Some(finish)));
+                self.stopped = true;
+                self.chunks.delta(out, json!({}), Some(finish));
             }
             Some("metadata") => {
-                usage_of(&payload["usage"], &mut self.usage);
-                if self.finish.is_some() {
-                    push_event(out, &usage_chunk(&self.id, &self.model, &self.usage));
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                    self.done = true;
+                usage_of(&payload["usage"], &mut self.chunks.usage);
+                if self.stopped {
+                    self.chunks.end(out);
                 }
             }
             _ => {}
@@ -473,28 +448,25 @@ impl ConverseStream {
 impl StreamDecoder for ConverseStream {
     fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         self.buffer.extend_from_slice(input);
-        while !self.done {
+        while !self.chunks.done {
             match self.frames.decode_frame(&mut self.buffer) {
                 Ok(DecodedFrame::Complete(message)) => self.frame(&message, out),
                 Ok(DecodedFrame::Incomplete) => break,
-                Err(e) => {
-                    self.failure = Some(format!("event-stream framing: {e}"));
-                    error_event(
-                        out,
-                        "server_error",
-                        "the provider's event stream is malformed",
-                    );
-                    self.done = true;
-                }
+                Err(e) => self.chunks.fail(
+                    out,
+                    "server_error",
+                    "the provider's event stream is malformed",
+                    format!("event-stream framing: {e}"),
+                ),
             }
         }
-        if self.done {
+        if self.chunks.done {
             self.buffer.advance(self.buffer.len());
         }
     }
 
     fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
+        self.chunks.failure.as_deref()
     }
 }
 

@@ -11,12 +11,11 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::{
-    arguments_object, assistant_message, chunk, data_url, error_event, push_event, push_turn,
-    stop_sequences, text_of, usage_chunk, usage_json, Call, Rendered, StreamDecoder, Unanswered,
-    Wire,
+    arguments_object, assistant_message, data_url, function_tools, push_turn, stop_sequences,
+    text_of, tool_choice, usage_json, Call, Chunks, JsonEvents, Rendered, SseDecoder,
+    StreamDecoder, ToolChoice, Unanswered, Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
-use crate::ai::sse::EventBuffer;
 use crate::ai::usage::Usage;
 use crate::error::Rejection;
 
@@ -87,11 +86,10 @@ impl Wire for GeminiWire {
     }
 
     fn stream_decoder(&self, model: &str) -> Option<Box<dyn StreamDecoder>> {
-        Some(Box::new(GeminiStream {
-            model: model.to_string(),
-            id: super::call_id("gen"),
-            ..GeminiStream::default()
-        }))
+        Some(Box::new(SseDecoder::new(GeminiStream {
+            chunks: Chunks::new(super::call_id("gen"), model.to_string()),
+            calls: 0,
+        })))
     }
 }
 
@@ -198,41 +196,35 @@ pub fn to_generate_request(body: &Map<String, Value>) -> Value {
     if !config.is_empty() {
         request.insert("generationConfig".into(), config.into());
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
-        let declarations: Vec<Value> = tools
-            .iter()
-            .filter_map(|tool| {
-                let function = tool.get("function")?;
-                let mut out = json!({"name": function.get("name")?});
-                if let Some(description) = function.get("description") {
-                    out["description"] = description.clone();
-                }
-                if let Some(parameters) = function.get("parameters") {
-                    out["parametersJsonSchema"] = parameters.clone();
-                }
-                Some(out)
-            })
-            .collect();
-        if !declarations.is_empty() {
-            request.insert(
-                "tools".into(),
-                json!([{ "functionDeclarations": declarations }]),
-            );
-            let mode = match body.get("tool_choice") {
-                Some(Value::String(mode)) if mode == "none" => Some(json!({"mode": "NONE"})),
-                Some(Value::String(mode)) if mode == "required" => Some(json!({"mode": "ANY"})),
-                Some(Value::Object(named)) => named
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .map(|name| json!({"mode": "ANY", "allowedFunctionNames": [name]})),
-                _ => None,
-            };
-            if let Some(mode) = mode {
-                request.insert(
-                    "toolConfig".into(),
-                    json!({ "functionCallingConfig": mode }),
-                );
+    let declarations: Vec<Value> = function_tools(body)
+        .map(|tool| {
+            let mut out = json!({ "name": tool.name });
+            if let Some(description) = tool.description {
+                out["description"] = description.clone();
             }
+            if let Some(parameters) = tool.parameters {
+                out["parametersJsonSchema"] = parameters.clone();
+            }
+            out
+        })
+        .collect();
+    if !declarations.is_empty() {
+        request.insert(
+            "tools".into(),
+            json!([{ "functionDeclarations": declarations }]),
+        );
+        let mode = tool_choice(body).and_then(|choice| match choice {
+            ToolChoice::None => Some(json!({"mode": "NONE"})),
+            ToolChoice::Required => Some(json!({"mode": "ANY"})),
+            ToolChoice::Named(name) => Some(json!({"mode": "ANY", "allowedFunctionNames": [name]})),
+            // AUTO is Gemini's default.
+            ToolChoice::Auto => None,
+        });
+        if let Some(mode) = mode {
+            request.insert(
+                "toolConfig".into(),
+                json!({ "functionCallingConfig": mode }),
+            );
         }
     }
     Value::Object(request)
@@ -386,63 +378,44 @@ pub fn to_chat_completion(answer: &Value, model: &str) -> Result<Value, Rejectio
 
 /// Gemini's stream (each event a whole `GenerateContentResponse`, no terminator: the event with a finish
 /// reason ends it) into OpenAI chunks.
-#[derive(Default)]
 struct GeminiStream {
-    events: EventBuffer,
-    model: String,
-    id: String,
-    usage: Usage,
-    started: bool,
+    chunks: Chunks,
+    /// Function calls so far (Gemini sends each whole).
     calls: usize,
-    failure: Option<String>,
-    done: bool,
 }
 
-impl GeminiStream {
+impl JsonEvents for GeminiStream {
+    fn chunks(&self) -> &Chunks {
+        &self.chunks
+    }
+
     fn event(&mut self, data: &Value, out: &mut Vec<u8>) {
         if let Some(error) = data.get("error") {
             let kind = error["status"].as_str().unwrap_or("INTERNAL");
-            self.failure = Some(format!("stream error: {kind}"));
             let message = error["message"].as_str().unwrap_or("the provider failed");
-            error_event(out, "server_error", message);
+            self.chunks.fail(
+                out,
+                "server_error",
+                message,
+                format!("stream error: {kind}"),
+            );
             return;
         }
-        usage_of(&data["usageMetadata"], &mut self.usage);
+        usage_of(&data["usageMetadata"], &mut self.chunks.usage);
         let candidate = &data["candidates"][0];
         let deltas = part_deltas(&candidate["content"]["parts"], &mut self.calls);
-        if let Some(why) = blocked(data, self.started || !deltas.is_empty()) {
-            error_event(out, "content_blocked", &why);
-            self.done = true;
+        if let Some(why) = blocked(data, self.chunks.started() || !deltas.is_empty()) {
+            self.chunks.refuse(out, "content_blocked", &why);
             return;
         }
-        for mut delta in deltas {
-            if !self.started {
-                delta["role"] = "assistant".into();
-                self.started = true;
-            }
-            push_event(out, &chunk(&self.id, &self.model, delta, None));
+        for delta in deltas {
+            self.chunks.delta(out, delta, None);
         }
         if let Some(reason) = candidate["finishReason"].as_str() {
             let finish = finish_reason(reason, self.calls > 0);
-            push_event(out, &chunk(&self.id, &self.model, json!({}), Some(finish)));
-            push_event(out, &usage_chunk(&self.id, &self.model, &self.usage));
-            out.extend_from_slice(b"data: [DONE]\n\n");
-            self.done = true;
+            self.chunks.delta(out, json!({}), Some(finish));
+            self.chunks.end(out);
         }
-    }
-}
-
-impl StreamDecoder for GeminiStream {
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for data in self.events.json_events(chunk) {
-            if !self.done {
-                self.event(&data, out);
-            }
-        }
-    }
-
-    fn failure(&self) -> Option<&str> {
-        self.failure.as_deref()
     }
 }
 

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 
 use super::catalog::{Deployment, ProviderKind};
 use super::dialect::openai::Endpoint;
+use super::sse::EventBuffer;
 use crate::error::Rejection;
 
 /// One request to one deployment, as the relay hands it to an adapter.
@@ -125,6 +126,117 @@ pub trait StreamDecoder: Send {
     fn failure(&self) -> Option<&str>;
 }
 
+/// The common stream a decoder writes, and what it knows of it: the answer's id and model, the usage so far,
+/// whether the role went out (with the first delta), the tool calls by the provider's block index, and how
+/// the stream ended.
+#[derive(Default)]
+pub struct Chunks {
+    pub id: String,
+    pub model: String,
+    pub usage: super::usage::Usage,
+    started: bool,
+    /// (the provider's content block index, the tool call's index) of each tool call.
+    tools: Vec<(u64, usize)>,
+    /// Why the provider's stream failed (an error it reported).
+    failure: Option<String>,
+    /// The stream came to its end (or failed): nothing more is read.
+    pub done: bool,
+}
+
+impl Chunks {
+    pub fn new(id: String, model: String) -> Self {
+        Chunks {
+            id,
+            model,
+            ..Chunks::default()
+        }
+    }
+
+    /// Whether a delta went out yet.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// A chunk with `delta` for choice 0 (the first carries the assistant's role) and perhaps a finish reason.
+    pub fn delta(&mut self, out: &mut Vec<u8>, mut delta: Value, finish: Option<&str>) {
+        if !self.started {
+            delta["role"] = "assistant".into();
+            self.started = true;
+        }
+        push_event(out, &chunk(&self.id, &self.model, delta, finish));
+    }
+
+    /// The stream's proper end: the usage chunk and `[DONE]`.
+    pub fn end(&mut self, out: &mut Vec<u8>) {
+        push_event(out, &usage_chunk(&self.id, &self.model, &self.usage));
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.done = true;
+    }
+
+    /// The provider reported a failure (`why`, for the fallback): an error event ends the stream.
+    pub fn fail(&mut self, out: &mut Vec<u8>, kind: &str, message: &str, why: String) {
+        self.failure = Some(why);
+        self.refuse(out, kind, message);
+    }
+
+    /// The provider refused (a safety block): an error event ends the stream, and no other candidate is
+    /// asked.
+    pub fn refuse(&mut self, out: &mut Vec<u8>, kind: &str, message: &str) {
+        error_event(out, kind, message);
+        self.done = true;
+    }
+
+    /// A new tool call, at the provider's content block `block`: its index among the tool calls.
+    pub fn open_tool(&mut self, block: u64) -> usize {
+        let index = self.tools.len();
+        self.tools.push((block, index));
+        index
+    }
+
+    /// The index of the tool call at the provider's content block `block`.
+    pub fn tool(&self, block: u64) -> usize {
+        self.tools
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map_or(0, |(_, i)| *i)
+    }
+}
+
+/// A provider stream of server-sent events whose data is JSON, read event by event.
+pub trait JsonEvents: Send {
+    fn event(&mut self, data: &Value, out: &mut Vec<u8>);
+    fn chunks(&self) -> &Chunks;
+}
+
+/// The decoder of such a stream: the events' framing here, their meaning in `T`.
+pub struct SseDecoder<T> {
+    events: EventBuffer,
+    inner: T,
+}
+
+impl<T: JsonEvents> SseDecoder<T> {
+    pub fn new(inner: T) -> Self {
+        SseDecoder {
+            events: EventBuffer::default(),
+            inner,
+        }
+    }
+}
+
+impl<T: JsonEvents> StreamDecoder for SseDecoder<T> {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for data in self.events.json_events(chunk) {
+            if !self.inner.chunks().done {
+                self.inner.event(&data, out);
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<&str> {
+        self.inner.chunks().failure.as_deref()
+    }
+}
+
 /// The adapter of a provider type.
 pub fn wire(kind: ProviderKind) -> &'static dyn Wire {
     match kind {
@@ -228,6 +340,66 @@ pub fn assistant_message(text: String, reasoning: String, calls: Vec<Value>) -> 
         message["tool_calls"] = calls.into();
     }
     message
+}
+
+/// A function tool of the common form, as the adapters render it.
+pub struct FunctionTool<'a> {
+    pub name: &'a Value,
+    pub description: Option<&'a Value>,
+    pub parameters: Option<&'a Value>,
+    /// The tool's prompt-cache mark (from an Anthropic client).
+    pub cache_mark: Option<&'a Value>,
+}
+
+impl FunctionTool<'_> {
+    /// The parameters' JSON schema, an empty object's when the tool gives none.
+    pub fn schema(&self) -> Value {
+        self.parameters
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object"}))
+    }
+}
+
+/// The request's function tools (those with a name).
+pub fn function_tools(body: &Map<String, Value>) -> impl Iterator<Item = FunctionTool<'_>> {
+    body.get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| {
+            let function = tool.get("function")?;
+            Some(FunctionTool {
+                name: function.get("name")?,
+                description: function.get("description"),
+                parameters: function.get("parameters"),
+                cache_mark: tool.get("cache_control"),
+            })
+        })
+}
+
+/// OpenAI's `tool_choice`, read once for every adapter.
+pub enum ToolChoice<'a> {
+    None,
+    Auto,
+    Required,
+    /// This function (its name).
+    Named(&'a Value),
+}
+
+pub fn tool_choice(body: &Map<String, Value>) -> Option<ToolChoice<'_>> {
+    match body.get("tool_choice")? {
+        Value::String(mode) => match mode.as_str() {
+            "none" => Some(ToolChoice::None),
+            "auto" => Some(ToolChoice::Auto),
+            "required" => Some(ToolChoice::Required),
+            _ => None,
+        },
+        Value::Object(named) => named
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .map(ToolChoice::Named),
+        _ => None,
+    }
 }
 
 /// OpenAI's `stop` (a string or a list) as a list, for the providers' stop sequences.
