@@ -11,9 +11,9 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::{
-    arguments_object, assistant_message, data_url, function_tools, push_turn, stop_sequences,
-    text_of, tool_choice, usage_json, Call, Chunks, JsonEvents, Rendered, SseDecoder,
-    StreamDecoder, ToolChoice, Unanswered, Wire,
+    arguments_object, assistant_message, data_url, function_tools, push_turn, secret_header,
+    stop_sequences, text_of, tool_choice, usage_json, Call, Chunks, JsonEvents, Rendered,
+    SseDecoder, StreamDecoder, ToolChoice, Unanswered, Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
 use crate::ai::usage::Usage;
@@ -34,11 +34,8 @@ impl Wire for AnthropicWire {
     }
 
     fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
-        let mut value = HeaderValue::from_str(key)
-            .map_err(|_| "contains characters not allowed in a header")?;
-        value.set_sensitive(true);
         Ok(vec![
-            (HeaderName::from_static("x-api-key"), value),
+            (HeaderName::from_static("x-api-key"), secret_header(key)?),
             (
                 HeaderName::from_static("anthropic-version"),
                 HeaderValue::from_static(VERSION),
@@ -99,12 +96,7 @@ impl Wire for AnthropicWire {
 pub fn to_messages_request(body: &Map<String, Value>, model: &str, default_max: u64) -> Value {
     let mut system: Vec<Value> = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
-    for message in body
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for message in super::messages(body) {
         let role = message
             .get("role")
             .and_then(Value::as_str)

@@ -202,12 +202,7 @@ fn sign_request(
 pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value {
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
-    for message in body
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for message in super::messages(body) {
         let (role, content) = match message.get("role").and_then(Value::as_str) {
             Some("system" | "developer") => {
                 match message.get("content") {

@@ -11,9 +11,9 @@ use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::{
-    arguments_object, assistant_message, data_url, function_tools, push_turn, stop_sequences,
-    text_of, tool_choice, usage_json, Call, Chunks, JsonEvents, Rendered, SseDecoder,
-    StreamDecoder, ToolChoice, Unanswered, Wire,
+    arguments_object, assistant_message, data_url, function_tools, push_turn, secret_header,
+    stop_sequences, text_of, tool_choice, usage_json, Call, Chunks, JsonEvents, Rendered,
+    SseDecoder, StreamDecoder, ToolChoice, Unanswered, Wire,
 };
 use crate::ai::dialect::openai::{self, Endpoint};
 use crate::ai::usage::Usage;
@@ -31,10 +31,10 @@ impl Wire for GeminiWire {
     }
 
     fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
-        let mut value = HeaderValue::from_str(key)
-            .map_err(|_| "contains characters not allowed in a header")?;
-        value.set_sensitive(true);
-        Ok(vec![(HeaderName::from_static("x-goog-api-key"), value)])
+        Ok(vec![(
+            HeaderName::from_static("x-goog-api-key"),
+            secret_header(key)?,
+        )])
     }
 
     fn render<'a>(
@@ -99,12 +99,7 @@ pub fn to_generate_request(body: &Map<String, Value>) -> Value {
     let mut contents: Vec<Value> = Vec::new();
     // Gemini's function responses name their function; OpenAI's tool messages name the call.
     let mut call_names: HashMap<String, Value> = HashMap::new();
-    for message in body
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for message in super::messages(body) {
         let (role, parts) = match message.get("role").and_then(Value::as_str) {
             Some("system" | "developer") => {
                 system.push(text_of(message.get("content")));

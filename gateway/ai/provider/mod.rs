@@ -237,6 +237,22 @@ impl<T: JsonEvents> StreamDecoder for SseDecoder<T> {
     }
 }
 
+/// A key as a header value, marked sensitive (never logged).
+pub fn secret_header(value: &str) -> Result<HeaderValue, &'static str> {
+    let mut value =
+        HeaderValue::from_str(value).map_err(|_| "contains characters not allowed in a header")?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// The messages of a common-form body.
+pub fn messages(body: &Map<String, Value>) -> impl Iterator<Item = &Value> {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
 /// The adapter of a provider type.
 pub fn wire(kind: ProviderKind) -> &'static dyn Wire {
     match kind {

@@ -48,9 +48,7 @@ impl Wire for OpenAiWire {
     }
 
     fn auth_headers(&self, key: &str) -> Result<Vec<(HeaderName, HeaderValue)>, &'static str> {
-        let mut value = HeaderValue::from_str(&format!("Bearer {key}"))
-            .map_err(|_| "contains characters not allowed in a header")?;
-        value.set_sensitive(true);
+        let value = super::secret_header(&format!("Bearer {key}"))?;
         Ok(vec![(http::header::AUTHORIZATION, value)])
     }
 
