@@ -31,7 +31,8 @@ async fn gateway_with_env(
         .map(|p| {
             let name = p["name"].as_str().unwrap();
             json!({"name": name, "provider": name, "upstream_model": format!("{name}-upstream"),
-                   "max_tokens": 1234, "input_price": 1.0, "output_price": 2.0})
+                   "max_tokens": 1234, "input_price": 1.0, "output_price": 2.0,
+                   "cache_read_price": 0.1, "cache_write_price": 1.25})
         })
         .collect();
     let yaml = TestConfig::new(&dir, &ports)
@@ -106,7 +107,7 @@ async fn ask_json(gateway: &Gateway, path: &str, body: Value) -> Value {
 
 fn chat(stream: bool) -> Value {
     json!({
-        "model": "auto", "stream": stream,
+        "model": "auto", "stream": stream, "temperature": 1.5,
         "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "weather in Oslo?"}],
         "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
     })
@@ -114,7 +115,7 @@ fn chat(stream: bool) -> Value {
 
 fn messages(stream: bool) -> Value {
     json!({
-        "model": "auto", "max_tokens": 300, "stream": stream, "system": "be brief",
+        "model": "auto", "max_tokens": 300, "stream": stream, "system": "be brief", "top_k": 5,
         "messages": [{"role": "user", "content": [{"type": "text", "text": "weather in Oslo?"}]}],
         "tools": [{"name": "weather", "description": "w", "input_schema": {"type": "object"}}],
     })
@@ -294,6 +295,10 @@ async fn openai_clients_get_text_tools_and_cache_usage_from_a_native_anthropic_p
         "the model's default max_tokens fills the gap"
     );
     assert_eq!(
+        sent["temperature"], 1.0,
+        "OpenAI's 1.5 capped at Anthropic's 1"
+    );
+    assert_eq!(
         sent["messages"],
         json!([{"role": "user", "content": [{"type": "text", "text": "weather in Oslo?"}]}])
     );
@@ -373,6 +378,39 @@ async fn openai_clients_get_text_tools_and_usage_from_a_native_gemini_provider()
     let sent = call.json();
     assert_eq!(sent["systemInstruction"]["parts"][0]["text"], "be brief");
     assert_eq!(sent["contents"][0]["role"], "user");
+    assert_eq!(
+        sent["generationConfig"]["temperature"], 1.5,
+        "Gemini's goes to 2"
+    );
+    // The call's thought signature rides on the OpenAI tool call, and goes back with it.
+    let assistant = body["choices"][0]["message"].clone();
+    assert_eq!(
+        assistant["tool_calls"][0]["extra_content"]["google"]["thought_signature"],
+        loadtest::GEMINI_SIGNATURE
+    );
+    let mut follow_up = chat(false);
+    let call_id = assistant["tool_calls"][0]["id"].clone();
+    follow_up["messages"].as_array_mut().unwrap().extend([
+        assistant,
+        json!({"role": "tool", "tool_call_id": call_id, "content": "-3C"}),
+    ]);
+    assert_eq!(
+        post(&gateway, "/v1/chat/completions", follow_up, Some(KEY))
+            .await
+            .status(),
+        200
+    );
+    let sent = google.last().unwrap().json();
+    // The model's turn: its text, then its function call with the signature.
+    assert_eq!(sent["contents"][1]["parts"][0]["text"], "Minus three.");
+    assert_eq!(
+        sent["contents"][1]["parts"][1]["thoughtSignature"],
+        loadtest::GEMINI_SIGNATURE
+    );
+    assert_eq!(
+        sent["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "weather"
+    );
     assert_eq!(
         sent["tools"][0]["functionDeclarations"][0]["name"],
         "weather"
@@ -457,6 +495,17 @@ async fn provider_errors_fall_back_or_pass_through_by_their_class_in_the_clients
     assert_eq!(
         sse_content(&response.text().await.unwrap()),
         "Hello from backup."
+    );
+
+    // So does a 200 that is not an Anthropic message.
+    claude.set_behavior(Behavior {
+        plain_body: Some("<html>busy</html>".into()),
+        ..Behavior::default()
+    });
+    let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
+    assert_eq!(
+        (response.status().as_u16(), answered_by(&response)),
+        (200, "backup".into())
     );
 
     // An invalid request does not: the client gets it, in its own dialect.
@@ -545,6 +594,7 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
         json!({"role": "system", "content": "be brief"})
     );
     assert_eq!(sent["max_tokens"], 300);
+    assert!(sent.get("top_k").is_none(), "OpenAI refuses top_k");
     assert_eq!(
         sent["tools"][0]["function"]["parameters"],
         json!({"type": "object"})
@@ -579,6 +629,20 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
     );
     assert_eq!(message["stop_reason"], "end_turn");
     assert_eq!(message["usage"]["input_tokens"], 10);
+
+    // A 200 from the local provider that is not an answer: the next candidate answers.
+    local.set_behavior(Behavior {
+        plain_body: Some("<html>busy</html>".into()),
+        ..Behavior::default()
+    });
+    let response = post(&gateway, "/v1/messages", messages(false), Some(KEY)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-provider"], "claude");
+    assert_eq!(
+        claude.last().unwrap().json()["top_k"],
+        5,
+        "Anthropic takes top_k"
+    );
 
     // Through the native Anthropic provider (the local one failing): both translations, usage intact.
     local.set_behavior(Behavior {
@@ -830,6 +894,7 @@ async fn openai_and_anthropic_clients_reach_bedrock_with_signed_requests_and_eve
     let sent = call.json();
     assert_eq!(sent["system"], json!([{"text": "be brief"}]));
     assert_eq!(sent["inferenceConfig"]["maxTokens"], 1234);
+    assert_eq!(sent["inferenceConfig"]["temperature"], 1.0, "capped at 1");
     assert_eq!(
         sent["toolConfig"]["tools"][0]["toolSpec"]["name"],
         "weather"
@@ -992,6 +1057,12 @@ async fn usage_from_every_provider_reaches_the_access_log_and_metrics() {
             assert_eq!(line["cache_read_tokens"], cache, "{model}: {line}");
         }
         assert!(line["cost_usd"].as_f64().unwrap() > 0.0, "{model}: {line}");
+        if model == "claude" {
+            // 11 uncached prompt tokens at 1.0, 20 cache reads at 0.1, 3 cache writes at 1.25, 5 completion
+            // tokens at 2.0 (USD per 1M).
+            let cost = line["cost_usd"].as_f64().unwrap();
+            assert!((cost - 26.75e-6).abs() < 1e-12, "{cost}");
+        }
         let prompt_total = metric_value(
             &metrics,
             &format!(r#"gateway_ai_tokens_total{{kind="prompt",model="{model}"}}"#),

@@ -6,7 +6,7 @@ pub mod raw_origin;
 mod server;
 mod wires;
 
-pub use wires::MOCK_SIGNATURE;
+pub use wires::{GEMINI_SIGNATURE, MOCK_SIGNATURE};
 
 pub use llm::{Behavior, MockLlm, RecordedCall, Speaks};
 pub use origin::{MockOrigin, RecordedRequest};

@@ -68,6 +68,8 @@ pub struct Behavior {
     pub blocked: bool,
     /// Anthropic: think this text first, in a thinking block signed `MOCK_SIGNATURE`.
     pub thinking: Option<String>,
+    /// For plain answers: a 200 with exactly this body (something that is not an answer).
+    pub plain_body: Option<String>,
 }
 
 impl Default for Behavior {
@@ -95,6 +97,7 @@ impl Default for Behavior {
             error_after: None,
             blocked: false,
             thinking: None,
+            plain_body: None,
         }
     }
 }
@@ -330,6 +333,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
         return Ok(full(200, "application/json", reply.to_string()));
     }
     let stream = request["stream"].as_bool().unwrap_or(false);
+    if let Some(body) = behavior.plain_body.clone().filter(|_| !stream) {
+        return Ok(full(200, "application/json", body));
+    }
     if !stream {
         let reply = json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000u64, "model": model,

@@ -80,6 +80,9 @@ pub(crate) async fn answer(
     } else {
         behavior.pieces.clone()
     };
+    if let Some(body) = behavior.plain_body.clone().filter(|_| !stream) {
+        return full(200, "application/json", body);
+    }
     if !stream {
         let reply = match speaks {
             Speaks::Anthropic => anthropic_message(&model, &text, &behavior),
@@ -174,6 +177,9 @@ fn error(speaks: Speaks, status: u16, message: &str, retry_after: Option<u64>) -
 fn anthropic_usage(output: usize) -> Value {
     json!({"input_tokens": 11, "output_tokens": output, "cache_read_input_tokens": 20, "cache_creation_input_tokens": 3})
 }
+
+/// The signature of the Gemini mock's function calls (`thoughtSignature`).
+pub const GEMINI_SIGNATURE: &str = "c2lnbmVkIGJ5IGdlbWluaQ==";
 
 /// The signature of the Anthropic mock's thinking blocks.
 pub const MOCK_SIGNATURE: &str = "EqMockSignature0123456789";
@@ -304,7 +310,8 @@ fn gemini_answer(model: &str, text: &str, behavior: &Behavior) -> Value {
     }
     let mut parts = vec![json!({ "text": text })];
     if let Some((name, args)) = &behavior.tool_call {
-        parts.push(json!({"functionCall": {"name": name, "args": args}}));
+        // Signed, as Gemini 3 signs its function calls.
+        parts.push(json!({"functionCall": {"name": name, "args": args}, "thoughtSignature": GEMINI_SIGNATURE}));
     }
     json!({
         "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
