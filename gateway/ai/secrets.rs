@@ -13,7 +13,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::answer::{AnswerView, Slot};
-use super::sse::{event_data, EventBuffer, LINE_ENDS};
+use super::sse::{event_data, lines, EventBuffer};
 
 /// Patterns and their replacements.
 #[derive(Debug, Clone)]
@@ -55,6 +55,9 @@ const SECRET_STARTS: [&str; 21] = [
     "-----begin",
 ];
 
+/// The first letters of `SECRET_STARTS`.
+const SECRET_FIRSTS: [char; 7] = ['a', 's', 'p', 't', 'g', 'x', '-'];
+
 /// Whether `word` ends with the beginning of a secret keyword or key prefix (`MY_SEC`, `s`, `AKI`). Only the
 /// last ten bytes can matter (the longest start is ten bytes long); compared case-folded, without allocating.
 fn may_begin_secret(word: &str) -> bool {
@@ -64,11 +67,14 @@ fn may_begin_secret(word: &str) -> bool {
         .unwrap_or(0);
     let tail = &word[from..];
     tail.char_indices().any(|(i, c)| {
-        // Most positions fail on their first letter; an ASCII one is compared as a byte.
-        let first = c.to_ascii_lowercase() as u32;
+        // Most positions fail on their first letter, an ASCII one compared as a byte. (Other characters
+        // may lowercase to ASCII, as the Kelvin sign does to `k`: they are compared in full.)
+        if c.is_ascii() && !SECRET_FIRSTS.contains(&c.to_ascii_lowercase()) {
+            return false;
+        }
         SECRET_STARTS
             .iter()
-            .filter(|start| !c.is_ascii() || u32::from(start.as_bytes()[0]) == first)
+            .filter(|start| !c.is_ascii() || start.as_bytes()[0] == c.to_ascii_lowercase() as u8)
             .any(|start| folds_to_prefix(&tail[i..], start))
     })
 }
@@ -86,10 +92,15 @@ static TRIGGER: LazyLock<Regex> = LazyLock::new(|| {
         .expect("trigger pattern compiles")
 });
 
+/// Where a key block begins; a searcher built once (`str::rfind` builds one for every call).
+static KEY_BLOCK: LazyLock<memchr::memmem::FinderRev<'static>> =
+    LazyLock::new(|| memchr::memmem::FinderRev::new("-----BEGIN"));
+
 /// Compile the stream masker's own patterns ahead of the first stream (see `ai::warm_up`).
 pub fn warm_up() {
     LazyLock::force(&UNFINISHED);
     LazyLock::force(&TRIGGER);
+    LazyLock::force(&KEY_BLOCK);
 }
 
 impl SecretMasker {
@@ -262,7 +273,7 @@ fn write_flush_event(index: usize, slot: Slot, text: String, out: &mut Vec<u8>) 
 /// or the trailing word when it may begin a secret (always, with custom patterns).
 fn holdback_start(text: &str, custom: bool) -> usize {
     let mut start = text.len();
-    if let Some(begin) = text.rfind("-----BEGIN") {
+    if let Some(begin) = KEY_BLOCK.rfind(text) {
         if !text[begin..].contains("-----END") || !text[begin..].trim_end().ends_with("-----") {
             start = begin;
         }
@@ -474,7 +485,7 @@ impl<'a> StreamMasker<'a> {
             }
         }
         // The event's other fields (`event:`, `id:`, comments) go on as they were, before its data.
-        for line in event.split(LINE_ENDS) {
+        for line in lines(event) {
             if !line.is_empty() && !line.starts_with("data:") {
                 out.extend_from_slice(line.as_bytes());
                 out.push(b'\n');
@@ -1090,6 +1101,30 @@ mod tests {
         // The arguments stay JSON a tool can read.
         let arguments: Value = serde_json::from_str(arguments).unwrap();
         assert_eq!(arguments["password"], "[REDACTED]");
+    }
+
+    #[test]
+    fn every_secret_start_is_found_by_its_first_letter() {
+        for start in SECRET_STARTS {
+            assert!(
+                SECRET_FIRSTS.contains(&char::from(start.as_bytes()[0])),
+                "{start}"
+            );
+            for cut in 1..=start.len() {
+                assert!(
+                    may_begin_secret(&format!("x {}", &start[..cut])),
+                    "{start} cut at {cut}"
+                );
+                assert!(
+                    may_begin_secret(&start[..cut].to_uppercase()),
+                    "{start} cut at {cut}"
+                );
+            }
+        }
+        // The Kelvin sign lowercases to `k`: `TO\u{212A}` may begin `token`.
+        assert!(may_begin_secret("TO\u{212A}"));
+        assert!(!may_begin_secret("hello"));
+        assert!(!may_begin_secret("world"));
     }
 
     #[test]

@@ -4,9 +4,6 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// The characters that end a line (`\r\n` splits into a line and an empty piece, which no field matches).
-pub const LINE_ENDS: [char; 2] = ['\n', '\r'];
-
 /// How a line ends at `at`: `\n`, `\r\n` or `\r` (the SSE spec allows all three).
 enum LineEnd {
     Not,
@@ -46,10 +43,29 @@ fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
+/// The lines of an event, split at `\n` and `\r` alike (`\r\n` gives a line and an empty piece, which no
+/// field matches). By bytes: a `char` pattern would test every character of the event in turn.
+pub fn lines(event: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(event);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match memchr::memchr2(b'\n', b'\r', text.as_bytes()) {
+            // Line ends are ASCII, so both sides are whole UTF-8.
+            Some(at) => {
+                rest = Some(&text[at + 1..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+}
+
 /// The event's data: its `data:` lines joined with `\n`, borrowed from the event when there is one.
 pub fn event_data(event: &str) -> Cow<'_, str> {
-    let mut lines = event
-        .split(LINE_ENDS)
+    let mut lines = lines(event)
         .filter_map(|l| l.strip_prefix("data:"))
         .map(str::trim_start);
     let first = lines.next().unwrap_or_default();
@@ -200,5 +216,11 @@ mod tests {
         assert!(matches!(event_data("id: 1\ndata: {}"), Cow::Borrowed("{}")));
         assert_eq!(event_data("data: [1,\r\ndata:2]"), "[1,\n2]");
         assert_eq!(event_data("event: ping"), "");
+        assert_eq!(event_data("data: a\rdata: b\n\ndata: c"), "a\nb\nc");
+        assert_eq!(
+            lines("a\r\nb\rc\n").collect::<Vec<_>>(),
+            ["a", "", "b", "c", ""]
+        );
+        assert_eq!(lines("").collect::<Vec<_>>(), [""]);
     }
 }
