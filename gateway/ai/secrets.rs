@@ -414,7 +414,7 @@ impl<'a> StreamMasker<'a> {
     fn rewrite_event(&mut self, event: &str, out: &mut Vec<u8>) -> Rewrite {
         let data = event_data(event);
         let special = data.is_empty() || data == "[DONE]";
-        if let Some(chunk) = AnswerView::parse(data.as_bytes()).filter(|_| !special) {
+        if let Some(chunk) = AnswerView::parse_text(&data).filter(|_| !special) {
             if self.passes_unchanged(&chunk) {
                 return Rewrite::Unchanged;
             }
