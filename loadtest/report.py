@@ -81,6 +81,9 @@ def summarise(rows):
                 "failed_worst_round": max(s["failed"] for s in streams),
                 "wall_s": round(median([s["wall_s"] for s in streams]), 2),
             })
+            quarters = [s["ttft_by_quarter_us"] for s in streams if s.get("ttft_by_quarter_us")]
+            if quarters:
+                entry["ttft_p99_by_quarter_us"] = [median([q[i]["p99"] for q in quarters]) for i in range(4)]
         else:
             conns = [v["upstream_conns_per_1000"] for v in values if "upstream_conns_per_1000" in v]
             entry.update({
@@ -134,6 +137,11 @@ def derived_figures(by_key, rows):
                 d[f"{scenario} {peer} added mean inter-chunk us"] = e["gap_mean_us"] - direct["gap_mean_us"]
                 d[f"{scenario} {peer} stall-free streams (worst round)"] = \
                     f"{e['stall_free_worst_round']}/{e['streams']}"
+        for peer in ("direct", "nginx", "gateway"):
+            e = by_key.get((scenario, peer))
+            if e and e.get("ttft_p99_by_quarter_us") and scenario != "ai-stream-start":
+                d[f"{scenario} {peer} TTFT p99 by quarter of the streams in starting order, us"] = \
+                    e["ttft_p99_by_quarter_us"]
         gw, nginx = by_key.get((scenario, "gateway")), by_key.get((scenario, "nginx"))
         if gw and nginx and nginx["cpu_us_per_request"]:
             d[f"{scenario} gateway / nginx pass-through CPU per stream"] = \
@@ -174,18 +182,35 @@ def derived_figures(by_key, rows):
 
 
 def targets(by_key, d):
+    """Each target: what was measured, whether it is met, and for a missed one what the same run shows about
+    why (the floor a plain pass-through or bare Pingora sets on this machine, or where the time goes)."""
     out = []
 
-    def check(name, value, ok, shown):
+    def check(name, value, ok, shown, why=""):
         if value is not None:
-            out.append({"target": name, "measured": shown, "met": bool(ok)})
+            out.append({"target": name, "measured": shown, "met": bool(ok), "why": "" if ok else why})
+
+    def cpu(scenario, contender):
+        e = by_key.get((scenario, contender))
+        return e["cpu_us_per_request"] if e else None
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "?"
 
     full = by_key.get(("edge-full", "gateway"))
     if full and full["cpu_ratio_to_reference"] is not None:
         r = full["cpu_ratio_to_reference"]
-        check("edge-full CPU/request <= 1.3x nginx", r, r <= 1.3, f"{r}x")
+        why = (f"the floor is above the target: bare Pingora costs {ratio(cpu('edge-http', 'bare-pingora'), cpu('edge-http', 'nginx'))} "
+               f"nginx on edge-http and {ratio(cpu('edge-tls', 'bare-pingora'), cpu('edge-tls', 'nginx'))} on edge-tls; "
+               f"the gateway's own share is the next line")
+        check("edge-full CPU/request <= 1.3x nginx", r, r <= 1.3, f"{r}x", why)
     r = d.get("edge-full gateway / bare Pingora CPU")
-    check("edge features <= 1.15x a bare Pingora proxy (edge-full)", r, r is not None and r <= 1.15, f"{r}x")
+    tls, bare_tls = cpu("edge-tls", "gateway"), cpu("edge-tls", "bare-pingora")
+    steps = d.get("edge-full steps gateway: TLS, +key, +limit, +log (CPU us/req)")
+    why = (f"before any feature (edge-tls: route match, request id, X-Forwarded-*) the gateway is already "
+           f"{ratio(tls, bare_tls)} bare Pingora; CPU us/request for TLS, +key, +limit, +log: {steps} "
+           "(PROFILING.md: header inserts through Pingora's case-preserving maps are the largest part)")
+    check("edge features <= 1.15x a bare Pingora proxy (edge-full)", r, r is not None and r <= 1.15, f"{r}x", why)
     v = d.get("ai-overhead gateway added p99 us")
     floor = d.get("ai-overhead nginx added p99 us")
     shown = f"{v:.0f} us" if v is not None else ""
@@ -194,24 +219,54 @@ def targets(by_key, d):
     each = d.get("ai-overhead gateway added p99 us, each round")
     if v is not None and each:
         shown += "; each round: " + ", ".join(f"{x:.0f}" for x in each) + " us"
-    check("ai-overhead added p99 <= 150 us", v, v is not None and v <= 150, shown)
+    ai_cpu = d.get("ai-overhead gateway / nginx pass-through CPU per request")
+    why = (f"a pass-through that reads nothing adds {floor:.0f} us here; the gateway spends {ai_cpu}x its CPU per "
+           "request (body parse, guards, routing, usage), and at concurrency 1 each extra wake-up of a thread "
+           "shows in the tail" if floor is not None else "")
+    check("ai-overhead added p99 <= 150 us", v, v is not None and v <= 150, shown, why)
+    direct = by_key.get(("ai-throughput", "direct"))
     for peer, want in (("litellm", 10), ("portkey", 5)):
         v = d.get(f"ai-throughput gateway / {peer} req/s")
-        check(f"ai-throughput >= {want}x {peer}", v, v is not None and v >= want, f"{v}x")
+        e = by_key.get(("ai-throughput", peer))
+        cap = (round(direct["requests_per_second"] / e["requests_per_second"], 1)
+               if direct and e and e["requests_per_second"] else None)
+        why = (f"unreachable in this scenario: the mock answers after 20 ms, so even no proxy at all (direct) is only "
+               f"{cap}x {peer}" if cap is not None and cap < want else "")
+        check(f"ai-throughput >= {want}x {peer}", v, v is not None and v >= want, f"{v}x", why)
     v = d.get("ai-stream-ramp gateway added TTFT p99 us")
     floor = d.get("ai-stream-ramp nginx added TTFT p99 us")
     if v is not None and floor is not None:
+        q_gw = d.get("ai-stream-ramp gateway TTFT p99 by quarter of the streams in starting order, us")
+        q_ng = d.get("ai-stream-ramp nginx TTFT p99 by quarter of the streams in starting order, us")
+        per = d.get("ai-stream-ramp gateway / nginx pass-through CPU per stream")
+        why = (f"the tail is the streams that start at the peak: TTFT p99 by quarter of arrivals, gateway {q_gw} us, "
+               f"nginx {q_ng} us; the gateway spends {per}x nginx's CPU per stream (masking and usage read every event), "
+               "so its one thread is busier when the last streams arrive" if q_gw and q_ng else "")
         check("ai-stream-ramp added TTFT p99 <= nginx pass-through's + 2 ms", v, v <= floor + 2000,
-              f"{v:.0f} us (nginx: {floor:.0f} us)")
+              f"{v:.0f} us (nginx: {floor:.0f} us)", why)
     v = d.get("ai-stream gateway added TTFT p99 us")
     floor = d.get("ai-stream nginx added TTFT p99 us")
-    if v is not None and floor is not None:
-        check("ai-stream (burst) added TTFT p99 <= 1.5x nginx pass-through's", v, v <= 1.5 * max(floor, 1),
-              f"{v:.0f} us (nginx: {floor:.0f} us)")
     start = by_key.get(("ai-stream-start", "gateway"))
+    if v is not None and floor is not None:
+        why = ""
+        if start:
+            total = 512 * start["cpu_us_per_request"] / 1000
+            p50 = d.get("ai-stream gateway added TTFT p50 us", 0) / 1000
+            why = (f"512 streams x the gateway's CPU per stream start in this run = {total:.0f} ms of one thread's "
+                   f"time, against an added TTFT p50 of {p50:.0f} ms: the burst's first tokens wait for the one "
+                   "thread to start the streams ahead of them")
+            quarters = d.get("ai-stream gateway TTFT p99 by quarter of the streams in starting order, us")
+            if quarters:
+                why += f" (TTFT p99 by quarter of starting order: {quarters} us)"
+        check("ai-stream (burst) added TTFT p99 <= 1.5x nginx pass-through's", v, v <= 1.5 * max(floor, 1),
+              f"{v:.0f} us (nginx: {floor:.0f} us)", why)
     if start:
         v = start["cpu_us_per_request"]
-        check("CPU per stream start <= 100 us (ai-stream-start)", v, v <= 100, f"{v:.0f} us")
+        nginx_start = cpu("ai-stream-start", "nginx")
+        why = (f"nginx passing the same one-token stream through spends {nginx_start:.0f} us per stream in this run "
+               "(mostly the kernel: accept, read, write, close), so the target is below the machine's floor; "
+               f"the gateway's excess over nginx is {v - nginx_start:.0f} us" if nginx_start else "")
+        check("CPU per stream start <= 100 us (ai-stream-start)", v, v <= 100, f"{v:.0f} us", why)
     v = d.get("ai-stream gateway stall-free streams (worst round)")
     if v:
         done, total = v.split("/")
@@ -303,8 +358,9 @@ def markdown(out, summary, d, checks, meta):
         lines += ["", "| derived figure | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in d.items()]
     if checks:
-        lines += ["", "| target | measured | met |", "|---|---|---|"]
-        lines += [f"| {c['target']} | {c['measured']} | {'yes' if c['met'] else '**no**'} |" for c in checks]
+        lines += ["", "| target | measured | met | what this run shows about a miss |", "|---|---|---|---|"]
+        lines += [f"| {c['target']} | {c['measured']} | {'yes' if c['met'] else '**no**'} | {c['why']} |"
+                  for c in checks]
     if meta["notes"]:
         lines += ["", "Notes:"] + [f"- {n}" for n in meta["notes"]]
     lines += ["", "Profiling and the fixes measured with this harness: [PROFILING.md](PROFILING.md).", ""]

@@ -4,7 +4,8 @@
 //! Opens `streams` streaming chat completions at once (one connection each, HTTP/1.1), or spread evenly
 //! over `ramp-ms`, `waves` times in a row, and prints one JSON line: how many streams completed (`[DONE]` seen), failed (status or
 //! connection error) and stalled (a gap between content events over `stall-ms`, or no `[DONE]` before
-//! the timeout), time to first token from sending the request (p50/p99/max, µs), and the gaps between
+//! the timeout), time to first token from sending the request (p50/p99/max, µs; and p50/p99 for each quarter of
+//! the streams in the order they were started), and the gaps between
 //! content events (mean/p50/p99/max, µs). Time is taken when an event arrives, not when its bytes do; only
 //! events whose delta carries visible text count.
 
@@ -204,12 +205,16 @@ async fn main() {
                 if !options.ramp.is_zero() {
                     tokio::time::sleep_until(start_at).await;
                 }
-                one_stream(&options, &authority, &path).await
+                (i, one_stream(&options, &authority, &path).await)
             });
         }
-        while let Some(result) = tasks.join_next().await {
-            results.push(result.unwrap_or_default());
+        let mut wave: Vec<StreamResult> = (0..options.streams).map(|_| StreamResult::default()).collect();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((i, result)) = joined {
+                wave[i] = result;
+            }
         }
+        results.extend(wave);
     }
     let wall = started.elapsed();
     let failed = results.iter().filter(|r| !r.ok_status).count();
@@ -221,6 +226,19 @@ async fn main() {
     let stall_free = results.iter().filter(|r| r.ok_status).count() - stalled;
     let mut ttft: Vec<Duration> = results.iter().filter_map(|r| r.ttft).collect();
     ttft.sort();
+    // Time to first token by when the stream started: the first quarter of each wave, the second...
+    let by_quarter: Vec<_> = (0..4)
+        .map(|quarter| {
+            let mut times: Vec<Duration> = results
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (i % options.streams) * 4 / options.streams == quarter)
+                .filter_map(|(_, r)| r.ttft)
+                .collect();
+            times.sort();
+            json!({"p50": percentile(&times, 0.5), "p99": percentile(&times, 0.99)})
+        })
+        .collect();
     let mut gaps: Vec<Duration> = results
         .iter()
         .flat_map(|r| r.gaps.iter().copied())
@@ -234,6 +252,7 @@ async fn main() {
     let report = json!({
         "streams": results.len(), "completed": completed, "failed": failed, "stalled": stalled, "stall_free": stall_free,
         "ttft_us": {"p50": percentile(&ttft, 0.5), "p99": percentile(&ttft, 0.99), "max": percentile(&ttft, 1.0)},
+        "ttft_by_quarter_us": by_quarter,
         "gap_us": {"mean": mean_gap, "p50": percentile(&gaps, 0.5), "p99": percentile(&gaps, 0.99), "max": percentile(&gaps, 1.0)},
         "wall_s": wall.as_secs_f64(),
     });
