@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use loadtest::{Behavior, MockLlm};
@@ -981,6 +981,62 @@ async fn a_plain_answer_that_stops_mid_body_is_not_retried_after_its_timeout() {
     assert_eq!(body["error"]["code"], "upstream_timeout");
     assert_eq!(spare.calls(), 0);
     assert_eq!(slow.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_stream_is_timed_out_between_its_chunks_not_over_its_whole_length() {
+    let llm = MockLlm::start("paced").await.unwrap();
+    let spare = MockLlm::start("spare").await.unwrap();
+    // Eight chunks 100 ms apart: the stream lasts longer than the 300 ms first-byte timeout, but no wait
+    // between two chunks does.
+    llm.set_behavior(Behavior {
+        chunks: 8,
+        chunk_delay: Duration::from_millis(100),
+        ..Behavior::default()
+    });
+    let (_dir, gateway) = two_providers(&llm, &spare, ", timeouts: { first_byte: 300ms }").await;
+    let client = client();
+    let request =
+        json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "q"}]});
+    let text = chat(&client, &gateway, request.clone())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("[DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+
+    // A stream that stops after its first chunks: the wait for the next one runs out after 300 ms, and the
+    // client gets the error event, not a connection held open until the provider gives up.
+    llm.set_behavior(Behavior {
+        chunks: 6,
+        chunk_delay: Duration::from_millis(20),
+        stall_after: Some(3),
+        ..Behavior::default()
+    });
+    let started = Instant::now();
+    // Bounded, so a gateway that never times the stream out fails here instead of hanging.
+    let text = client
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&request)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .expect("the stalled stream ends within 10 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(text.contains("\"content\""), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    let last = text.trim_end().rsplit("data: ").next().unwrap();
+    let event: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(event["error"]["code"], "upstream_stream_error");
+    assert_eq!(spare.calls(), 0);
 }
 
 #[tokio::test]

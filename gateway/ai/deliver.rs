@@ -105,6 +105,8 @@ impl Answer<'_, '_> {
             (head, is_sse, length)
         };
         let deadline = Instant::now() + provider.timeouts.total;
+        // When a read that begins at `from` runs out of time: the first-byte timeout, within the total.
+        let due = |from: Instant| (from + provider.timeouts.first_byte).min(deadline);
         let read_timeout = || {
             let left = deadline.saturating_duration_since(Instant::now());
             Some(
@@ -143,14 +145,7 @@ impl Answer<'_, '_> {
         );
         let decoder = decoder.filter(|_| is_sse);
         self.stream(
-            session,
-            outcome,
-            upstream,
-            reusable,
-            client,
-            decoder,
-            is_sse,
-            &read_timeout,
+            session, outcome, upstream, reusable, client, decoder, is_sse, &due,
         )
         .await
     }
@@ -251,14 +246,17 @@ impl Answer<'_, '_> {
         mut client: ClientStream<'_>,
         mut decoder: Option<Box<dyn StreamDecoder>>,
         is_sse: bool,
-        read_timeout: &impl Fn() -> Option<Duration>,
+        due: &impl Fn(Instant) -> Instant,
     ) -> Result<Relayed, Failure> {
         let provider = &*self.model.provider;
         let model = self.model;
         let mut usage = UsageScanner::new(is_sse);
         let mut decoded = Vec::new();
+        let timer = tokio::time::sleep_until(due(Instant::now()).into());
+        tokio::pin!(timer);
         loop {
-            match transport::read_chunk(upstream, read_timeout()).await {
+            let read_due = due(Instant::now()).into();
+            match transport::read_chunk(upstream, timer.as_mut(), read_due).await {
                 Ok(Some(chunk)) => {
                     let chunk = match &mut decoder {
                         Some(decoder) => {

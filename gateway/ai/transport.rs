@@ -3,6 +3,7 @@
 //! in part, and connections handed back to the pool.
 
 use std::io::Write as _;
+use std::pin::Pin;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -12,7 +13,9 @@ use pingora::connectors::http::v1::Connector;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::v1::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType::ReadTimedout};
 use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, Sleep};
 
 use super::catalog::Provider;
 use super::provider::Rendered;
@@ -192,11 +195,28 @@ pub async fn read_whole(
     }
 }
 
-/// The next piece of a provider's body within `timeout`.
+/// The next piece of a provider's body, or a `ReadTimedout` error once `due` has passed. `timer` serves the
+/// whole stream and is moved only when it fires before `due` (the read began later than the timer was set
+/// for): a read costs no timer of its own, where `HttpSession::read_timeout` registers one with Pingora's
+/// timer thread for every read that waits, that is for every chunk of a stream.
 pub async fn read_chunk(
     upstream: &mut HttpSession,
-    timeout: Option<Duration>,
+    mut timer: Pin<&mut Sleep>,
+    due: Instant,
 ) -> pingora::Result<Option<Bytes>> {
-    upstream.read_timeout = timeout;
-    upstream.read_body_bytes().await
+    upstream.read_timeout = None;
+    let read = upstream.read_body_bytes();
+    tokio::pin!(read);
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut read => return result,
+            () = &mut timer => {
+                if Instant::now() >= due {
+                    return Error::e_explain(ReadTimedout, "waiting for the provider's next bytes");
+                }
+                timer.as_mut().reset(due);
+            }
+        }
+    }
 }

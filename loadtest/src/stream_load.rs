@@ -208,7 +208,9 @@ async fn main() {
                 (i, one_stream(&options, &authority, &path).await)
             });
         }
-        let mut wave: Vec<StreamResult> = (0..options.streams).map(|_| StreamResult::default()).collect();
+        let mut wave: Vec<StreamResult> = (0..options.streams)
+            .map(|_| StreamResult::default())
+            .collect();
         while let Some(joined) = tasks.join_next().await {
             if let Ok((i, result)) = joined {
                 wave[i] = result;
