@@ -4,10 +4,13 @@
 #
 #   loadtest/instructions.sh [GATEWAY_BINARY] [REQUESTS]              plain AI chat completion
 #   loadtest/instructions.sh --edge-full [GATEWAY_BINARY] [REQUESTS]  edge-full: the gateway and bare Pingora
+#   loadtest/instructions.sh --stream [GATEWAY_BINARY] [STREAMS]      a streamed answer: per stream, per chunk
 #
 # Defaults: target/release/gateway, 2,000 requests.
 # - AI: the gateway runs under valgrind with the benchmark's config (loadtest/configs.sh: one thread, access
 #   log off) in front of the mock LLM; REQUESTS chat completions go one at a time over one kept-alive connection.
+# - stream: the same gateway, streams of 1 and then of 64 chunks 3 ms apart (two runs, STREAMS each, default 100,
+#   one at a time over one kept-alive connection); per chunk is the difference over 63 chunks.
 # - edge-full: the benchmark's edge-full gateway (TLS 1.3, API key, rate limit, JSON access log to a file) and
 #   then the bare Pingora proxy (TLS only, the gateway's runtime setting), each in front of the mock origin;
 #   REQUESTS GETs one at a time over one kept-alive TLS connection. Prints both counts and their ratio.
@@ -17,12 +20,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/configs.sh
 mode=ai
-if [ "${1:-}" = --edge-full ]; then
-  mode=edge-full
-  shift
-fi
+case "${1:-}" in
+  --edge-full) mode=edge-full; shift ;;
+  --stream) mode=stream; shift ;;
+esac
 binary=${1:-target/release/gateway}
-requests=${2:-2000}
+requests=${2:-$([ "$mode" = stream ] && echo 100 || echo 2000)}
+# Warm-up requests before the counters are zeroed (a stream takes up to 200 ms here).
+warm=$([ "$mode" = stream ] && echo 20 || echo 300)
 missing=()
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
@@ -57,9 +62,12 @@ send() {
   python3 - "$@" <<'PY'
 import http.client, json, ssl, sys
 kind, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-if kind == "ai":
+if kind != "edge":
+    # "ai", or "stream:MODEL": a streamed answer from MODEL, read to its [DONE].
     connection = http.client.HTTPConnection("127.0.0.1", port)
-    body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello to the benchmark, please."}]})
+    model = kind.partition(":")[2] or "bench"
+    body = json.dumps({"model": model, "stream": kind != "ai",
+                       "messages": [{"role": "user", "content": "Say hello to the benchmark, please."}]})
     request = ("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
 else:
     context = ssl.create_default_context()
@@ -70,9 +78,11 @@ else:
 for _ in range(n):
     connection.request(*request)
     response = connection.getresponse()
-    response.read()
+    answer = response.read()
     if response.status != 200:
         sys.exit(f"{kind}: the proxy answered {response.status}")
+    if kind.startswith("stream") and b"[DONE]" not in answer:
+        sys.exit(f"{kind}: a stream ended without [DONE]")
 PY
 }
 
@@ -87,7 +97,7 @@ count() {
   pid=$!
   trap "stop $pid" EXIT
   for _ in $(seq 120); do
-    curl -sk -o /dev/null "http$([ "$kind" = ai ] || echo s)://127.0.0.1:$port/" && { ready=1; break; }
+    curl -sk -o /dev/null "http$([ "$kind" != edge ] || echo s)://127.0.0.1:$port/" && { ready=1; break; }
     sleep 0.5
   done
   if [ "$ready" = 0 ]; then
@@ -95,7 +105,7 @@ count() {
     tail -20 "$work/$name.log" >&2
     exit 1
   fi
-  send "$kind" "$port" 300 "$key"
+  send "$kind" "$port" "$warm" "$key"
   callgrind_control -z "$pid" >/dev/null 2>&1
   send "$kind" "$port" "$requests" "$key"
   callgrind_control -d "$pid" >/dev/null 2>&1
@@ -123,6 +133,24 @@ if [ "$mode" = ai ]; then
   pids+=($!)
   read -r per rest < <(count gateway ai 19700 "" -- "$binary" run -c "$work/gateway.yaml")
   echo "$binary: $per user-space instructions per plain AI request, $rest without memcpy ($requests requests)"
+  exit 0
+fi
+
+if [ "$mode" = stream ]; then
+  # bench-start streams one chunk, bench-stream 64, 3 ms apart: each chunk reaches the gateway in a read of
+  # its own, even under valgrind.
+  gateway_yaml gateway "$work" 127.0.0.1:19700 127.0.0.1:19704 127.0.0.1:19703 127.0.0.1:19701 \
+    127.0.0.1:19705 127.0.0.1:19706 1 127.0.0.1:19707 > "$work/gateway.yaml"
+  target/release/mock-llm --listen 127.0.0.1:19706 --name stream --chunks 64 --chunk-delay-ms 3 >/dev/null 2>&1 &
+  pids+=($!)
+  target/release/mock-llm --listen 127.0.0.1:19707 --name start --chunks 1 >/dev/null 2>&1 &
+  pids+=($!)
+  read -r one one_rest < <(count one stream:bench-start 19700 "" -- "$binary" run -c "$work/gateway.yaml")
+  read -r long long_rest < <(count long stream:bench-stream 19700 "" -- "$binary" run -c "$work/gateway.yaml")
+  echo "streamed answers, user-space instructions ($requests streams over one kept-alive connection):"
+  echo "  per stream of 1 chunk: $one ($one_rest without memcpy)"
+  echo "  per stream of 64 chunks: $long ($long_rest without memcpy)"
+  echo "  per chunk: $(((long - one) / 63)) ($(((long_rest - one_rest) / 63)) without memcpy)"
   exit 0
 fi
 
