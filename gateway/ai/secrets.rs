@@ -79,11 +79,13 @@ fn may_begin_secret(word: &str) -> bool {
     })
 }
 
-/// Whether `text`, lowercased, is a prefix of `start`.
+/// Whether `text`, case-folded as the patterns' `(?i)` folds it, is a prefix of `start`. Lowercasing is that
+/// folding for the letters of the starts but one: the long s (`ſ`) folds to `s` and lowercases to itself.
 fn folds_to_prefix(text: &str, start: &str) -> bool {
     let mut start = start.chars();
     text.chars()
         .flat_map(char::to_lowercase)
+        .map(|c| if c == 'ſ' { 's' } else { c })
         .all(|c| start.next() == Some(c))
 }
 
@@ -1121,10 +1123,22 @@ mod tests {
                 );
             }
         }
-        // The Kelvin sign lowercases to `k`: `TO\u{212A}` may begin `token`.
+        // Letters outside ASCII that the patterns' `(?i)` takes for ASCII ones: the Kelvin sign is `k`
+        // (`TO\u{212A}` may begin `token`), the long s is `s`, also as a word's first letter.
         assert!(may_begin_secret("TO\u{212A}"));
+        assert!(may_begin_secret("pa\u{17F}"));
+        assert!(may_begin_secret("\u{17F}ecr"));
         assert!(!may_begin_secret("hello"));
         assert!(!may_begin_secret("world"));
+    }
+
+    #[test]
+    fn a_keyword_spelt_with_a_long_s_is_held_until_its_value_is_seen() {
+        // `(?i)` reads `paſsword` as `password`; split after the `ſ`, the first half must wait.
+        let masker = SecretMasker::new(vec![]);
+        let out = stream_pieces(&masker, &["The pa\u{17F}", "sword=hunter2 ok"], true);
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(collected(out.as_bytes()).contains("[REDACTED]"), "{out}");
     }
 
     #[test]
