@@ -987,14 +987,14 @@ async fn a_plain_answer_that_stops_mid_body_is_not_retried_after_its_timeout() {
 async fn a_stream_is_timed_out_between_its_chunks_not_over_its_whole_length() {
     let llm = MockLlm::start("paced").await.unwrap();
     let spare = MockLlm::start("spare").await.unwrap();
-    // Eight chunks 100 ms apart: the stream lasts longer than the 300 ms first-byte timeout, but no wait
-    // between two chunks does.
+    // Eight chunks 100 ms apart: the stream lasts longer than the 500 ms first-byte timeout, but no wait
+    // between two chunks comes near it.
     llm.set_behavior(Behavior {
         chunks: 8,
         chunk_delay: Duration::from_millis(100),
         ..Behavior::default()
     });
-    let (_dir, gateway) = two_providers(&llm, &spare, ", timeouts: { first_byte: 300ms }").await;
+    let (_dir, gateway) = two_providers(&llm, &spare, ", timeouts: { first_byte: 500ms }").await;
     let client = client();
     let request =
         json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "q"}]});
@@ -1006,7 +1006,7 @@ async fn a_stream_is_timed_out_between_its_chunks_not_over_its_whole_length() {
     assert!(text.contains("[DONE]"), "{text}");
     assert!(!text.contains("\"error\""), "{text}");
 
-    // A stream that stops after its first chunks: the wait for the next one runs out after 300 ms, and the
+    // A stream that stops after its first chunks: the wait for the next one runs out after 500 ms, and the
     // client gets the error event, not a connection held open until the provider gives up.
     llm.set_behavior(Behavior {
         chunks: 6,
@@ -1026,10 +1026,46 @@ async fn a_stream_is_timed_out_between_its_chunks_not_over_its_whole_length() {
         .text()
         .await
         .expect("the stalled stream ends within 10 s");
+    let waited = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert!(text.contains("\"content\""), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    let last = text.trim_end().rsplit("data: ").next().unwrap();
+    let event: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(event["error"]["code"], "upstream_stream_error");
+    assert_eq!(spare.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_stream_that_outlasts_the_total_timeout_is_cut_with_the_error_event() {
+    let llm = MockLlm::start("long").await.unwrap();
+    let spare = MockLlm::start("spare").await.unwrap();
+    // Chunks come every 100 ms, well inside the first-byte timeout, but the whole answer would take 2 s.
+    llm.set_behavior(Behavior {
+        chunks: 20,
+        chunk_delay: Duration::from_millis(100),
+        ..Behavior::default()
+    });
+    let (_dir, gateway) =
+        two_providers(&llm, &spare, ", timeouts: { first_byte: 1s, total: 600ms }").await;
+    let started = Instant::now();
+    let text = client()
+        .post(gateway.url("/v1/chat/completions"))
+        .json(&json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "q"}]}))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .expect("the stream ends within 10 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(600) && waited < Duration::from_millis(1900),
+        "{waited:?}"
     );
     assert!(text.contains("\"content\""), "{text}");
     assert!(!text.contains("[DONE]"), "{text}");
