@@ -1014,29 +1014,36 @@ async fn a_stream_is_timed_out_between_its_chunks_not_over_its_whole_length() {
         stall_after: Some(3),
         ..Behavior::default()
     });
+    let waited = stream_cut_short(&gateway, &request).await;
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    assert_eq!(spare.calls(), 0);
+}
+
+/// Send a streamed chat completion that the gateway must cut short: some text, then the error event, no
+/// `[DONE]`. Bounded to 10 s, so a gateway that never times the stream out fails instead of hanging.
+/// Returns how long the stream took.
+async fn stream_cut_short(gateway: &Gateway, request: &Value) -> Duration {
     let started = Instant::now();
-    // Bounded, so a gateway that never times the stream out fails here instead of hanging.
-    let text = client
+    let text = client()
         .post(gateway.url("/v1/chat/completions"))
-        .json(&request)
+        .json(request)
         .timeout(Duration::from_secs(10))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .expect("the stalled stream ends within 10 s");
+        .expect("the stream ends within 10 s");
     let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
-        "{waited:?}"
-    );
     assert!(text.contains("\"content\""), "{text}");
     assert!(!text.contains("[DONE]"), "{text}");
     let last = text.trim_end().rsplit("data: ").next().unwrap();
     let event: Value = serde_json::from_str(last).unwrap();
     assert_eq!(event["error"]["code"], "upstream_stream_error");
-    assert_eq!(spare.calls(), 0);
+    waited
 }
 
 #[tokio::test]
@@ -1051,27 +1058,13 @@ async fn a_stream_that_outlasts_the_total_timeout_is_cut_with_the_error_event() 
     });
     let (_dir, gateway) =
         two_providers(&llm, &spare, ", timeouts: { first_byte: 1s, total: 600ms }").await;
-    let started = Instant::now();
-    let text = client()
-        .post(gateway.url("/v1/chat/completions"))
-        .json(&json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "q"}]}))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .expect("the stream ends within 10 s");
-    let waited = started.elapsed();
+    let request =
+        json!({"model": "auto", "stream": true, "messages": [{"role": "user", "content": "q"}]});
+    let waited = stream_cut_short(&gateway, &request).await;
     assert!(
         waited >= Duration::from_millis(600) && waited < Duration::from_millis(1900),
         "{waited:?}"
     );
-    assert!(text.contains("\"content\""), "{text}");
-    assert!(!text.contains("[DONE]"), "{text}");
-    let last = text.trim_end().rsplit("data: ").next().unwrap();
-    let event: Value = serde_json::from_str(last).unwrap();
-    assert_eq!(event["error"]["code"], "upstream_stream_error");
     assert_eq!(spare.calls(), 0);
 }
 
