@@ -267,13 +267,16 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
                 .chain(tool.cache_mark.map(|_| cache_point()))
         })
         .collect();
-    if !specs.is_empty() {
+    let choice = tool_choice(body);
+    // Converse has no "none": the tools are left out instead, unless earlier turns hold tool calls or
+    // results, which Converse accepts only beside a `toolConfig` (then the tools stay offered).
+    let withheld = matches!(choice, Some(ToolChoice::None)) && !has_tool_blocks(&request);
+    if !specs.is_empty() && !withheld {
         let mut tool_config = json!({ "tools": specs });
-        let choice = tool_choice(body).and_then(|choice| match choice {
+        let choice = choice.and_then(|choice| match choice {
             ToolChoice::Required => Some(json!({"any": {}})),
             ToolChoice::Auto => Some(json!({"auto": {}})),
             ToolChoice::Named(name) => Some(json!({"tool": {"name": name}})),
-            // Converse has no "none": the tools stay offered.
             ToolChoice::None => None,
         });
         if let Some(choice) = choice {
@@ -282,6 +285,18 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
         request.insert("toolConfig".into(), tool_config);
     }
     Value::Object(request)
+}
+
+/// Whether the Converse messages hold a `toolUse` or `toolResult` block.
+fn has_tool_blocks(request: &Map<String, Value>) -> bool {
+    request
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|message| message["content"].as_array())
+        .flatten()
+        .any(|block| block.get("toolUse").is_some() || block.get("toolResult").is_some())
 }
 
 /// Bedrock's prompt-cache breakpoint, put after what a `cache_control` mark closes.
@@ -517,6 +532,34 @@ mod tests {
         );
         assert_eq!(request["toolConfig"]["toolChoice"], json!({"any": {}}));
         assert_eq!(escape("anthropic.claude-v2:1"), "anthropic.claude-v2%3A1");
+    }
+
+    #[test]
+    fn tool_choice_none_leaves_the_tools_out_unless_earlier_turns_used_them() {
+        let tools = json!([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]);
+        let fresh: Map<String, Value> = serde_json::from_value(json!({
+            "tool_choice": "none", "tools": tools,
+            "messages": [{"role": "user", "content": "hi"}],
+        }))
+        .unwrap();
+        assert!(to_converse_request(&fresh, 100).get("toolConfig").is_none());
+        // Converse refuses tool blocks without a toolConfig: there the tools stay, with no choice.
+        let used: Map<String, Value> = serde_json::from_value(json!({
+            "tool_choice": "none", "tools": tools,
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function",
+                    "function": {"name": "weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "t1", "content": "cold"},
+            ],
+        }))
+        .unwrap();
+        let request = to_converse_request(&used, 100);
+        assert_eq!(
+            request["toolConfig"]["tools"][0]["toolSpec"]["name"],
+            "weather"
+        );
+        assert!(request["toolConfig"].get("toolChoice").is_none());
     }
 
     #[test]
