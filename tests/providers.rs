@@ -899,6 +899,12 @@ async fn openai_and_anthropic_clients_reach_bedrock_with_signed_requests_and_eve
         sent["toolConfig"]["tools"][0]["toolSpec"]["name"],
         "weather"
     );
+    // Converse has no "none": the tools are left out.
+    let mut no_tools = chat(false);
+    no_tools["tool_choice"] = json!("none");
+    ask_json(&gateway, "/v1/chat/completions", no_tools).await;
+    let sent = aws.last().unwrap().json();
+    assert!(sent.get("toolConfig").is_none(), "{sent}");
 
     streams_text_and_a_tool_call(&gateway, "Bedrock says hi.").await;
     assert_eq!(
