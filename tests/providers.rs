@@ -588,6 +588,48 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
         serde_json::from_str::<Value>(&arguments).unwrap(),
         json!({"city": "Oslo"})
     );
+    // Parallel tool calls whose argument deltas interleave: Anthropic's blocks cannot, so each call
+    // arrives as a block of its own, with its id, name and whole arguments.
+    local.set_behavior(Behavior {
+        deltas: vec![
+            json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "weather", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 1, "id": "call_b", "type": "function", "function": {"name": "time", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+            json!({"tool_calls": [{"index": 1, "function": {"arguments": "{\"zone\":"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}),
+            json!({"tool_calls": [{"index": 1, "function": {"arguments": "\"CET\"}"}}]}),
+        ],
+        ..Behavior::default()
+    });
+    let raw = ask_text(&gateway, "/v1/messages", messages(true)).await;
+    let mut calls: Vec<(Value, Value, String)> = Vec::new();
+    for (name, data) in named_events(&raw) {
+        match name.as_str() {
+            "content_block_start" if data["content_block"]["type"] == "tool_use" => calls.push((
+                data["content_block"]["id"].clone(),
+                data["content_block"]["name"].clone(),
+                String::new(),
+            )),
+            "content_block_delta" => {
+                let open = calls.last_mut().expect("a delta inside a block");
+                open.2 += data["delta"]["partial_json"].as_str().unwrap_or_default();
+            }
+            _ => {}
+        }
+    }
+    let calls: Vec<(Value, Value, Value)> = calls
+        .into_iter()
+        .map(|(id, name, input)| (id, name, serde_json::from_str(&input).unwrap()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (json!("call_a"), json!("weather"), json!({"city": "Oslo"})),
+            (json!("call_b"), json!("time"), json!({"zone": "CET"})),
+        ],
+        "{raw}"
+    );
+
     let sent = local.last().unwrap().json();
     assert_eq!(
         sent["messages"][0],

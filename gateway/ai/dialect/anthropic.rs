@@ -373,9 +373,21 @@ enum Block {
     Tool(u64),
 }
 
+/// A tool call held back whole: Anthropic's blocks come one after another, while an OpenAI-style stream may
+/// interleave the argument deltas of parallel calls. The first call of a run streams as it comes; the others
+/// are held until its block closes and then go out whole, each as one block.
+#[derive(Default)]
+struct HeldTool {
+    index: u64,
+    id: Value,
+    name: Value,
+    arguments: String,
+}
+
 /// Writes a common (OpenAI) SSE stream as Anthropic's event sequence.
 #[derive(Default)]
 pub struct StreamEncoder {
+    held: Vec<HeldTool>,
     events: EventBuffer,
     /// The prompt's tokens as estimated from the request, for `message_start` (the provider's count arrives
     /// with the end of an OpenAI-style stream, in `message_delta`): clients that track their context from
@@ -447,12 +459,61 @@ impl StreamEncoder {
     }
 
     fn close(&mut self, out: &mut Vec<u8>) {
-        if self.open.take().is_some() {
+        let closed = self.open.take();
+        if closed.is_some() {
             event(
                 out,
                 "content_block_stop",
                 &json!({"type": "content_block_stop", "index": self.next - 1}),
             );
+        }
+        // The calls held while a tool's block was open follow it, each whole.
+        for tool in std::mem::take(&mut self.held) {
+            let index = self.next;
+            self.next += 1;
+            event(
+                out,
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": index, "content_block":
+                    {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}}),
+            );
+            if !tool.arguments.is_empty() {
+                event(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index,
+                        "delta": {"type": "input_json_delta", "partial_json": tool.arguments}}),
+                );
+            }
+            event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+    }
+
+    /// Hold a piece of tool call `index` (its id, name and arguments as they come) until the open block closes.
+    fn hold(&mut self, index: u64, call: &Value) {
+        let position = match self.held.iter().position(|tool| tool.index == index) {
+            Some(position) => position,
+            None => {
+                self.held.push(HeldTool {
+                    index,
+                    ..HeldTool::default()
+                });
+                self.held.len() - 1
+            }
+        };
+        let tool = &mut self.held[position];
+        if tool.id.is_null() {
+            tool.id = call["id"].clone();
+        }
+        if tool.name.is_null() {
+            tool.name = call["function"]["name"].clone();
+        }
+        if let Some(arguments) = call["function"]["arguments"].as_str() {
+            tool.arguments.push_str(arguments);
         }
     }
 
@@ -539,6 +600,11 @@ impl StreamEncoder {
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let index = call["index"].as_u64().unwrap_or(0);
             self.called_tools = true;
+            // Another call's block is open: this one waits for it, whole (see `HeldTool`).
+            if matches!(self.open, Some(Block::Tool(open)) if open != index) {
+                self.hold(index, call);
+                continue;
+            }
             if self.open != Some(Block::Tool(index)) {
                 self.open(
                     out,
@@ -671,6 +737,84 @@ mod tests {
             assert!(error.message.contains(says), "{}", error.message);
         }
         assert!(parse_request(b"{", false).is_err());
+    }
+
+    /// The tool_use blocks a client rebuilds from an event sequence: (id, name, input) in block order.
+    fn tool_blocks(events: &str) -> Vec<(Value, Value, Value)> {
+        let mut blocks: Vec<(Value, Value, String)> = Vec::new();
+        for data in events.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            let event: Value = serde_json::from_str(data).unwrap();
+            let index = event["index"].as_u64().unwrap_or(0) as usize;
+            match event["type"].as_str() {
+                Some("content_block_start") => {
+                    assert_eq!(index, blocks.len(), "blocks in order: {events}");
+                    let block = &event["content_block"];
+                    blocks.push((block["id"].clone(), block["name"].clone(), String::new()));
+                }
+                Some("content_block_delta") => {
+                    assert_eq!(
+                        index + 1,
+                        blocks.len(),
+                        "a delta of the open block: {events}"
+                    );
+                    if let Some(json) = event["delta"]["partial_json"].as_str() {
+                        blocks[index].2.push_str(json);
+                    }
+                }
+                _ => {}
+            }
+        }
+        blocks
+            .into_iter()
+            .filter(|(id, _, _)| !id.is_null())
+            .map(|(id, name, input)| (id, name, serde_json::from_str(&input).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn parallel_tool_calls_become_whole_blocks_interleaved_or_not() {
+        let call = |index: u64, head: Option<(&str, &str)>, arguments: &str| {
+            let mut call = json!({"index": index, "function": {"arguments": arguments}});
+            if let Some((id, name)) = head {
+                call["id"] = json!(id);
+                call["function"]["name"] = json!(name);
+            }
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
+            )
+        };
+        let expected = vec![
+            (json!("call_a"), json!("weather"), json!({"city": "Oslo"})),
+            (json!("call_b"), json!("time"), json!({"zone": "CET"})),
+        ];
+        let interleaved = [
+            call(0, Some(("call_a", "weather")), ""),
+            call(1, Some(("call_b", "time")), ""),
+            call(0, None, "{\"city\":"),
+            call(1, None, "{\"zone\":"),
+            call(0, None, "\"Oslo\"}"),
+            call(1, None, "\"CET\"}"),
+        ];
+        let sequential = [
+            call(0, Some(("call_a", "weather")), "{\"city\":"),
+            call(0, None, "\"Oslo\"}"),
+            call(1, Some(("call_b", "time")), "{\"zone\":"),
+            call(1, None, "\"CET\"}"),
+        ];
+        for events in [&interleaved[..], &sequential[..]] {
+            let mut encoder = StreamEncoder::default();
+            let mut out = Vec::new();
+            for event in events {
+                out.extend(encoder.push(event.as_bytes()));
+            }
+            out.extend(encoder.push(
+                b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n",
+            ));
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(tool_blocks(&out), expected, "{out}");
+            assert!(out.contains("\"stop_reason\":\"tool_use\""), "{out}");
+        }
     }
 
     #[test]
