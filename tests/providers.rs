@@ -602,6 +602,9 @@ async fn the_messages_api_is_served_through_openai_compatible_and_native_provide
         ..Behavior::default()
     });
     let raw = ask_text(&gateway, "/v1/messages", messages(true)).await;
+    // Well formed (blocks one after another), and a tool_use stop though the mock says "stop".
+    let (_, _, stop) = read_anthropic_stream(&raw);
+    assert_eq!(stop["delta"]["stop_reason"], "tool_use", "{raw}");
     let mut calls: Vec<(Value, Value, String)> = Vec::new();
     for (name, data) in named_events(&raw) {
         match name.as_str() {

@@ -374,8 +374,8 @@ enum Block {
 }
 
 /// A tool call held back whole: Anthropic's blocks come one after another, while an OpenAI-style stream may
-/// interleave the argument deltas of parallel calls. The first call of a run streams as it comes; the others
-/// are held until its block closes and then go out whole, each as one block.
+/// interleave the argument deltas of parallel calls. The first call streams as it comes; the others are held
+/// to the end of the answer and then go out whole, each as one block.
 #[derive(Default)]
 struct HeldTool {
     index: u64,
@@ -388,6 +388,8 @@ struct HeldTool {
 #[derive(Default)]
 pub struct StreamEncoder {
     held: Vec<HeldTool>,
+    /// OpenAI indices of the tool calls that streamed in a block of their own.
+    streamed: Vec<u64>,
     events: EventBuffer,
     /// The prompt's tokens as estimated from the request, for `message_start` (the provider's count arrives
     /// with the end of an OpenAI-style stream, in `message_delta`): clients that track their context from
@@ -459,15 +461,17 @@ impl StreamEncoder {
     }
 
     fn close(&mut self, out: &mut Vec<u8>) {
-        let closed = self.open.take();
-        if closed.is_some() {
+        if self.open.take().is_some() {
             event(
                 out,
                 "content_block_stop",
                 &json!({"type": "content_block_stop", "index": self.next - 1}),
             );
         }
-        // The calls held while a tool's block was open follow it, each whole.
+    }
+
+    /// The held tool calls (see `HeldTool`), each whole, at the end of the answer.
+    fn flush_held(&mut self, out: &mut Vec<u8>) {
         for tool in std::mem::take(&mut self.held) {
             let index = self.next;
             self.next += 1;
@@ -600,12 +604,24 @@ impl StreamEncoder {
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let index = call["index"].as_u64().unwrap_or(0);
             self.called_tools = true;
-            // Another call's block is open: this one waits for it, whole (see `HeldTool`).
-            if matches!(self.open, Some(Block::Tool(open)) if open != index) {
+            // Another call streams, or this one is already held: it goes out whole at the end (see
+            // `HeldTool`).
+            if matches!(self.open, Some(Block::Tool(open)) if open != index)
+                || self.held.iter().any(|tool| tool.index == index)
+            {
                 self.hold(index, call);
                 continue;
             }
+            if self.open != Some(Block::Tool(index)) && self.streamed.contains(&index) {
+                // More arguments for a call whose block was closed when another kind of block began: a block
+                // cannot be reopened, and a second one without its id or name would be malformed.
+                log::warn!(
+                    "a provider sent more of tool call {index} after other content; dropped"
+                );
+                continue;
+            }
             if self.open != Some(Block::Tool(index)) {
+                self.streamed.push(index);
                 self.open(
                     out,
                     Block::Tool(index),
@@ -649,6 +665,7 @@ impl StreamEncoder {
     fn finish(&mut self, out: &mut Vec<u8>) {
         self.start(out, &Value::Null);
         self.close(out);
+        self.flush_held(out);
         let usage = self
             .usage
             .as_ref()
@@ -739,36 +756,45 @@ mod tests {
         assert!(parse_request(b"{", false).is_err());
     }
 
-    /// The tool_use blocks a client rebuilds from an event sequence: (id, name, input) in block order.
-    fn tool_blocks(events: &str) -> Vec<(Value, Value, Value)> {
-        let mut blocks: Vec<(Value, Value, String)> = Vec::new();
+    /// The tool_use blocks a client rebuilds from an event sequence, (id, name, input) in block order, and
+    /// the text: every block starts after the one before it stopped, with the next index, and every delta
+    /// belongs to the open block.
+    fn tool_blocks(events: &str) -> (Vec<(String, String, Value)>, String) {
+        let (mut blocks, mut text, mut open, mut next) = (Vec::new(), String::new(), None, 0);
         for data in events.lines().filter_map(|l| l.strip_prefix("data: ")) {
             let event: Value = serde_json::from_str(data).unwrap();
-            let index = event["index"].as_u64().unwrap_or(0) as usize;
+            let index = event["index"].as_u64();
             match event["type"].as_str() {
                 Some("content_block_start") => {
-                    assert_eq!(index, blocks.len(), "blocks in order: {events}");
+                    assert!(open.is_none(), "a block inside another: {events}");
+                    assert_eq!(index, Some(next), "{events}");
+                    (open, next) = (index, next + 1);
                     let block = &event["content_block"];
-                    blocks.push((block["id"].clone(), block["name"].clone(), String::new()));
-                }
-                Some("content_block_delta") => {
-                    assert_eq!(
-                        index + 1,
-                        blocks.len(),
-                        "a delta of the open block: {events}"
-                    );
-                    if let Some(json) = event["delta"]["partial_json"].as_str() {
-                        blocks[index].2.push_str(json);
+                    if block["type"] == "tool_use" {
+                        let (id, name) = (block["id"].as_str(), block["name"].as_str());
+                        let (id, name) = (id.expect(events), name.expect(events));
+                        blocks.push((id.to_string(), name.to_string(), String::new()));
                     }
                 }
+                Some("content_block_delta") => {
+                    assert_eq!(open, index, "a delta outside its block: {events}");
+                    let delta = &event["delta"];
+                    match delta["type"].as_str() {
+                        Some("input_json_delta") => {
+                            blocks.last_mut().unwrap().2 += delta["partial_json"].as_str().unwrap()
+                        }
+                        _ => text += delta["text"].as_str().unwrap_or_default(),
+                    }
+                }
+                Some("content_block_stop") => assert_eq!(open.take(), index, "{events}"),
                 _ => {}
             }
         }
-        blocks
+        let blocks = blocks
             .into_iter()
-            .filter(|(id, _, _)| !id.is_null())
             .map(|(id, name, input)| (id, name, serde_json::from_str(&input).unwrap()))
-            .collect()
+            .collect();
+        (blocks, text)
     }
 
     #[test]
@@ -784,9 +810,23 @@ mod tests {
                 json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [call]}}]})
             )
         };
+        let text = |text: &str| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": text}}]})
+            )
+        };
         let expected = vec![
-            (json!("call_a"), json!("weather"), json!({"city": "Oslo"})),
-            (json!("call_b"), json!("time"), json!({"zone": "CET"})),
+            (
+                "call_a".to_string(),
+                "weather".to_string(),
+                json!({"city": "Oslo"}),
+            ),
+            (
+                "call_b".to_string(),
+                "time".to_string(),
+                json!({"zone": "CET"}),
+            ),
         ];
         let interleaved = [
             call(0, Some(("call_a", "weather")), ""),
@@ -802,7 +842,15 @@ mod tests {
             call(1, Some(("call_b", "time")), "{\"zone\":"),
             call(1, None, "\"CET\"}"),
         ];
-        for events in [&interleaved[..], &sequential[..]] {
+        // Text between them, and the held call's last arguments after it: still two whole calls.
+        let with_text = [
+            call(0, Some(("call_a", "weather")), "{\"city\":"),
+            call(1, Some(("call_b", "time")), "{\"zone\":"),
+            call(0, None, "\"Oslo\"}"),
+            text("Checking."),
+            call(1, None, "\"CET\"}"),
+        ];
+        for events in [&interleaved[..], &sequential[..], &with_text[..]] {
             let mut encoder = StreamEncoder::default();
             let mut out = Vec::new();
             for event in events {
@@ -812,9 +860,24 @@ mod tests {
                 b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n",
             ));
             let out = String::from_utf8(out).unwrap();
-            assert_eq!(tool_blocks(&out), expected, "{out}");
+            let (blocks, said) = tool_blocks(&out);
+            assert_eq!(blocks, expected, "{out}");
+            assert_eq!(said, if events.len() == 5 { "Checking." } else { "" });
             assert!(out.contains("\"stop_reason\":\"tool_use\""), "{out}");
         }
+        // More of a call that streamed after its block closed: dropped, never a block without id or name.
+        let mut encoder = StreamEncoder::default();
+        let mut out = encoder.push(call(0, Some(("call_a", "weather")), "{}").as_bytes());
+        out.extend(encoder.push(text("Done.").as_bytes()));
+        out.extend(encoder.push(call(0, None, "{}").as_bytes()));
+        out.extend(encoder.push(b"data: [DONE]\n\n"));
+        let out = String::from_utf8(out).unwrap();
+        let (blocks, said) = tool_blocks(&out);
+        assert_eq!(
+            blocks,
+            [("call_a".to_string(), "weather".to_string(), json!({}))]
+        );
+        assert_eq!(said, "Done.");
     }
 
     #[test]
