@@ -268,10 +268,13 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
         })
         .collect();
     let choice = tool_choice(body);
-    // Converse has no "none": the tools are left out instead, unless earlier turns hold tool calls or
-    // results, which Converse accepts only beside a `toolConfig` (then the tools stay offered).
-    let withheld = matches!(choice, Some(ToolChoice::None)) && !has_tool_blocks(&request);
-    if !specs.is_empty() && !withheld {
+    // Converse has no "none": the tools are left out instead.
+    let withheld = matches!(choice, Some(ToolChoice::None));
+    if specs.is_empty() || withheld {
+        // Converse takes tool calls and results in earlier turns only beside a `toolConfig`: without tools
+        // on offer, they are told as text.
+        tool_blocks_as_text(&mut request);
+    } else {
         let mut tool_config = json!({ "tools": specs });
         let choice = choice.and_then(|choice| match choice {
             ToolChoice::Required => Some(json!({"any": {}})),
@@ -287,16 +290,40 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
     Value::Object(request)
 }
 
-/// Whether the Converse messages hold a `toolUse` or `toolResult` block.
-fn has_tool_blocks(request: &Map<String, Value>) -> bool {
-    request
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
+/// Turn the `toolUse` and `toolResult` blocks of the Converse messages into text blocks saying the same.
+fn tool_blocks_as_text(request: &mut Map<String, Value>) {
+    let Some(Value::Array(messages)) = request.get_mut("messages") else {
+        return;
+    };
+    for block in messages
+        .iter_mut()
+        .filter_map(|message| message.get_mut("content").and_then(Value::as_array_mut))
         .flatten()
-        .filter_map(|message| message["content"].as_array())
-        .flatten()
-        .any(|block| block.get("toolUse").is_some() || block.get("toolResult").is_some())
+    {
+        let text = if let Some(call) = block.get("toolUse") {
+            format!(
+                "[tool call {} {}: {}]",
+                call["name"].as_str().unwrap_or_default(),
+                call["toolUseId"].as_str().unwrap_or_default(),
+                call["input"]
+            )
+        } else if let Some(result) = block.get("toolResult") {
+            let parts: Vec<&str> = result["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|part| part["text"].as_str())
+                .collect();
+            format!(
+                "[tool result {}: {}]",
+                result["toolUseId"].as_str().unwrap_or_default(),
+                parts.join("\n")
+            )
+        } else {
+            continue;
+        };
+        *block = json!({ "text": text });
+    }
 }
 
 /// Bedrock's prompt-cache breakpoint, put after what a `cache_control` mark closes.
@@ -535,7 +562,7 @@ mod tests {
     }
 
     #[test]
-    fn tool_choice_none_leaves_the_tools_out_unless_earlier_turns_used_them() {
+    fn tool_choice_none_leaves_the_tools_out_and_earlier_tool_turns_become_text() {
         let tools = json!([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]);
         let fresh: Map<String, Value> = serde_json::from_value(json!({
             "tool_choice": "none", "tools": tools,
@@ -543,23 +570,44 @@ mod tests {
         }))
         .unwrap();
         assert!(to_converse_request(&fresh, 100).get("toolConfig").is_none());
-        // Converse refuses tool blocks without a toolConfig: there the tools stay, with no choice.
-        let used: Map<String, Value> = serde_json::from_value(json!({
-            "tool_choice": "none", "tools": tools,
-            "messages": [
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function",
-                    "function": {"name": "weather", "arguments": "{}"}}]},
-                {"role": "tool", "tool_call_id": "t1", "content": "cold"},
-            ],
-        }))
+        // Converse refuses tool blocks without a toolConfig: earlier tool turns are told as text, with
+        // tool_choice none and with no tools at all.
+        let history = json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function",
+                "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "cold"},
+        ]);
+        let none: Map<String, Value> = serde_json::from_value(
+            json!({"tool_choice": "none", "tools": tools, "messages": history}),
+        )
         .unwrap();
-        let request = to_converse_request(&used, 100);
+        let no_tools: Map<String, Value> =
+            serde_json::from_value(json!({"messages": history})).unwrap();
+        for body in [none, no_tools] {
+            let request = to_converse_request(&body, 100);
+            assert!(request.get("toolConfig").is_none(), "{request}");
+            assert_eq!(
+                request["messages"][1]["content"],
+                json!([{"text": "[tool call weather t1: {\"city\":\"Oslo\"}]"}])
+            );
+            assert_eq!(
+                request["messages"][2]["content"],
+                json!([{"text": "[tool result t1: cold]"}])
+            );
+        }
+        // With tools on offer the blocks stay.
+        let offered: Map<String, Value> =
+            serde_json::from_value(json!({"tools": tools, "messages": history})).unwrap();
+        let request = to_converse_request(&offered, 100);
+        assert_eq!(
+            request["messages"][1]["content"][0]["toolUse"]["name"],
+            "weather"
+        );
         assert_eq!(
             request["toolConfig"]["tools"][0]["toolSpec"]["name"],
             "weather"
         );
-        assert!(request["toolConfig"].get("toolChoice").is_none());
     }
 
     #[test]
