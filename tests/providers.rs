@@ -559,6 +559,60 @@ async fn provider_errors_fall_back_or_pass_through_by_their_class_in_the_clients
 }
 
 #[tokio::test]
+async fn a_model_may_take_its_output_cap_as_max_completion_tokens() {
+    // OpenAI's reasoning models refuse `max_tokens`; the model says which name its cap goes under.
+    let reasoning = MockLlm::start("reasoning").await.unwrap();
+    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
+        .await
+        .unwrap();
+    let (dir, ports) = (TestDir::new(), Ports::new());
+    let yaml = TestConfig::new(&dir, &ports)
+        .consumer("client", &[hash_key(KEY)])
+        .section(
+            "ai",
+            json!({
+                "providers": [openai("reasoning", &reasoning), anthropic("claude", &claude)],
+                "models": [
+                    {"name": "o-model", "provider": "reasoning", "max_tokens_field": "max_completion_tokens"},
+                    {"name": "claude-model", "provider": "claude"},
+                ],
+                "profiles": {"default": ["o-model", "claude-model"]},
+            }),
+        )
+        .route(json!({"name": "ai", "match": {"path": {"prefix": "/v1"}},
+                      "auth": {"methods": ["api_key"]}, "ai": {}}))
+        .yaml();
+    let gateway = Gateway::start(&dir, ports, &yaml).await;
+    // An Anthropic client's required max_tokens, and an OpenAI client's own.
+    let response = post(&gateway, "/v1/messages", messages(false), Some(KEY)).await;
+    assert_eq!(response.status(), 200);
+    let sent = reasoning.last().unwrap().json();
+    assert_eq!(sent["max_completion_tokens"], 300, "{sent}");
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+    let mut body = chat(false);
+    body["max_tokens"] = json!(77);
+    assert!(ask_json(&gateway, "/v1/chat/completions", body).await["choices"].is_array());
+    let sent = reasoning.last().unwrap().json();
+    assert_eq!(sent["max_completion_tokens"], 77, "{sent}");
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+    // A client's own max_completion_tokens wins.
+    let mut body = chat(false);
+    body["max_tokens"] = json!(77);
+    body["max_completion_tokens"] = json!(88);
+    ask_json(&gateway, "/v1/chat/completions", body).await;
+    let sent = reasoning.last().unwrap().json();
+    assert_eq!(sent["max_completion_tokens"], 88, "{sent}");
+    // The renaming is this model's: when it fails, the Anthropic model behind it still gets max_tokens.
+    reasoning.set_behavior(Behavior {
+        status: 503,
+        ..Behavior::default()
+    });
+    let response = post(&gateway, "/v1/messages", messages(false), Some(KEY)).await;
+    assert_eq!(response.headers()["x-gateway-provider"], "claude");
+    assert_eq!(claude.last().unwrap().json()["max_tokens"], 300);
+}
+
+#[tokio::test]
 async fn the_messages_api_is_served_through_openai_compatible_and_native_providers() {
     let local = MockLlm::start("local").await.unwrap();
     let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)

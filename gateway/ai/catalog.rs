@@ -85,6 +85,9 @@ pub struct Model {
     pub context_window: Option<u64>,
     /// `max_tokens` sent to providers that require one (Anthropic) when the client gave none.
     pub max_tokens: Option<u64>,
+    /// An OpenAI-compatible provider gets the output cap as `max_completion_tokens` (OpenAI's reasoning
+    /// models refuse `max_tokens`).
+    pub max_completion_tokens: bool,
     pub prices: super::usage::Prices,
     pub capabilities: Vec<String>,
     pub local: bool,

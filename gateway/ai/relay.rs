@@ -87,6 +87,7 @@ pub async fn relay(
             endpoint,
             stream,
             default_max_tokens: model.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            max_completion_tokens: model.max_completion_tokens,
             from_anthropic: op == Operation::Messages,
         };
         let rendered = match wire.render(&call, &mut body) {

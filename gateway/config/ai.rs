@@ -64,6 +64,12 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
             );
             continue;
         };
+        if section.max_tokens_field.is_some() && provider.kind != ProviderKind::OpenAi {
+            c.error(
+                format!("{path}.max_tokens_field"),
+                "applies to `type: openai` providers only (the others get the cap under their own name): remove it",
+            );
+        }
         for (j, capability) in section.capabilities.iter().enumerate() {
             if !["tools", "vision", "reasoning", "long_context"].contains(&capability.as_str()) {
                 c.error(
@@ -79,6 +85,8 @@ pub(super) fn compile_ai(c: &mut Compiler, ai: &AiSection) -> Catalog {
             upstream_model: Arc::from(section.upstream_model.as_deref().unwrap_or(&section.name)),
             context_window: section.context_window,
             max_tokens: section.max_tokens,
+            max_completion_tokens: section.max_tokens_field
+                == Some(MaxTokensFieldSection::MaxCompletionTokens),
             prices: crate::ai::usage::Prices {
                 input: section.input_price,
                 output: section.output_price,

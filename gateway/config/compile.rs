@@ -952,6 +952,33 @@ routes:
     }
 
     #[test]
+    fn max_tokens_field_is_for_openai_compatible_providers_only() {
+        let errors = errors_of(
+            r#"
+listeners:
+  - { name: http, address: "127.0.0.1:8080" }
+ai:
+  providers:
+    - { name: o, type: openai, base_url: "http://127.0.0.1:9000/v1" }
+    - { name: a, type: anthropic, api_key: k }
+  models:
+    - { name: reasoning, provider: o, max_tokens_field: max_completion_tokens }
+    - { name: claude, provider: a, max_tokens_field: max_completion_tokens }
+  profiles:
+    default: [reasoning]
+routes:
+  - name: ai
+    ai: {}
+"#,
+        );
+        assert_reported(
+            &errors,
+            &["ai.models[1].max_tokens_field: applies to `type: openai` providers only"],
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+
+    #[test]
     fn header_edits_may_not_touch_framing() {
         let errors = errors_of(
             r#"

@@ -1034,6 +1034,14 @@ pub enum ProviderKindSection {
     Mock,
 }
 
+/// `ai.models[].max_tokens_field`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensFieldSection {
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
 /// `ai.providers[].deployments[]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1078,6 +1086,9 @@ pub struct ModelSection {
     /// `max_tokens` sent to providers that require one (`type: anthropic`) when the client gave none
     /// (default 4096).
     pub max_tokens: Option<u64>,
+    /// `type: openai` providers: the name the output cap goes under. OpenAI's reasoning models refuse
+    /// `max_tokens` and take `max_completion_tokens` (default `max_tokens`, as the client sent it).
+    pub max_tokens_field: Option<MaxTokensFieldSection>,
     /// USD per 1M input tokens.
     pub input_price: Option<f64>,
     /// USD per 1M output tokens.

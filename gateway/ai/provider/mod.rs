@@ -30,6 +30,8 @@ pub struct Call<'a> {
     pub stream: bool,
     /// `max_tokens` for providers that require one, when the client gave none.
     pub default_max_tokens: u64,
+    /// OpenAI-compatible providers: send the client's `max_tokens` as `max_completion_tokens`.
+    pub max_completion_tokens: bool,
     /// The body came from Anthropic's dialect: it may carry prompt-cache marks (`cache_control`) and fields
     /// (`top_k`) that OpenAI-compatible APIs refuse as unknown.
     pub from_anthropic: bool,
@@ -669,6 +671,7 @@ mod cache_marks {
             endpoint: Endpoint::ChatCompletions,
             stream: false,
             default_max_tokens: 10,
+            max_completion_tokens: false,
             from_anthropic,
         };
         let rendered = OpenAiWire.render(&call(true), &mut body).unwrap();

@@ -71,10 +71,20 @@ impl Wire for OpenAiWire {
             "model".to_string(),
             Value::String(call.upstream_model.to_string()),
         );
-        let payload = if call.from_anthropic {
+        let rename = call.max_completion_tokens
+            && body.contains_key("max_tokens")
+            && !body.contains_key("max_completion_tokens");
+        let payload = if call.from_anthropic || rename {
             // A copy: the next candidate (an Anthropic one) still renders from the marked body.
             let mut copy = body.clone();
-            drop_foreign_fields(&mut copy);
+            if call.from_anthropic {
+                drop_foreign_fields(&mut copy);
+            }
+            if rename {
+                if let Some(max) = copy.remove("max_tokens") {
+                    copy.insert("max_completion_tokens".to_string(), max);
+                }
+            }
             serde_json::to_vec(&copy)
         } else {
             serde_json::to_vec(&*body)
