@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
@@ -15,7 +14,7 @@ use super::{
     stop_sequences, text_of, tool_choice, usage_json, Call, Chunks, JsonEvents, Rendered,
     SseDecoder, StreamDecoder, ToolChoice, Unanswered, Wire,
 };
-use crate::ai::dialect::openai::{self, Endpoint};
+use crate::ai::dialect::openai::Endpoint;
 use crate::ai::usage::Usage;
 use crate::error::Rejection;
 
@@ -49,16 +48,7 @@ impl Wire for AnthropicWire {
         body: &mut Map<String, Value>,
     ) -> Result<Rendered<'a>, Rejection> {
         let request = to_messages_request(body, call.upstream_model, call.default_max_tokens);
-        let payload =
-            serde_json::to_vec(&request).map_err(|e| openai::invalid_json(&e.to_string()))?;
-        Ok(Rendered {
-            path: [
-                Cow::Borrowed(call.deployment.base_path.as_str()),
-                Cow::Borrowed("/messages"),
-            ],
-            headers: Vec::new(),
-            body: Bytes::from(payload),
-        })
+        Rendered::json(call, Cow::Borrowed("/messages"), &request)
     }
 
     fn context_exceeded(&self, body: &str) -> bool {

@@ -13,7 +13,7 @@ use aws_sigv4::sign::v4;
 use aws_smithy_eventstream::frame::{DecodedFrame, MessageFrameDecoder};
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::event_stream::{HeaderValue as FrameValue, Message};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
@@ -22,7 +22,7 @@ use super::{
     text_of, tool_choice, usage_json, Call, Chunks, Rendered, StreamDecoder, ToolChoice,
     Unanswered, Wire,
 };
-use crate::ai::dialect::openai::{self, Endpoint};
+use crate::ai::dialect::openai::Endpoint;
 use crate::ai::usage::Usage;
 use crate::error::Rejection;
 
@@ -79,26 +79,17 @@ impl Wire for BedrockWire {
         body: &mut Map<String, Value>,
     ) -> Result<Rendered<'a>, Rejection> {
         let request = to_converse_request(body, call.default_max_tokens);
-        let payload =
-            serde_json::to_vec(&request).map_err(|e| openai::invalid_json(&e.to_string()))?;
         let action = if call.stream {
             "converse-stream"
         } else {
             "converse"
         };
         let path = format!("/model/{}/{action}", escape(call.upstream_model));
-        let headers = match &call.deployment.signing {
-            Some(signing) => sign_request(call, signing, &path, &payload)?,
-            None => Vec::new(),
-        };
-        Ok(Rendered {
-            path: [
-                Cow::Borrowed(call.deployment.base_path.as_str()),
-                Cow::Owned(path),
-            ],
-            headers,
-            body: Bytes::from(payload),
-        })
+        let mut rendered = Rendered::json(call, Cow::Owned(path), &request)?;
+        if let Some(signing) = &call.deployment.signing {
+            rendered.headers = sign_request(call, signing, &rendered.path[1], &rendered.body)?;
+        }
+        Ok(rendered)
     }
 
     fn context_exceeded(&self, body: &str) -> bool {

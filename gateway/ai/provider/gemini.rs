@@ -6,7 +6,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
@@ -15,7 +14,7 @@ use super::{
     stop_sequences, text_of, tool_choice, usage_json, Call, Chunks, JsonEvents, Rendered,
     SseDecoder, StreamDecoder, ToolChoice, Unanswered, Wire,
 };
-use crate::ai::dialect::openai::{self, Endpoint};
+use crate::ai::dialect::openai::Endpoint;
 use crate::ai::usage::Usage;
 use crate::error::Rejection;
 
@@ -43,21 +42,13 @@ impl Wire for GeminiWire {
         body: &mut Map<String, Value>,
     ) -> Result<Rendered<'a>, Rejection> {
         let request = to_generate_request(body);
-        let payload =
-            serde_json::to_vec(&request).map_err(|e| openai::invalid_json(&e.to_string()))?;
         let method = if call.stream {
             ":streamGenerateContent?alt=sse"
         } else {
             ":generateContent"
         };
-        Ok(Rendered {
-            path: [
-                Cow::Borrowed(call.deployment.base_path.as_str()),
-                Cow::Owned(format!("/models/{}{method}", call.upstream_model)),
-            ],
-            headers: Vec::new(),
-            body: Bytes::from(payload),
-        })
+        let tail = format!("/models/{}{method}", call.upstream_model);
+        Rendered::json(call, Cow::Owned(tail), &request)
     }
 
     fn context_exceeded(&self, body: &str) -> bool {

@@ -63,6 +63,23 @@ pub struct Rendered<'a> {
     pub body: Bytes,
 }
 
+impl<'a> Rendered<'a> {
+    /// `request` as JSON to `tail` under the deployment's base path (no headers of its own yet).
+    pub fn json(
+        call: &Call<'a>,
+        tail: Cow<'a, str>,
+        request: &impl serde::Serialize,
+    ) -> Result<Self, Rejection> {
+        let payload = serde_json::to_vec(request)
+            .map_err(|e| super::dialect::openai::invalid_json(&e.to_string()))?;
+        Ok(Rendered {
+            path: [Cow::Borrowed(call.deployment.base_path.as_str()), tail],
+            headers: Vec::new(),
+            body: Bytes::from(payload),
+        })
+    }
+}
+
 /// How one upstream wire format is spoken.
 pub trait Wire: Sync {
     /// Whether this format has the endpoint (native providers speak chat only).

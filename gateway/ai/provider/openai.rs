@@ -4,12 +4,11 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::{Call, Rendered, StreamDecoder, Unanswered, Wire};
-use crate::ai::dialect::openai::{self, Endpoint};
+use crate::ai::dialect::openai::Endpoint;
 use crate::error::Rejection;
 
 pub struct OpenAiWire;
@@ -74,30 +73,21 @@ impl Wire for OpenAiWire {
         let rename = call.max_completion_tokens
             && body.contains_key("max_tokens")
             && !body.contains_key("max_completion_tokens");
-        let payload = if call.from_anthropic || rename {
-            // A copy: the next candidate (an Anthropic one) still renders from the marked body.
-            let mut copy = body.clone();
-            if call.from_anthropic {
-                drop_foreign_fields(&mut copy);
-            }
-            if rename {
-                if let Some(max) = copy.remove("max_tokens") {
-                    copy.insert("max_completion_tokens".to_string(), max);
-                }
-            }
-            serde_json::to_vec(&copy)
-        } else {
-            serde_json::to_vec(&*body)
+        let path = Cow::Borrowed(call.endpoint.upstream_path());
+        if !(call.from_anthropic || rename) {
+            return Rendered::json(call, path, &*body);
         }
-        .map_err(|e| openai::invalid_json(&e.to_string()))?;
-        Ok(Rendered {
-            path: [
-                Cow::Borrowed(call.deployment.base_path.as_str()),
-                Cow::Borrowed(call.endpoint.upstream_path()),
-            ],
-            headers: Vec::new(),
-            body: Bytes::from(payload),
-        })
+        // A copy: the next candidate (an Anthropic one) still renders from the marked body.
+        let mut copy = body.clone();
+        if call.from_anthropic {
+            drop_foreign_fields(&mut copy);
+        }
+        if rename {
+            if let Some(max) = copy.remove("max_tokens") {
+                copy.insert("max_completion_tokens".to_string(), max);
+            }
+        }
+        Rendered::json(call, path, &copy)
     }
 
     fn context_exceeded(&self, body: &str) -> bool {
