@@ -505,7 +505,7 @@ mod tests {
     use aws_smithy_types::event_stream::Header;
 
     fn frame(event: &str, payload: Value) -> Vec<u8> {
-        let message = Message::new(Bytes::from(payload.to_string()))
+        let message = Message::new(bytes::Bytes::from(payload.to_string()))
             .add_header(Header::new(
                 ":message-type",
                 FrameValue::String("event".into()),
