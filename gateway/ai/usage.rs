@@ -102,17 +102,22 @@ fn ends_stream(event: &[u8]) -> bool {
             return true;
         }
     }
-    // A key is a quoted name followed by `:`; the same word as a string value is followed by `,` or `}`.
-    let value_of = |key: &'static memmem::Finder<'static>| {
-        key.find_iter(event).filter_map(move |at| {
-            event[at + key.needle().len()..]
-                .trim_ascii_start()
-                .strip_prefix(b":")
-                .map(<[u8]>::trim_ascii_start)
-        })
-    };
-    value_of(&FINISH_REASON).any(|value| !value.starts_with(b"null"))
-        || value_of(&ERROR).next().is_some()
+    values_of(event, &FINISH_REASON).any(|value| !value.starts_with(b"null"))
+        || values_of(event, &ERROR).next().is_some()
+}
+
+/// What follows each `key` of `event` that is a key: a quoted name followed by `:` (the same word as a
+/// string value is followed by `,` or `}`).
+fn values_of<'e>(
+    event: &'e [u8],
+    key: &'static memmem::Finder<'static>,
+) -> impl Iterator<Item = &'e [u8]> {
+    key.find_iter(event).filter_map(move |at| {
+        event[at + key.needle().len()..]
+            .trim_ascii_start()
+            .strip_prefix(b":")
+            .map(<[u8]>::trim_ascii_start)
+    })
 }
 
 // Searchers built once, not per event.
@@ -157,8 +162,9 @@ impl UsageScanner {
             for (event, _) in events {
                 let event = &bytes[event];
                 self.ended = self.ended || ends_stream(event);
-                // Only events that mention usage are parsed.
-                if USAGE.find(event).is_none() {
+                // Only events that carry usage are parsed. With `stream_options.include_usage` (which the
+                // gateway asks for) OpenAI writes `"usage":null` into every other chunk.
+                if !values_of(event, &USAGE).any(|value| !value.starts_with(b"null")) {
                     continue;
                 }
                 let text = String::from_utf8_lossy(event);
@@ -201,7 +207,7 @@ mod tests {
         );
 
         let mut stream = UsageScanner::new(true);
-        stream.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usa");
+        stream.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usa");
         stream.observe(b"ge\":{\"prompt_tokens\":7,\"completion_tokens\":3}}\n\ndata: [DONE]\n\n");
         assert_eq!(
             stream.finish(),

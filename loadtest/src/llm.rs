@@ -406,8 +406,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bo
                 // Dropping the sender ends the body with its terminating chunk: a clean end, cut short.
                 return;
             }
+            // `"usage": null` in every chunk but the last, as OpenAI writes it when asked for usage.
             let chunk = json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": null}]});
+                "choices": [{"index": 0, "delta": delta, "finish_reason": null}], "usage": null});
             if sender
                 .send(Ok(Frame::data(Bytes::from(format!("data: {chunk}{end}")))))
                 .await
