@@ -1000,12 +1000,35 @@ async fn openai_and_anthropic_clients_reach_bedrock_with_signed_requests_and_eve
         sent["toolConfig"]["tools"][0]["toolSpec"]["name"],
         "weather"
     );
-    // Converse has no "none": the tools are left out.
+    // Converse has no "none": the tools are left out, and the earlier tool turns (which Converse, like the
+    // mock, refuses without tools) go as text.
     let mut no_tools = chat(false);
     no_tools["tool_choice"] = json!("none");
-    ask_json(&gateway, "/v1/chat/completions", no_tools).await;
+    no_tools["messages"] = json!([
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "t1", "type": "function",
+            "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "t1", "content": "cold"},
+    ]);
+    let answer = ask_json(&gateway, "/v1/chat/completions", no_tools.clone()).await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "Bedrock says hi.",
+        "{answer}"
+    );
     let sent = aws.last().unwrap().json();
     assert!(sent.get("toolConfig").is_none(), "{sent}");
+    assert_eq!(
+        sent["messages"][2]["content"][0]["text"], "[tool result t1: cold]",
+        "{sent}"
+    );
+    // Without tools at all, the same.
+    no_tools.as_object_mut().unwrap().remove("tools");
+    no_tools.as_object_mut().unwrap().remove("tool_choice");
+    let answer = ask_json(&gateway, "/v1/chat/completions", no_tools).await;
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "Bedrock says hi.",
+        "{answer}"
+    );
 
     streams_text_and_a_tool_call(&gateway, "Bedrock says hi.").await;
     assert_eq!(

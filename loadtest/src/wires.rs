@@ -47,6 +47,12 @@ pub(crate) async fn answer(
     if !authorized {
         return error(speaks, 401, "missing or invalid API key headers", None);
     }
+    if speaks == Speaks::Bedrock && request.get("toolConfig").is_none() && has_tool_blocks(&request)
+    {
+        // Converse's own check.
+        let message = "The toolConfig field must be defined when using toolUse and toolResult content blocks.";
+        return error(speaks, 400, message, None);
+    }
     if behavior.status != 200 {
         let message = behavior
             .error_message
@@ -349,6 +355,17 @@ fn gemini_texts(model: &str, pieces: &[String], behavior: &Behavior) -> Vec<Stri
     events.push(data(json!({"candidates": [{"content": {"role": "model", "parts": last_parts}, "finishReason": "STOP", "index": 0}],
         "usageMetadata": gemini_usage(pieces.len()), "modelVersion": model})));
     events
+}
+
+/// Whether a Converse request's messages hold `toolUse` or `toolResult` blocks.
+fn has_tool_blocks(request: &Value) -> bool {
+    request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|message| message["content"].as_array())
+        .flatten()
+        .any(|block| block.get("toolUse").is_some() || block.get("toolResult").is_some())
 }
 
 fn converse_usage(output: usize) -> Value {
