@@ -39,7 +39,7 @@ fi
 # on the command line is measured as it is.
 cargo build --release -q -p loadtest
 [ "$binary" != target/release/gateway ] || cargo build --release -q -p gateway
-[ "$mode" = ai ] || cargo build --release -q --example bare-pingora
+[ "$mode" != edge-full ] || cargo build --release -q --example bare-pingora
 [ -x "$binary" ] || { echo "no gateway binary at $binary" >&2; exit 1; }
 
 work=$(mktemp -d)

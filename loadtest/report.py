@@ -222,7 +222,7 @@ def targets(by_key, d):
     ai_cpu = d.get("ai-overhead gateway / nginx pass-through CPU per request")
     why = (f"a pass-through that reads nothing adds {floor:.0f} us here; the gateway spends {ai_cpu}x its CPU per "
            "request (body parse, guards, routing, usage), and at concurrency 1 each extra wake-up of a thread "
-           "shows in the tail" if floor is not None else "")
+           "shows in the tail" if floor is not None and ai_cpu is not None else "")
     check("ai-overhead added p99 <= 150 us", v, v is not None and v <= 150, shown, why)
     direct = by_key.get(("ai-throughput", "direct"))
     for peer, want in (("litellm", 10), ("portkey", 5)):

@@ -1083,8 +1083,8 @@ pub struct ModelSection {
     /// The provider's id for it (default: `name`).
     pub upstream_model: Option<String>,
     pub context_window: Option<u64>,
-    /// `max_tokens` sent to providers that require one (`type: anthropic`) when the client gave none
-    /// (default 4096).
+    /// `max_tokens` sent to providers that require one (`type: anthropic` and `bedrock`) when the client
+    /// gave none (default 4096).
     pub max_tokens: Option<u64>,
     /// `type: openai` providers: the name the output cap goes under. OpenAI's reasoning models refuse
     /// `max_tokens` and take `max_completion_tokens` (default `max_tokens`, as the client sent it).

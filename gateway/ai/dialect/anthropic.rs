@@ -390,6 +390,8 @@ pub struct StreamEncoder {
     held: Vec<HeldTool>,
     /// OpenAI indices of the tool calls that streamed in a block of their own.
     streamed: Vec<u64>,
+    /// A late piece of a streamed call was dropped (and logged, once per stream).
+    dropped_late: bool,
     events: EventBuffer,
     /// The prompt's tokens as estimated from the request, for `message_start` (the provider's count arrives
     /// with the end of an OpenAI-style stream, in `message_delta`): clients that track their context from
@@ -615,9 +617,11 @@ impl StreamEncoder {
             if self.open != Some(Block::Tool(index)) && self.streamed.contains(&index) {
                 // More arguments for a call whose block was closed when another kind of block began: a block
                 // cannot be reopened, and a second one without its id or name would be malformed.
-                log::warn!(
-                    "a provider sent more of tool call {index} after other content; dropped"
-                );
+                if !std::mem::replace(&mut self.dropped_late, true) {
+                    log::warn!(
+                        "a provider sent more of tool call {index} after other content; dropped"
+                    );
+                }
                 continue;
             }
             if self.open != Some(Block::Tool(index)) {

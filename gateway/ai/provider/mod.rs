@@ -70,8 +70,15 @@ impl<'a> Rendered<'a> {
         tail: Cow<'a, str>,
         request: &impl serde::Serialize,
     ) -> Result<Self, Rejection> {
-        let payload = serde_json::to_vec(request)
-            .map_err(|e| super::dialect::openai::invalid_json(&e.to_string()))?;
+        // Not the client's fault: what failed to serialise is the gateway's own rendering.
+        let payload = serde_json::to_vec(request).map_err(|_| {
+            Rejection::typed(
+                500,
+                "server_error",
+                "internal_error",
+                "the request could not be written for the provider",
+            )
+        })?;
         Ok(Rendered {
             path: [Cow::Borrowed(call.deployment.base_path.as_str()), tail],
             headers: Vec::new(),
