@@ -497,7 +497,7 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
         }
         tls = Some(url.tls);
         // A key field that is present but empty means "${VAR:-}" with VAR unset: the provider is disabled.
-        let auth = match api_key {
+        let mut auth = match api_key {
             Some(key) if key.is_empty() => {
                 enabled = false;
                 Vec::new()
@@ -511,16 +511,20 @@ fn compile_provider(c: &mut Compiler, section: &ProviderSection, path: &str) -> 
                 Vec::new()
             }
             None if kind != ProviderKind::OpenAi && kind != ProviderKind::Bedrock => {
+                let variable = if kind == ProviderKind::Gemini {
+                    "GEMINI_API_KEY"
+                } else {
+                    "ANTHROPIC_API_KEY"
+                };
                 c.error(
                     format!("{dpath}.api_key"),
-                    "this provider type needs a key, e.g. api_key: ${ANTHROPIC_API_KEY:-}",
+                    format!("this provider type needs a key, e.g. api_key: ${{{variable}:-}}"),
                 );
                 Vec::new()
             }
             None => Vec::new(),
         };
         // The provider's `headers:` win over the type's own (a newer `anthropic-version`): each is sent once.
-        let mut auth = auth;
         auth.retain(|(name, _)| !headers.iter().any(|(configured, _)| configured == name));
         let Ok(host_value) = HeaderValue::from_str(&url.authority()) else {
             c.error(

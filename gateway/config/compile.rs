@@ -979,6 +979,35 @@ routes:
     }
 
     #[test]
+    fn a_native_provider_without_a_key_is_told_its_own_variable() {
+        let errors = errors_of(
+            r#"
+listeners:
+  - { name: http, address: "127.0.0.1:8080" }
+ai:
+  providers:
+    - { name: g, type: gemini }
+    - { name: a, type: anthropic }
+  models:
+    - { name: gem, provider: g }
+    - { name: claude, provider: a }
+  profiles:
+    default: [gem]
+routes:
+  - name: ai
+    ai: {}
+"#,
+        );
+        assert_reported(
+            &errors,
+            &[
+                "ai.providers[0].api_key: this provider type needs a key, e.g. api_key: ${GEMINI_API_KEY:-}",
+                "ai.providers[1].api_key: this provider type needs a key, e.g. api_key: ${ANTHROPIC_API_KEY:-}",
+            ],
+        );
+    }
+
+    #[test]
     fn header_edits_may_not_touch_framing() {
         let errors = errors_of(
             r#"
