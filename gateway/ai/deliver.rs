@@ -5,7 +5,7 @@
 //! own client error, in the client's dialect; and the answers of providers that answer in the gateway (the
 //! mock).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -107,29 +107,12 @@ impl Answer<'_, '_> {
         let deadline = Instant::now() + provider.timeouts.total;
         // When a read that begins at `from` runs out of time: the first-byte timeout, within the total.
         let due = |from: Instant| (from + provider.timeouts.first_byte).min(deadline);
-        let read_timeout = || {
-            let left = deadline.saturating_duration_since(Instant::now());
-            Some(
-                provider
-                    .timeouts
-                    .first_byte
-                    .min(left.max(Duration::from_millis(1))),
-            )
-        };
         let secrets = self.request.catalog.secrets.as_ref();
         if !is_sse
             && (secrets.is_some() || translated || length.is_some_and(|n| n <= WHOLE_ANSWER_LIMIT))
         {
             return self
-                .whole(
-                    session,
-                    outcome,
-                    upstream,
-                    reusable,
-                    head,
-                    length,
-                    &read_timeout,
-                )
+                .whole(session, outcome, upstream, reusable, head, length, &due)
                 .await;
         }
         let mut head = head;
@@ -161,7 +144,7 @@ impl Answer<'_, '_> {
         reusable: &mut bool,
         mut head: pingora::http::ResponseHeader,
         length: Option<usize>,
-        read_timeout: &impl Fn() -> Option<Duration>,
+        due: &impl Fn(Instant) -> Instant,
     ) -> Result<Relayed, Failure> {
         let provider = &*self.model.provider;
         let limit = usize::try_from(self.request.catalog.max_answer_size).unwrap_or(usize::MAX);
@@ -184,7 +167,7 @@ impl Answer<'_, '_> {
             return Err(too_large());
         }
         let capacity = length.unwrap_or(0).min(WHOLE_ANSWER_LIMIT);
-        let body = match transport::read_whole(upstream, capacity, limit, read_timeout).await {
+        let body = match transport::read_whole(upstream, capacity, limit, due).await {
             Ok(Some(body)) => body,
             Ok(None) => return Err(too_large()),
             Err(e) => {

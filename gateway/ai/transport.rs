@@ -177,17 +177,19 @@ pub async fn read_small_body(mut upstream: HttpSession) -> (HttpSession, String)
 }
 
 /// Read a plain answer to its end; `None` when it grows past `limit` bytes (the rest is left unread, so the
-/// connection is not reused).
+/// connection is not reused). `due` says when a read that begins at a given time runs out (see `read_chunk`).
 pub async fn read_whole(
     upstream: &mut HttpSession,
     capacity: usize,
     limit: usize,
-    read_timeout: &impl Fn() -> Option<Duration>,
+    due: &impl Fn(std::time::Instant) -> std::time::Instant,
 ) -> pingora::Result<Option<Vec<u8>>> {
     let mut body = Vec::with_capacity(capacity);
+    let timer = tokio::time::sleep_until(due(std::time::Instant::now()).into());
+    tokio::pin!(timer);
     loop {
-        upstream.read_timeout = read_timeout();
-        match upstream.read_body_bytes().await? {
+        let read_due = due(std::time::Instant::now()).into();
+        match read_chunk(upstream, timer.as_mut(), read_due).await? {
             Some(chunk) if body.len() + chunk.len() > limit => return Ok(None),
             Some(chunk) => body.extend_from_slice(&chunk),
             None => return Ok(Some(body)),
@@ -196,7 +198,7 @@ pub async fn read_whole(
 }
 
 /// The next piece of a provider's body, or a `ReadTimedout` error once `due` has passed. `timer` serves the
-/// whole stream and is moved only when it fires before `due` (the read began later than the timer was set
+/// whole body and is moved only when it fires before `due` (the read began later than the timer was set
 /// for): a read costs no timer of its own, where `HttpSession::read_timeout` registers one with Pingora's
 /// timer thread for every read that waits, that is for every chunk of a stream.
 pub async fn read_chunk(
