@@ -19,8 +19,8 @@ use super::catalog::Model;
 use super::dialect::Operation;
 use super::provider::{Local, StreamDecoder, Unanswered, Wire};
 use super::reply::{
-    account_and_mask, bodiless, client_head, frame_unknown_length, render_whole, write_whole,
-    AiOutcome, AiRequest, ClientStream, Failure,
+    account_and_mask, bodiless, client_head, frame_unknown_length, render_whole, write_error,
+    write_whole, AiOutcome, AiRequest, ClientStream, Failure,
 };
 use super::routing::Plan;
 use super::transport;
@@ -427,13 +427,7 @@ impl Answer<'_, '_> {
             .unwrap_or_else(|| format!("the provider answered {status}"));
         // The class follows the status (an `authentication_error` for a 401, ...), in the client's dialect.
         let error = Rejection::new(status, "provider_error", message);
-        let mut head = client_head(status, request, outcome, Some(plan), None, None)?;
-        let body = error.body(
-            request.decor.dialect,
-            request.request_id.to_str().unwrap_or(""),
-        );
-        head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        respond::write(session, head, body).await?;
+        write_error(session, request, outcome, Some(plan), &error).await?;
         Ok(())
     }
 }

@@ -166,11 +166,12 @@ pub async fn write_error(
     session: &mut Session,
     request: &AiRequest<'_>,
     outcome: &AiOutcome,
+    plan: Option<&Plan>,
     error: &Rejection,
 ) -> pingora::Result<()> {
     let mut result = Ok(());
     respond::reject_with(session, &request.decor, error, |headers| {
-        result = decision_headers(headers, outcome, None);
+        result = decision_headers(headers, outcome, plan);
     })
     .await?;
     result

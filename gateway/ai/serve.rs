@@ -25,7 +25,7 @@ pub async fn serve(session: &mut Session, request: AiRequest<'_>) -> pingora::Re
         Ok(()) => Ok(outcome),
         Err(Failure::Answer(error)) => {
             outcome.error = Some(error.code);
-            write_error(session, &request, &outcome, &error).await?;
+            write_error(session, &request, &outcome, None, &error).await?;
             Ok(outcome)
         }
         Err(Failure::Io(e)) => Err(e),
