@@ -39,8 +39,9 @@ pub async fn relay(
 ) -> Result<(), Failure> {
     let endpoint = op.endpoint();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    // For an Anthropic client's `message_start`, so only for its streams.
     let prompt_estimate = match op {
-        Operation::Messages => super::heuristics::estimate_prompt_tokens(&body) as u64,
+        Operation::Messages if stream => super::heuristics::estimate_prompt_tokens(&body) as u64,
         _ => 0,
     };
     let mut tried: Vec<String> = Vec::new();
