@@ -161,8 +161,8 @@ pub struct Chunks {
     pub model: String,
     pub usage: super::usage::Usage,
     started: bool,
-    /// (the provider's content block index, the tool call's index) of each tool call.
-    tools: Vec<(u64, usize)>,
+    /// The provider's content block index of each tool call, in the order of the calls.
+    tools: Vec<u64>,
     /// Why the provider's stream failed (an error it reported).
     failure: Option<String>,
     /// The stream came to its end (or failed): nothing more is read.
@@ -214,17 +214,13 @@ impl Chunks {
 
     /// A new tool call, at the provider's content block `block`: its index among the tool calls.
     pub fn open_tool(&mut self, block: u64) -> usize {
-        let index = self.tools.len();
-        self.tools.push((block, index));
-        index
+        self.tools.push(block);
+        self.tools.len() - 1
     }
 
     /// The index of the tool call at the provider's content block `block`.
     pub fn tool(&self, block: u64) -> usize {
-        self.tools
-            .iter()
-            .find(|(b, _)| *b == block)
-            .map_or(0, |(_, i)| *i)
+        self.tools.iter().position(|&b| b == block).unwrap_or(0)
     }
 }
 
