@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use loadtest::{Behavior, MockLlm, Speaks};
+use loadtest::Behavior;
 use serde_json::json;
 
 const ANTHROPIC_SCRIPT: &str = r#"
@@ -101,16 +101,7 @@ async fn the_anthropic_and_openai_sdks_work_through_every_provider_type() {
         chunks: 4,
         ..Behavior::default()
     };
-    let claude = MockLlm::start_speaking("claude", Speaks::Anthropic)
-        .await
-        .unwrap();
-    let google = MockLlm::start_speaking("gem", Speaks::Gemini)
-        .await
-        .unwrap();
-    let aws = MockLlm::start_speaking("aws", Speaks::Bedrock)
-        .await
-        .unwrap();
-    let local = MockLlm::start("local").await.unwrap();
+    let [claude, google, aws, local] = every_kind_of_provider().await;
     claude.set_behavior(with_tool(text));
     google.set_behavior(with_tool(text));
     aws.set_behavior(with_tool(text));

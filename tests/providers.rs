@@ -144,22 +144,6 @@ async fn messages_stream_text_and_a_tool_call(gateway: &Gateway, text: &str) {
     assert_eq!(stop["delta"]["stop_reason"], "tool_use");
 }
 
-/// One mock per native format and an OpenAI-compatible one, named as the tests' providers are.
-async fn every_kind_of_provider() -> [MockLlm; 4] {
-    [
-        MockLlm::start_speaking("claude", Speaks::Anthropic)
-            .await
-            .unwrap(),
-        MockLlm::start_speaking("gem", Speaks::Gemini)
-            .await
-            .unwrap(),
-        MockLlm::start_speaking("aws", Speaks::Bedrock)
-            .await
-            .unwrap(),
-        MockLlm::start("local").await.unwrap(),
-    ]
-}
-
 /// A gateway with those four as providers (`claude` first in the default profile), AWS credentials set.
 async fn gateway_of_every_kind(
     claude: &MockLlm,

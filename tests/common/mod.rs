@@ -465,3 +465,21 @@ pub async fn run_sdk_script(script: PathBuf, args: Vec<String>) -> Vec<serde_jso
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// One mock LLM per native format and an OpenAI-compatible one: `claude` (Anthropic), `gem` (Gemini), `aws`
+/// (Bedrock) and `local`.
+pub async fn every_kind_of_provider() -> [loadtest::MockLlm; 4] {
+    use loadtest::{MockLlm, Speaks};
+    [
+        MockLlm::start_speaking("claude", Speaks::Anthropic)
+            .await
+            .unwrap(),
+        MockLlm::start_speaking("gem", Speaks::Gemini)
+            .await
+            .unwrap(),
+        MockLlm::start_speaking("aws", Speaks::Bedrock)
+            .await
+            .unwrap(),
+        MockLlm::start("local").await.unwrap(),
+    ]
+}
