@@ -543,6 +543,64 @@ async fn provider_errors_fall_back_or_pass_through_by_their_class_in_the_clients
 }
 
 #[tokio::test]
+async fn gemini_and_bedrock_errors_fall_back_by_their_class_too() {
+    let [_, google, aws, local] = every_kind_of_provider().await;
+    // Every failure below counts against its deployment: the breakers must not open in between.
+    let patient = |mut provider: Value| {
+        provider["circuit_breaker"] = json!({"consecutive_failures": 100});
+        provider
+    };
+    let (_dir, gateway) = gateway_with_env(
+        vec![
+            patient(gemini("gem", &google)),
+            patient(bedrock("aws", &aws)),
+            openai("local", &local),
+        ],
+        &["gem", "aws", "local"],
+        false,
+        &AWS_ENV,
+    )
+    .await;
+    let failing = |status: u16, message: &str| Behavior {
+        status,
+        error_message: Some(message.into()),
+        ..Behavior::default()
+    };
+    // Each one's "prompt too long" (Gemini's token count, Bedrock's validation message), an overloaded
+    // Gemini and a refused credential (Bedrock's 403) move on, down to the OpenAI-compatible provider. (A 429
+    // would also rest the deployment for a while, which the last step here must not meet.)
+    for (gem_error, aws_error) in [
+        (
+            (400, "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."),
+            (400, "Input is too long for requested model."),
+        ),
+        ((503, "The model is overloaded. Please try again later."), (403, "The security token included in the request is invalid.")),
+    ] {
+        google.set_behavior(failing(gem_error.0, gem_error.1));
+        aws.set_behavior(failing(aws_error.0, aws_error.1));
+        let calls = (google.calls(), aws.calls());
+        let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
+        assert_eq!(response.status(), 200, "{gem_error:?} {aws_error:?}");
+        assert_eq!(response.headers()["x-gateway-provider"], "local");
+        assert_eq!((google.calls(), aws.calls()), (calls.0 + 1, calls.1 + 1));
+    }
+    // An invalid request does not: the client gets Gemini's message, and Bedrock is not asked.
+    google.set_behavior(failing(400, "Invalid JSON payload received."));
+    let before = aws.calls();
+    let response = post(&gateway, "/v1/chat/completions", chat(false), Some(KEY)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid JSON payload"),
+        "{error}"
+    );
+    assert_eq!(aws.calls(), before);
+}
+
+#[tokio::test]
 async fn a_model_may_take_its_output_cap_as_max_completion_tokens() {
     // OpenAI's reasoning models refuse `max_tokens`; the model says which name its cap goes under.
     let reasoning = MockLlm::start("reasoning").await.unwrap();
