@@ -193,6 +193,20 @@ fn sign_request(
 pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value {
     let mut system = Vec::new();
     let mut messages: Vec<Value> = Vec::new();
+    let specs: Vec<Value> = function_tools(body)
+        .flat_map(|tool| {
+            let mut spec = json!({"name": tool.name, "inputSchema": {"json": tool.schema()}});
+            if let Some(description) = tool.description {
+                spec["description"] = description.clone();
+            }
+            std::iter::once(json!({ "toolSpec": spec }))
+                .chain(tool.cache_mark.map(|_| cache_point()))
+        })
+        .collect();
+    let choice = tool_choice(body);
+    // Converse has no "none": the tools are left out instead. And it takes tool calls and results in earlier
+    // turns only beside a `toolConfig`: without tools on offer, they are told as text.
+    let offered = !specs.is_empty() && !matches!(choice, Some(ToolChoice::None));
     for message in super::messages(body) {
         let (role, content) = match message.get("role").and_then(Value::as_str) {
             Some("system" | "developer") => {
@@ -210,18 +224,30 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
                     .into_iter()
                     .flatten()
                 {
-                    content.push(json!({"toolUse": {"toolUseId": call["id"], "name": call["function"]["name"],
-                        "input": arguments_object(call["function"].get("arguments"))}}));
+                    let (id, name) = (&call["id"], &call["function"]["name"]);
+                    let input = arguments_object(call["function"].get("arguments"));
+                    content.push(if offered {
+                        json!({"toolUse": {"toolUseId": id, "name": name, "input": input}})
+                    } else {
+                        let (id, name) = (
+                            id.as_str().unwrap_or_default(),
+                            name.as_str().unwrap_or_default(),
+                        );
+                        json!({ "text": format!("[tool call {name} {id}: {input}]") })
+                    });
                 }
                 ("assistant", content)
             }
-            Some("tool" | "function") => (
-                "user",
-                vec![
-                    json!({"toolResult": {"toolUseId": message.get("tool_call_id").cloned().unwrap_or_default(),
-                    "content": [{"text": text_of(message.get("content"))}]}}),
-                ],
-            ),
+            Some("tool" | "function") => {
+                let id = message.get("tool_call_id").cloned().unwrap_or_default();
+                let text = text_of(message.get("content"));
+                let block = if offered {
+                    json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})
+                } else {
+                    json!({ "text": format!("[tool result {}: {text}]", id.as_str().unwrap_or_default()) })
+                };
+                ("user", vec![block])
+            }
             _ => ("user", content_blocks(message.get("content"))),
         };
         push_turn(&mut messages, role, "content", content);
@@ -248,24 +274,7 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
         config.insert("stopSequences".into(), stops);
     }
     request.insert("inferenceConfig".into(), config.into());
-    let specs: Vec<Value> = function_tools(body)
-        .flat_map(|tool| {
-            let mut spec = json!({"name": tool.name, "inputSchema": {"json": tool.schema()}});
-            if let Some(description) = tool.description {
-                spec["description"] = description.clone();
-            }
-            std::iter::once(json!({ "toolSpec": spec }))
-                .chain(tool.cache_mark.map(|_| cache_point()))
-        })
-        .collect();
-    let choice = tool_choice(body);
-    // Converse has no "none": the tools are left out instead.
-    let withheld = matches!(choice, Some(ToolChoice::None));
-    if specs.is_empty() || withheld {
-        // Converse takes tool calls and results in earlier turns only beside a `toolConfig`: without tools
-        // on offer, they are told as text.
-        tool_blocks_as_text(&mut request);
-    } else {
+    if offered {
         let mut tool_config = json!({ "tools": specs });
         let choice = choice.and_then(|choice| match choice {
             ToolChoice::Required => Some(json!({"any": {}})),
@@ -279,42 +288,6 @@ pub fn to_converse_request(body: &Map<String, Value>, default_max: u64) -> Value
         request.insert("toolConfig".into(), tool_config);
     }
     Value::Object(request)
-}
-
-/// Turn the `toolUse` and `toolResult` blocks of the Converse messages into text blocks saying the same.
-fn tool_blocks_as_text(request: &mut Map<String, Value>) {
-    let Some(Value::Array(messages)) = request.get_mut("messages") else {
-        return;
-    };
-    for block in messages
-        .iter_mut()
-        .filter_map(|message| message.get_mut("content").and_then(Value::as_array_mut))
-        .flatten()
-    {
-        let text = if let Some(call) = block.get("toolUse") {
-            format!(
-                "[tool call {} {}: {}]",
-                call["name"].as_str().unwrap_or_default(),
-                call["toolUseId"].as_str().unwrap_or_default(),
-                call["input"]
-            )
-        } else if let Some(result) = block.get("toolResult") {
-            let parts: Vec<&str> = result["content"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|part| part["text"].as_str())
-                .collect();
-            format!(
-                "[tool result {}: {}]",
-                result["toolUseId"].as_str().unwrap_or_default(),
-                parts.join("\n")
-            )
-        } else {
-            continue;
-        };
-        *block = json!({ "text": text });
-    }
 }
 
 /// Bedrock's prompt-cache breakpoint, put after what a `cache_control` mark closes.
